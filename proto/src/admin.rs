@@ -1,0 +1,455 @@
+//! The text admin protocol: one command per line, answered by a single `OK …`/`ERR …` line or by
+//! a list of lines closed by a line holding a single `.`.
+//!
+//! gearmand's commands are kept with its exact output formats so `gearadmin` and monitoring tools
+//! work unchanged. gearfleet adds a `fleet` family that carries what the operator needs: per
+//! function queue depths by priority, per worker state, a live watch, and drain control.
+
+use std::fmt::Write as _;
+
+/// A parsed admin command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminCommand {
+    /// `status`: `FUNCTION\tTOTAL\tRUNNING\tAVAILABLE_WORKERS` per function.
+    Status,
+    /// `workers`: `FD IP CLIENT-ID : FUNCTION ...` per connection.
+    Workers,
+    /// `version`: `OK <version>`.
+    Version,
+    /// `getpid`: `OK <pid>`.
+    GetPid,
+    /// `verbose`: `OK <level>`.
+    Verbose,
+    /// `prioritystatus`: `FUNCTION\tHIGH\tNORMAL\tLOW\tAVAILABLE_WORKERS` per function.
+    PriorityStatus,
+    /// `show jobs`: `HANDLE\tRETRIES\tIGNORED\tQUEUED` per job.
+    ShowJobs,
+    /// `show unique jobs`: `UNIQUE\tHANDLE` per job with a unique key.
+    ShowUniqueJobs,
+    /// `cancel job HANDLE`.
+    CancelJob(String),
+    /// `create function NAME`.
+    CreateFunction(String),
+    /// `drop function NAME`.
+    DropFunction(String),
+    /// `maxqueue FUNCTION [MAX]` or `maxqueue FUNCTION HIGH NORMAL LOW`; `None` clears the limit.
+    /// A limit of 0 means unlimited, as in gearmand.
+    MaxQueue { function: String, limits: Option<[u32; 3]> },
+    /// `shutdown [graceful]`.
+    Shutdown { graceful: bool },
+    /// `fleet status`: one [`FunctionStats`] line per function.
+    FleetStatus,
+    /// `fleet workers`: one [`WorkerStats`] line per worker connection.
+    FleetWorkers,
+    /// `fleet watch`: a `fleet status` block now and again after every change, until the
+    /// connection closes.
+    FleetWatch,
+    /// `fleet drain CLIENT_ID`: stop assigning jobs to the workers with this client id.
+    FleetDrain(String),
+    /// `fleet undrain CLIENT_ID`: assign jobs to them again.
+    FleetUndrain(String),
+}
+
+/// An admin line that is not a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    #[error("unknown command {0}")]
+    Unknown(String),
+    #[error("incomplete or invalid arguments for {0}")]
+    Arguments(String),
+    #[error("unknown show arguments")]
+    UnknownShow,
+}
+
+impl AdminError {
+    /// The reply line, in gearmand's wording where gearmand has one.
+    pub fn reply(&self) -> String {
+        match self {
+            AdminError::Unknown(cmd) => format!("ERR UNKNOWN_COMMAND Unknown+server+command{cmd}\r\n"),
+            AdminError::Arguments(cmd) => {
+                format!("ERR INVALID_ARGUMENTS An+incomplete+set+of+arguments+was+sent+to+this+command+{cmd}\r\n")
+            }
+            AdminError::UnknownShow => "ERR UNKNOWN_SHOW_ARGUMENTS\r\n".to_string(),
+        }
+    }
+}
+
+impl AdminCommand {
+    /// Parses one admin line (without its line ending). Command words are case-insensitive.
+    pub fn parse(line: &[u8]) -> Result<AdminCommand, AdminError> {
+        let text = String::from_utf8_lossy(line);
+        let words: Vec<&str> = text.split_ascii_whitespace().collect();
+        let Some(first) = words.first() else {
+            return Err(AdminError::Unknown(String::new()));
+        };
+        let cmd = first.to_ascii_lowercase();
+        let arg = |i: usize| words.get(i).map(|s| s.to_string());
+        let word_is = |i: usize, w: &str| words.get(i).is_some_and(|s| s.eq_ignore_ascii_case(w));
+        let args_err = || AdminError::Arguments(first.to_string());
+        match cmd.as_str() {
+            "status" => Ok(AdminCommand::Status),
+            "workers" => Ok(AdminCommand::Workers),
+            "version" => Ok(AdminCommand::Version),
+            "getpid" => Ok(AdminCommand::GetPid),
+            "verbose" => Ok(AdminCommand::Verbose),
+            "prioritystatus" => Ok(AdminCommand::PriorityStatus),
+            "show" => match words.len() {
+                2 if word_is(1, "jobs") => Ok(AdminCommand::ShowJobs),
+                3 if word_is(1, "unique") && word_is(2, "jobs") => Ok(AdminCommand::ShowUniqueJobs),
+                _ => Err(AdminError::UnknownShow),
+            },
+            "cancel" if words.len() == 3 && word_is(1, "job") => Ok(AdminCommand::CancelJob(arg(2).unwrap_or_default())),
+            "cancel" => Err(args_err()),
+            "create" if words.len() == 3 && word_is(1, "function") => {
+                Ok(AdminCommand::CreateFunction(arg(2).unwrap_or_default()))
+            }
+            "create" => Err(args_err()),
+            "drop" if words.len() == 3 && word_is(1, "function") => {
+                Ok(AdminCommand::DropFunction(arg(2).unwrap_or_default()))
+            }
+            "drop" => Err(args_err()),
+            "maxqueue" => {
+                let function = arg(1).ok_or_else(args_err)?;
+                // gearmand reads the numbers with atoi: negatives become 0 (unlimited).
+                let num = |s: &str| -> Result<u32, AdminError> {
+                    s.parse::<i64>().map(|v| v.clamp(0, i64::from(u32::MAX)) as u32).map_err(|_| args_err())
+                };
+                let limits = match words.len() {
+                    2 => None,
+                    3 | 4 => {
+                        let n = num(words[2])?;
+                        Some([n, n, n])
+                    }
+                    5 => Some([num(words[2])?, num(words[3])?, num(words[4])?]),
+                    _ => return Err(args_err()),
+                };
+                Ok(AdminCommand::MaxQueue { function, limits })
+            }
+            "shutdown" => match words.len() {
+                1 => Ok(AdminCommand::Shutdown { graceful: false }),
+                2 if word_is(1, "graceful") => Ok(AdminCommand::Shutdown { graceful: true }),
+                _ => Err(args_err()),
+            },
+            "fleet" => match (words.get(1).map(|w| w.to_ascii_lowercase()).as_deref(), words.len()) {
+                (Some("status"), 2) => Ok(AdminCommand::FleetStatus),
+                (Some("workers"), 2) => Ok(AdminCommand::FleetWorkers),
+                (Some("watch"), 2) => Ok(AdminCommand::FleetWatch),
+                (Some("drain"), 3) => Ok(AdminCommand::FleetDrain(words[2].to_string())),
+                (Some("undrain"), 3) => Ok(AdminCommand::FleetUndrain(words[2].to_string())),
+                _ => Err(args_err()),
+            },
+            _ => Err(AdminError::Unknown(first.to_string())),
+        }
+    }
+}
+
+/// Splits a list reply into its lines, stopping at the closing `.`. Returns `None` while the
+/// closing line has not arrived.
+pub fn split_list(reply: &str) -> Option<Vec<&str>> {
+    let mut rows = Vec::new();
+    for line in reply.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line == "." {
+            return Some(rows);
+        }
+        rows.push(line);
+    }
+    None
+}
+
+/// One line of `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusRow {
+    pub function: String,
+    /// Queued plus running.
+    pub total: u64,
+    pub running: u64,
+    pub available_workers: u64,
+}
+
+impl StatusRow {
+    pub fn parse(line: &str) -> Option<StatusRow> {
+        let mut parts = line.rsplitn(4, '\t');
+        let available_workers = parts.next()?.trim().parse().ok()?;
+        let running = parts.next()?.trim().parse().ok()?;
+        let total = parts.next()?.trim().parse().ok()?;
+        let function = parts.next()?.to_string();
+        Some(StatusRow { function, total, running, available_workers })
+    }
+}
+
+/// One line of `workers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerRow {
+    pub fd: i64,
+    pub address: String,
+    pub client_id: String,
+    pub functions: Vec<String>,
+}
+
+impl WorkerRow {
+    pub fn parse(line: &str) -> Option<WorkerRow> {
+        let mut words = line.split_ascii_whitespace();
+        let fd = words.next()?.parse().ok()?;
+        let address = words.next()?.to_string();
+        let client_id = words.next()?.to_string();
+        if words.next()? != ":" {
+            return None;
+        }
+        let functions = words.map(str::to_string).collect();
+        Some(WorkerRow { fd, address, client_id, functions })
+    }
+}
+
+/// Replaces the bytes that would break a tab-separated line.
+pub fn sanitize_field(s: &str) -> String {
+    s.chars().map(|c| if c == '\t' || c == '\n' || c == '\r' || c == ',' { '_' } else { c }).collect()
+}
+
+/// One line of `fleet status`: everything the operator scales on, for one function.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FunctionStats {
+    pub function: String,
+    /// Queued jobs by priority: high, normal, low.
+    pub queued: [u64; 3],
+    /// Jobs waiting for their scheduled time.
+    pub scheduled: u64,
+    /// Jobs assigned to a worker.
+    pub running: u64,
+    /// Connections that registered the function.
+    pub workers: u64,
+    /// Of those, the ones holding no job.
+    pub idle_workers: u64,
+    /// Of those, the ones asked to drain.
+    pub draining_workers: u64,
+    /// Background jobs that exhausted their retries.
+    pub dead: u64,
+}
+
+impl FunctionStats {
+    pub const HEADER: &'static str =
+        "FUNCTION\tQUEUED_HIGH\tQUEUED_NORMAL\tQUEUED_LOW\tSCHEDULED\tRUNNING\tWORKERS\tIDLE\tDRAINING\tDEAD";
+
+    pub fn queued_total(&self) -> u64 {
+        self.queued.iter().sum()
+    }
+
+    pub fn to_line(&self) -> String {
+        let mut s = sanitize_field(&self.function);
+        let [h, n, l] = self.queued;
+        let _ = write!(
+            s,
+            "\t{h}\t{n}\t{l}\t{}\t{}\t{}\t{}\t{}\t{}",
+            self.scheduled, self.running, self.workers, self.idle_workers, self.draining_workers, self.dead
+        );
+        s
+    }
+
+    pub fn parse(line: &str) -> Option<FunctionStats> {
+        let f: Vec<&str> = line.split('\t').collect();
+        if f.len() != 10 {
+            return None;
+        }
+        let n = |i: usize| f[i].parse::<u64>().ok();
+        Some(FunctionStats {
+            function: f[0].to_string(),
+            queued: [n(1)?, n(2)?, n(3)?],
+            scheduled: n(4)?,
+            running: n(5)?,
+            workers: n(6)?,
+            idle_workers: n(7)?,
+            draining_workers: n(8)?,
+            dead: n(9)?,
+        })
+    }
+}
+
+/// What a worker connection is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    /// Holding at least one job.
+    Busy,
+    /// Registered, holding no job, polling.
+    Idle,
+    /// Holding no job and asleep after PRE_SLEEP.
+    Sleeping,
+}
+
+impl WorkerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Busy => "busy",
+            WorkerState::Idle => "idle",
+            WorkerState::Sleeping => "sleeping",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<WorkerState> {
+        match s {
+            "busy" => Some(WorkerState::Busy),
+            "idle" => Some(WorkerState::Idle),
+            "sleeping" => Some(WorkerState::Sleeping),
+            _ => None,
+        }
+    }
+}
+
+/// One line of `fleet workers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// SET_CLIENT_ID value, `-` when unset.
+    pub client_id: String,
+    pub address: String,
+    pub state: WorkerState,
+    pub draining: bool,
+    /// Jobs this connection finished (complete, fail or exception).
+    pub jobs_done: u64,
+    /// Handles of the jobs it holds now.
+    pub current_jobs: Vec<String>,
+    pub functions: Vec<String>,
+}
+
+impl WorkerStats {
+    pub const HEADER: &'static str = "CLIENT_ID\tADDRESS\tSTATE\tDRAINING\tJOBS_DONE\tCURRENT_JOBS\tFUNCTIONS";
+
+    pub fn to_line(&self) -> String {
+        let list = |v: &[String]| {
+            if v.is_empty() { "-".to_string() } else { v.iter().map(|s| sanitize_field(s)).collect::<Vec<_>>().join(",") }
+        };
+        format!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            sanitize_field(&self.client_id),
+            self.address,
+            self.state.as_str(),
+            u8::from(self.draining),
+            self.jobs_done,
+            list(&self.current_jobs),
+            list(&self.functions)
+        )
+    }
+
+    pub fn parse(line: &str) -> Option<WorkerStats> {
+        let f: Vec<&str> = line.split('\t').collect();
+        if f.len() != 7 {
+            return None;
+        }
+        let list = |s: &str| if s == "-" { Vec::new() } else { s.split(',').map(str::to_string).collect() };
+        Some(WorkerStats {
+            client_id: f[0].to_string(),
+            address: f[1].to_string(),
+            state: WorkerState::parse(f[2])?,
+            draining: f[3] == "1",
+            jobs_done: f[4].parse().ok()?,
+            current_jobs: list(f[5]),
+            functions: list(f[6]),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_gearmand_commands() {
+        assert_eq!(AdminCommand::parse(b"status"), Ok(AdminCommand::Status));
+        assert_eq!(AdminCommand::parse(b"STATUS "), Ok(AdminCommand::Status));
+        assert_eq!(AdminCommand::parse(b"show jobs"), Ok(AdminCommand::ShowJobs));
+        assert_eq!(AdminCommand::parse(b"show unique jobs"), Ok(AdminCommand::ShowUniqueJobs));
+        assert_eq!(AdminCommand::parse(b"show foo"), Err(AdminError::UnknownShow));
+        assert_eq!(AdminCommand::parse(b"cancel job H:a:1"), Ok(AdminCommand::CancelJob("H:a:1".into())));
+        assert!(matches!(AdminCommand::parse(b"cancel H:a:1"), Err(AdminError::Arguments(_))));
+        assert_eq!(AdminCommand::parse(b"create function f"), Ok(AdminCommand::CreateFunction("f".into())));
+        assert_eq!(AdminCommand::parse(b"drop function f"), Ok(AdminCommand::DropFunction("f".into())));
+        assert_eq!(
+            AdminCommand::parse(b"maxqueue f 10"),
+            Ok(AdminCommand::MaxQueue { function: "f".into(), limits: Some([10, 10, 10]) })
+        );
+        assert_eq!(
+            AdminCommand::parse(b"maxqueue f 1 2 3"),
+            Ok(AdminCommand::MaxQueue { function: "f".into(), limits: Some([1, 2, 3]) })
+        );
+        assert_eq!(
+            AdminCommand::parse(b"maxqueue f -5"),
+            Ok(AdminCommand::MaxQueue { function: "f".into(), limits: Some([0, 0, 0]) })
+        );
+        assert_eq!(AdminCommand::parse(b"maxqueue f"), Ok(AdminCommand::MaxQueue { function: "f".into(), limits: None }));
+        assert!(AdminCommand::parse(b"maxqueue").is_err());
+        assert!(AdminCommand::parse(b"maxqueue f x").is_err());
+        assert_eq!(AdminCommand::parse(b"shutdown graceful"), Ok(AdminCommand::Shutdown { graceful: true }));
+        assert_eq!(AdminCommand::parse(b"bogus"), Err(AdminError::Unknown("bogus".into())));
+        assert_eq!(AdminCommand::parse(b""), Err(AdminError::Unknown(String::new())));
+    }
+
+    #[test]
+    fn parses_fleet_commands() {
+        assert_eq!(AdminCommand::parse(b"fleet status"), Ok(AdminCommand::FleetStatus));
+        assert_eq!(AdminCommand::parse(b"fleet watch"), Ok(AdminCommand::FleetWatch));
+        assert_eq!(AdminCommand::parse(b"fleet drain pod-1"), Ok(AdminCommand::FleetDrain("pod-1".into())));
+        assert_eq!(AdminCommand::parse(b"fleet undrain pod-1"), Ok(AdminCommand::FleetUndrain("pod-1".into())));
+        assert!(AdminCommand::parse(b"fleet").is_err());
+        assert!(AdminCommand::parse(b"fleet drain").is_err());
+    }
+
+    #[test]
+    fn error_replies_use_gearmand_wording() {
+        assert_eq!(AdminError::Unknown("x".into()).reply(), "ERR UNKNOWN_COMMAND Unknown+server+commandx\r\n");
+    }
+
+    #[test]
+    fn status_and_worker_rows_parse() {
+        let rows = split_list("reverse\t3\t1\t2\nwith\ttab\t0\t0\t0\n.\n").unwrap();
+        assert_eq!(
+            StatusRow::parse(rows[0]),
+            Some(StatusRow { function: "reverse".into(), total: 3, running: 1, available_workers: 2 })
+        );
+        assert_eq!(StatusRow::parse(rows[1]).unwrap().function, "with\ttab");
+        assert!(split_list("a\t1\t1\t1\n").is_none());
+        assert_eq!(
+            WorkerRow::parse("12 127.0.0.1 pod-a : echo reverse"),
+            Some(WorkerRow {
+                fd: 12,
+                address: "127.0.0.1".into(),
+                client_id: "pod-a".into(),
+                functions: vec!["echo".into(), "reverse".into()]
+            })
+        );
+        assert_eq!(WorkerRow::parse("3 ::1 - :").unwrap().functions.len(), 0);
+    }
+
+    #[test]
+    fn fleet_lines_round_trip() {
+        let f = FunctionStats {
+            function: "sleep".into(),
+            queued: [1, 2, 3],
+            scheduled: 4,
+            running: 5,
+            workers: 6,
+            idle_workers: 1,
+            draining_workers: 0,
+            dead: 7,
+        };
+        assert_eq!(FunctionStats::parse(&f.to_line()), Some(f.clone()));
+        assert_eq!(f.queued_total(), 6);
+        let w = WorkerStats {
+            client_id: "pod-1".into(),
+            address: "10.0.0.1:5555".into(),
+            state: WorkerState::Busy,
+            draining: true,
+            jobs_done: 42,
+            current_jobs: vec!["H:x:1".into()],
+            functions: vec!["a".into(), "b".into()],
+        };
+        assert_eq!(WorkerStats::parse(&w.to_line()), Some(w));
+        let idle = WorkerStats {
+            client_id: "-".into(),
+            address: "x".into(),
+            state: WorkerState::Sleeping,
+            draining: false,
+            jobs_done: 0,
+            current_jobs: vec![],
+            functions: vec![],
+        };
+        assert_eq!(WorkerStats::parse(&idle.to_line()), Some(idle));
+    }
+}
