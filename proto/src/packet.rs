@@ -236,8 +236,14 @@ impl Packet {
 
     /// Appends the wire form of this packet to `dst`.
     pub fn encode(&self, dst: &mut BytesMut) {
+        self.encode_as(dst, self.magic);
+    }
+
+    /// Appends this packet's type and body under another magic: how a server forwards a worker's
+    /// WORK_* request to clients as a response, without re-splitting the body.
+    pub fn encode_as(&self, dst: &mut BytesMut, magic: Magic) {
         dst.reserve(HEADER_LEN + self.body.len());
-        dst.put_slice(&self.magic.bytes());
+        dst.put_slice(&magic.bytes());
         dst.put_u32(self.ptype as u32);
         dst.put_u32(self.body.len() as u32);
         dst.put_slice(&self.body);

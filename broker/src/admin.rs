@@ -1,0 +1,104 @@
+//! Answers text admin commands from the broker state, in gearmand's formats.
+
+use gearfleet_proto::admin::{AdminCommand, WorkerStats};
+
+use crate::queue::{ConnId, Effects, State};
+
+/// What the connection must do after sending the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAction {
+    None,
+    /// The connection now receives `fleet status` blocks on every change.
+    StartWatch,
+    /// Stop the broker (only when `--allow-admin-shutdown`).
+    Shutdown,
+}
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub fn fleet_status_block(state: &State) -> String {
+    let mut out = String::new();
+    for f in state.fleet_status() {
+        out.push_str(&f.to_line());
+        out.push('\n');
+    }
+    out.push_str(".\n");
+    out
+}
+
+fn fleet_workers_block(rows: Vec<WorkerStats>) -> String {
+    let mut out = String::new();
+    for w in rows {
+        out.push_str(&w.to_line());
+        out.push('\n');
+    }
+    out.push_str(".\n");
+    out
+}
+
+/// Runs one admin line against the state.
+pub fn run(
+    state: &mut State,
+    conn: ConnId,
+    line: &[u8],
+    allow_shutdown: bool,
+    fx: &mut Effects,
+) -> (String, AdminAction) {
+    let cmd = match AdminCommand::parse(line) {
+        Ok(cmd) => cmd,
+        Err(e) => return (e.reply(), AdminAction::None),
+    };
+    let mut out = String::new();
+    let mut action = AdminAction::None;
+    match cmd {
+        AdminCommand::Status => state.admin_status(&mut out),
+        AdminCommand::PriorityStatus => state.admin_priority_status(&mut out),
+        AdminCommand::Workers => state.admin_workers(&mut out),
+        AdminCommand::Version => out = format!("OK {VERSION}\n"),
+        AdminCommand::GetPid => out = format!("OK {}\n", std::process::id()),
+        AdminCommand::Verbose => out = "OK INFO\n".into(),
+        AdminCommand::ShowJobs => state.admin_show_jobs(&mut out),
+        AdminCommand::ShowUniqueJobs => state.admin_show_unique_jobs(&mut out),
+        AdminCommand::CancelJob(handle) => {
+            out = match state.admin_cancel(&handle, fx) {
+                Ok(()) => "OK\r\n".into(),
+                Err(code) => format!("ERR {code}\r\n"),
+            }
+        }
+        AdminCommand::CreateFunction(name) => {
+            state.admin_create_function(&name);
+            out = "OK\r\n".into();
+        }
+        AdminCommand::DropFunction(name) => {
+            out = match state.admin_drop_function(&name) {
+                Ok(()) => "OK\r\n".into(),
+                Err(why) => format!("ERR {why}\r\n"),
+            }
+        }
+        AdminCommand::MaxQueue { function, limits } => {
+            state.admin_maxqueue(&function, limits);
+            out = "OK\r\n".into();
+        }
+        AdminCommand::Shutdown { .. } if allow_shutdown => {
+            out = "OK\r\n".into();
+            action = AdminAction::Shutdown;
+        }
+        AdminCommand::Shutdown { .. } => out = "ERR SHUTDOWN_DISABLED start+with+--allow-admin-shutdown\r\n".into(),
+        AdminCommand::FleetStatus => out = fleet_status_block(state),
+        AdminCommand::FleetWorkers => out = fleet_workers_block(state.fleet_workers()),
+        AdminCommand::FleetWatch => {
+            state.set_watching(conn, true);
+            out = fleet_status_block(state);
+            action = AdminAction::StartWatch;
+        }
+        AdminCommand::FleetDrain(id) => {
+            let n = state.set_draining(&id, true, fx);
+            out = format!("OK {n}\n");
+        }
+        AdminCommand::FleetUndrain(id) => {
+            let n = state.set_draining(&id, false, fx);
+            out = format!("OK {n}\n");
+        }
+    }
+    (out, action)
+}

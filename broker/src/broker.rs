@@ -1,0 +1,134 @@
+//! The shared broker: state behind one lock, plus the background tasks that act on time
+//! (scheduled jobs, CAN_DO_TIMEOUT) and publish queue changes to watchers.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::queue::{Effects, Limits, State, unix_now};
+
+pub struct Broker {
+    state: Mutex<State>,
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    schedule_changed: Notify,
+    stats_changed: Notify,
+    watchers: AtomicUsize,
+    next_conn: AtomicU64,
+    pub shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("listen", &self.config.listen).finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    pub fn new(config: Config) -> Arc<Broker> {
+        let metrics = Arc::new(Metrics::default());
+        let host = config.handle_host.clone().unwrap_or_else(|| {
+            gethostname::gethostname().to_string_lossy().chars().filter(|c| !c.is_whitespace() && *c != ':').collect()
+        });
+        let limits =
+            Limits { max_queued_jobs: config.max_queued_jobs, default_max_queue: config.default_max_queue };
+        Arc::new(Broker {
+            state: Mutex::new(State::new(&host, limits, metrics.clone())),
+            config,
+            metrics,
+            schedule_changed: Notify::new(),
+            stats_changed: Notify::new(),
+            watchers: AtomicUsize::new(0),
+            next_conn: AtomicU64::new(1),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// Runs `f` with the state locked. Never hold it across an await.
+    pub fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard)
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Carries out what a state transition asked for.
+    pub fn apply(self: &Arc<Self>, fx: Effects) {
+        for (job, attempt, after) in fx.timers {
+            let broker = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let mut fx = Effects::default();
+                if broker.with_state(|s| s.expire(job, attempt, &mut fx)) {
+                    tracing::warn!(job, attempt, timeout = ?after, "job timed out; failed to its clients");
+                }
+                broker.apply(fx);
+            });
+        }
+        if fx.schedule_changed {
+            self.schedule_changed.notify_one();
+        }
+        if fx.stats_changed && self.watchers.load(Ordering::Relaxed) > 0 {
+            self.stats_changed.notify_one();
+        }
+    }
+
+    pub fn watch_started(&self) {
+        self.watchers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn watch_ended(&self) {
+        self.watchers.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Starts the scheduler and the watch publisher; they stop on shutdown.
+    pub fn spawn_background(self: &Arc<Self>) {
+        tokio::spawn(self.clone().run_scheduler());
+        tokio::spawn(self.clone().run_watch_publisher());
+    }
+
+    /// Releases scheduled jobs when their time comes.
+    async fn run_scheduler(self: Arc<Self>) {
+        loop {
+            let mut fx = Effects::default();
+            let next = self.with_state(|s| s.release_due(unix_now(), &mut fx));
+            self.apply(fx);
+            let wait = match next {
+                Some(at) => Duration::from_secs(at.saturating_sub(unix_now())).max(Duration::from_millis(50)),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.schedule_changed.notified() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Sends a fresh `fleet status` block to every watcher after changes, at most every 100 ms,
+    /// so a burst of submissions costs one block, not one per job.
+    async fn run_watch_publisher(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.stats_changed.notified() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let (block, watchers) = self.with_state(|s| (crate::admin::fleet_status_block(s), s.watchers()));
+            for w in watchers {
+                // A watcher that stopped reading is skipped rather than buffered for without bound.
+                if w.pending() > self.config.outbox_limit_bytes {
+                    continue;
+                }
+                w.push(|b| b.extend_from_slice(block.as_bytes()));
+            }
+        }
+    }
+}

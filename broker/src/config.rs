@@ -1,0 +1,70 @@
+//! Command-line flags, each also settable from the environment.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "gearfleet-broker", version, about = "A Gearman-protocol job server")]
+pub struct Config {
+    /// Address for the Gearman protocol (binary and text admin).
+    #[arg(long, env = "GEARFLEET_LISTEN", default_value = "0.0.0.0:4730")]
+    pub listen: SocketAddr,
+
+    /// Address for HTTP: /metrics, /healthz, /readyz. Empty to disable.
+    #[arg(long, env = "GEARFLEET_HTTP_LISTEN", default_value = "0.0.0.0:9730")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// Host name used in job handles (H:<host>:<n>). Defaults to the machine's host name.
+    #[arg(long, env = "GEARFLEET_HANDLE_HOST")]
+    pub handle_host: Option<String>,
+
+    /// Most connections served at once; further ones get an ERROR packet and are closed.
+    #[arg(long, env = "GEARFLEET_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Largest packet body accepted, in bytes; larger ones are refused before being read.
+    #[arg(long, env = "GEARFLEET_MAX_PACKET_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_packet_bytes: usize,
+
+    /// How long the rest of a half-received packet may take to arrive. Idle connections (no
+    /// partial packet) are never timed out: Gearman peers legitimately sit idle for hours.
+    #[arg(long, env = "GEARFLEET_PARTIAL_PACKET_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub partial_packet_timeout: Duration,
+
+    /// Bytes of unsent replies after which the broker stops reading from that connection.
+    #[arg(long, env = "GEARFLEET_OUTBOX_LIMIT_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub outbox_limit_bytes: usize,
+
+    /// Most queued jobs across all functions (0 = unlimited); submissions beyond get an ERROR.
+    #[arg(long, env = "GEARFLEET_MAX_QUEUED_JOBS", default_value_t = 0)]
+    pub max_queued_jobs: u64,
+
+    /// Default per-function, per-priority queue limit (0 = unlimited); `maxqueue` overrides it.
+    #[arg(long, env = "GEARFLEET_DEFAULT_MAX_QUEUE", default_value_t = 0)]
+    pub default_max_queue: u32,
+
+    /// Accept the unauthenticated `shutdown` admin command, as gearmand does.
+    #[arg(long, env = "GEARFLEET_ALLOW_ADMIN_SHUTDOWN", default_value_t = false)]
+    pub allow_admin_shutdown: bool,
+
+    /// Log format: text or json.
+    #[arg(long, env = "GEARFLEET_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+
+    /// Worker threads of the async runtime (0 = one per core).
+    #[arg(long, env = "GEARFLEET_THREADS", default_value_t = 0)]
+    pub threads: usize,
+}
+
+impl Config {
+    /// Defaults for tests and embedding: loopback, OS-assigned ports.
+    pub fn for_tests() -> Config {
+        let mut c = Config::parse_from(["gearfleet-broker"]);
+        c.listen = "127.0.0.1:0".parse().expect("valid address");
+        c.http_listen = Some("127.0.0.1:0".parse().expect("valid address"));
+        c.handle_host = Some("test".into());
+        c
+    }
+}

@@ -1,0 +1,160 @@
+//! One task pair per connection: the reader decodes frames and applies them to the state under
+//! the lock (a whole batch of buffered frames per lock), the writer drains the outbox.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use gearfleet_proto::{Codec, Frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+
+use crate::admin::{self, AdminAction};
+use crate::broker::Broker;
+use crate::outbox::Outbox;
+use crate::queue::Effects;
+
+const READ_CHUNK: usize = 16 * 1024;
+
+pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
+    let id = broker.next_conn_id();
+    let outbox = Arc::new(Outbox::new());
+    let fd = i64::from(stream.as_raw_fd());
+    let _ = stream.set_nodelay(true);
+    broker.with_state(|s| s.add_conn(id, outbox.clone(), peer.to_string(), fd));
+    broker.metrics.connections.inc();
+    broker.metrics.connections_total.inc();
+    tracing::debug!(conn = id, %peer, "connection opened");
+
+    let (mut reader, writer) = stream.into_split();
+    let writer_task = tokio::spawn(write_loop(writer, outbox.clone()));
+    let mut watching = false;
+    let reason = read_loop(&broker, id, &mut reader, &outbox, &mut watching).await;
+
+    let mut fx = Effects::default();
+    broker.with_state(|s| s.remove_conn(id, &mut fx));
+    broker.apply(fx);
+    if watching {
+        broker.watch_ended();
+    }
+    outbox.close();
+    let _ = writer_task.await;
+    broker.metrics.connections.dec();
+    tracing::debug!(conn = id, %peer, reason, "connection closed");
+}
+
+async fn read_loop(
+    broker: &Arc<Broker>,
+    id: u64,
+    reader: &mut tokio::net::tcp::OwnedReadHalf,
+    outbox: &Outbox,
+    watching: &mut bool,
+) -> &'static str {
+    let codec = Codec::server().with_max_packet(broker.config.max_packet_bytes);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        let mut fx = Effects::default();
+        let mut close: Option<&'static str> = None;
+        let mut shutdown = false;
+        broker.with_state(|state| {
+            loop {
+                match codec.decode_frame(&mut buf) {
+                    Ok(Some(Frame::Packet(p))) => state.handle(id, &p, &mut fx),
+                    Ok(Some(Frame::Admin(line))) => {
+                        let (reply, action) =
+                            admin::run(state, id, &line, broker.config.allow_admin_shutdown, &mut fx);
+                        outbox.push(|b| b.extend_from_slice(reply.as_bytes()));
+                        match action {
+                            AdminAction::None => {}
+                            AdminAction::StartWatch => {
+                                if !*watching {
+                                    *watching = true;
+                                    broker.watch_started();
+                                }
+                            }
+                            AdminAction::Shutdown => shutdown = true,
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        broker.metrics.protocol_errors.inc();
+                        tracing::info!(conn = id, error = %e, "closing connection on malformed input");
+                        if buf.first().is_some_and(|&b| b != 0) {
+                            let text = format!("ERR {} {}\r\n", e.error_code(), e.to_string().replace(' ', "+"));
+                            outbox.push(|b| b.extend_from_slice(text.as_bytes()));
+                        } else {
+                            let p = e.to_error_packet();
+                            outbox.push(|b| p.encode(b));
+                        }
+                        close = Some("protocol error");
+                        break;
+                    }
+                }
+            }
+        });
+        broker.apply(fx);
+        if shutdown {
+            tracing::warn!(conn = id, "shutdown requested through the admin protocol");
+            broker.shutdown.cancel();
+        }
+        if let Some(reason) = close {
+            return reason;
+        }
+        if outbox.is_closed() {
+            return "write failed";
+        }
+        // Back-pressure: a peer that does not read its replies is not read from either.
+        outbox.wait_below(broker.config.outbox_limit_bytes).await;
+
+        buf.reserve(READ_CHUNK);
+        let read = async {
+            if buf.is_empty() {
+                reader.read_buf(&mut buf).await.map(Some)
+            } else {
+                // Part of a frame is buffered: the rest must arrive in time.
+                match tokio::time::timeout(broker.config.partial_packet_timeout, reader.read_buf(&mut buf)).await {
+                    Ok(r) => r.map(Some),
+                    Err(_) => Ok(None),
+                }
+            }
+        };
+        let n = tokio::select! {
+            r = read => r,
+            _ = broker.shutdown.cancelled() => return "shutdown",
+        };
+        match n {
+            Ok(Some(0)) => return "peer closed",
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let p = gearfleet_proto::Packet::res(
+                    gearfleet_proto::PacketType::Error,
+                    &[b"ERR_TIMEOUT", b"timed out waiting for the rest of a packet"],
+                );
+                outbox.push(|b| p.encode(b));
+                return "partial packet timeout";
+            }
+            Err(_) => return "read error",
+        }
+    }
+}
+
+async fn write_loop(mut writer: OwnedWriteHalf, outbox: Arc<Outbox>) {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        outbox.wait_ready().await;
+        outbox.take(&mut buf);
+        if buf.is_empty() {
+            if outbox.is_closed() {
+                break;
+            }
+            continue;
+        }
+        if writer.write_all(&buf).await.is_err() {
+            outbox.close();
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}

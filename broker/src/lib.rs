@@ -1,0 +1,20 @@
+//! gearfleet-broker: a Gearman-protocol job server.
+//!
+//! * [`queue`]: the job state and every protocol transition (no I/O).
+//! * [`broker`]: the shared state, timers, scheduler and watch publisher.
+//! * [`connection`]: per-connection reader and writer tasks.
+//! * [`server`]: listeners for the Gearman port and HTTP (metrics, health).
+//! * [`admin`]: the text admin protocol.
+
+pub mod admin;
+pub mod broker;
+pub mod config;
+pub mod connection;
+pub mod metrics;
+pub mod outbox;
+pub mod queue;
+pub mod schedule;
+pub mod server;
+
+pub use config::Config;
+pub use server::{Running, start};

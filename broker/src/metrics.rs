@@ -1,0 +1,152 @@
+//! Prometheus metrics. Event counters and histograms are updated as things happen; queue depths
+//! and per-function counters are read from the broker state at scrape time by [`StateCollector`],
+//! so the hot path pays nothing for per-function labels.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::broker::Broker;
+use crate::queue::Priority;
+
+#[derive(Debug)]
+pub struct Metrics {
+    pub submitted: Counter,
+    pub completed: Counter,
+    pub failed: Counter,
+    pub timeouts: Counter,
+    pub rejected: Counter,
+    pub protocol_errors: Counter,
+    pub connections: Gauge,
+    pub connections_total: Counter,
+    /// Seconds from submission to assignment.
+    pub queue_wait: Histogram,
+    /// Seconds from submission to the final result.
+    pub latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            submitted: Counter::default(),
+            completed: Counter::default(),
+            failed: Counter::default(),
+            timeouts: Counter::default(),
+            rejected: Counter::default(),
+            protocol_errors: Counter::default(),
+            connections: Gauge::default(),
+            connections_total: Counter::default(),
+            queue_wait: Histogram::new(exponential_buckets(0.0001, 4.0, 12)),
+            latency: Histogram::new(exponential_buckets(0.0001, 4.0, 12)),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("gearfleet_broker_jobs_submitted", "Jobs accepted", self.submitted.clone());
+        registry.register("gearfleet_broker_jobs_completed", "Jobs finished with WORK_COMPLETE", self.completed.clone());
+        registry.register(
+            "gearfleet_broker_jobs_failed",
+            "Jobs finished with WORK_FAIL, WORK_EXCEPTION or a timeout",
+            self.failed.clone(),
+        );
+        registry.register("gearfleet_broker_job_timeouts", "Jobs failed by CAN_DO_TIMEOUT", self.timeouts.clone());
+        registry.register(
+            "gearfleet_broker_submissions_rejected",
+            "Submissions refused by a queue limit",
+            self.rejected.clone(),
+        );
+        registry.register(
+            "gearfleet_broker_protocol_errors",
+            "Connections closed for malformed input",
+            self.protocol_errors.clone(),
+        );
+        registry.register("gearfleet_broker_connections", "Open connections", self.connections.clone());
+        registry.register("gearfleet_broker_connections_accepted", "Connections accepted", self.connections_total.clone());
+        registry.register(
+            "gearfleet_broker_job_queue_wait_seconds",
+            "Time from submission to assignment to a worker",
+            self.queue_wait.clone(),
+        );
+        registry.register(
+            "gearfleet_broker_job_latency_seconds",
+            "Time from submission to the job's final result",
+            self.latency.clone(),
+        );
+    }
+}
+
+/// Reads per-function queue state at scrape time.
+#[derive(Debug)]
+pub struct StateCollector(pub Arc<Broker>);
+
+impl Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (stats, counters) = self.0.with_state(|s| (s.fleet_status(), s.function_counters()));
+        let gauge = |encoder: &mut DescriptorEncoder,
+                     name: &str,
+                     help: &str,
+                     rows: &mut dyn Iterator<Item = (Vec<(&'static str, String)>, i64)>|
+         -> Result<(), std::fmt::Error> {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (labels, value) in rows {
+                ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+            }
+            Ok(())
+        };
+        gauge(
+            &mut encoder,
+            "gearfleet_broker_jobs_queued",
+            "Jobs waiting for a worker, by function and priority",
+            &mut stats.iter().flat_map(|f| {
+                Priority::ALL.into_iter().map(move |p| {
+                    (vec![("function", f.function.clone()), ("priority", p.as_str().to_string())], f.queued[p as usize] as i64)
+                })
+            }),
+        )?;
+        gauge(
+            &mut encoder,
+            "gearfleet_broker_jobs_scheduled",
+            "Jobs waiting for their scheduled time",
+            &mut stats.iter().map(|f| (vec![("function", f.function.clone())], f.scheduled as i64)),
+        )?;
+        gauge(
+            &mut encoder,
+            "gearfleet_broker_jobs_running",
+            "Jobs assigned to a worker",
+            &mut stats.iter().map(|f| (vec![("function", f.function.clone())], f.running as i64)),
+        )?;
+        gauge(
+            &mut encoder,
+            "gearfleet_broker_workers",
+            "Worker connections registered for the function",
+            &mut stats.iter().map(|f| (vec![("function", f.function.clone())], f.workers as i64)),
+        )?;
+        gauge(
+            &mut encoder,
+            "gearfleet_broker_workers_idle",
+            "Registered workers holding no job",
+            &mut stats.iter().map(|f| (vec![("function", f.function.clone())], f.idle_workers as i64)),
+        )?;
+        for (name, help, pick) in [
+            ("gearfleet_broker_function_jobs_submitted", "Jobs accepted, by function", 0usize),
+            ("gearfleet_broker_function_jobs_completed", "Jobs completed, by function", 1),
+            ("gearfleet_broker_function_jobs_failed", "Jobs failed, by function", 2),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (function, submitted, completed, failed) in &counters {
+                let value = [*submitted, *completed, *failed][pick];
+                let labels = [("function", function.clone())];
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1036 @@
+//! The job server's state: functions and their priority queues, jobs, connections, and every
+//! protocol transition. All of it runs under one lock held for microseconds; output is appended
+//! to connection outboxes and written by the connections' own tasks, and anything that needs the
+//! runtime (timers, wake-ups of the scheduler) is returned as [`Effects`] for the caller to do
+//! after the lock is released.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use gearfleet_proto::admin::{FunctionStats, WorkerState, WorkerStats};
+use gearfleet_proto::packet::{Magic, PacketType, encode_packet};
+use gearfleet_proto::Packet;
+
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+use crate::schedule;
+
+pub type ConnId = u64;
+pub type JobId = u64;
+type FnId = u32;
+
+/// Job priority; the numeric value indexes a function's queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    High = 0,
+    Normal = 1,
+    Low = 2,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobState {
+    /// Waiting in its function's queue.
+    Queued,
+    /// Waiting for its scheduled time (SUBMIT_JOB_EPOCH / SUBMIT_JOB_SCHED).
+    Scheduled { at: u64 },
+    /// Assigned to a worker connection.
+    Running { worker: ConnId },
+}
+
+/// Rarely used job fields, boxed so the common job stays small.
+#[derive(Debug, Default)]
+struct JobExtra {
+    reducer: Bytes,
+    status: Option<(Bytes, Bytes)>,
+}
+
+#[derive(Debug)]
+struct Job {
+    fid: FnId,
+    priority: Priority,
+    background: bool,
+    state: JobState,
+    /// Increases each time the job is assigned, so a stale timeout cannot fail a later attempt.
+    attempt: u32,
+    unique: Bytes,
+    data: Bytes,
+    /// Connections waiting for this job's results (foreground submitters).
+    clients: Vec<ConnId>,
+    created: Instant,
+    extra: Option<Box<JobExtra>>,
+}
+
+#[derive(Debug)]
+struct Function {
+    name: Bytes,
+    queues: [VecDeque<JobId>; 3],
+    /// Live queued jobs per priority. Queues may also hold ids of cancelled jobs, skipped lazily.
+    queued: [u64; 3],
+    scheduled: u64,
+    running: u64,
+    /// Connections that registered this function.
+    workers: Vec<ConnId>,
+    /// Per priority; 0 = unlimited.
+    max_queue: [u32; 3],
+    uniques: HashMap<Bytes, JobId>,
+    submitted: u64,
+    completed: u64,
+    failed: u64,
+}
+
+impl Function {
+    fn new(name: Bytes) -> Function {
+        Function {
+            name,
+            queues: Default::default(),
+            queued: [0; 3],
+            scheduled: 0,
+            running: 0,
+            workers: Vec::new(),
+            max_queue: [0; 3],
+            uniques: HashMap::new(),
+            submitted: 0,
+            completed: 0,
+            failed: 0,
+        }
+    }
+
+    fn queued_total(&self) -> u64 {
+        self.queued.iter().sum()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GrabKind {
+    Plain,
+    Uniq,
+    All,
+}
+
+#[derive(Debug)]
+struct Ability {
+    fid: FnId,
+    timeout: Option<Duration>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    outbox: Arc<Outbox>,
+    peer: String,
+    fd: i64,
+    client_id: Bytes,
+    abilities: Vec<Ability>,
+    sleeping: bool,
+    draining: bool,
+    exceptions: bool,
+    /// Jobs this connection holds as a worker.
+    holding: Vec<JobId>,
+    /// Foreground jobs this connection waits on as a client.
+    waiting_on: Vec<JobId>,
+    jobs_done: u64,
+    watching: bool,
+}
+
+/// Work to do once the lock is released.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Fail `job` if attempt `attempt` is still running after the duration.
+    pub timers: Vec<(JobId, u32, Duration)>,
+    /// The earliest scheduled time may have changed.
+    pub schedule_changed: bool,
+    /// Queue or worker counts changed (for `fleet watch`).
+    pub stats_changed: bool,
+}
+
+/// Limits the state enforces.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Queued jobs across all functions; 0 = unlimited.
+    pub max_queued_jobs: u64,
+    /// Default per-function queue limit; 0 = unlimited.
+    pub default_max_queue: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { max_queued_jobs: 0, default_max_queue: 0 }
+    }
+}
+
+pub struct State {
+    functions: Vec<Function>,
+    fn_index: HashMap<Bytes, FnId>,
+    jobs: HashMap<JobId, Job>,
+    conns: HashMap<ConnId, Conn>,
+    next_job: JobId,
+    scheduled: BTreeSet<(u64, JobId)>,
+    handle_prefix: Vec<u8>,
+    queued_total: u64,
+    limits: Limits,
+    pub metrics: Arc<Metrics>,
+}
+
+const ERR_JOB_NOT_FOUND: &[u8] = b"job_not_found";
+
+impl State {
+    pub fn new(host: &str, limits: Limits, metrics: Arc<Metrics>) -> State {
+        State {
+            functions: Vec::new(),
+            fn_index: HashMap::new(),
+            jobs: HashMap::new(),
+            conns: HashMap::new(),
+            next_job: 1,
+            scheduled: BTreeSet::new(),
+            handle_prefix: format!("H:{host}:").into_bytes(),
+            queued_total: 0,
+            limits,
+            metrics,
+        }
+    }
+
+    // ---- connections ----------------------------------------------------------------------
+
+    pub fn add_conn(&mut self, id: ConnId, outbox: Arc<Outbox>, peer: String, fd: i64) {
+        self.conns.insert(
+            id,
+            Conn {
+                outbox,
+                peer,
+                fd,
+                client_id: Bytes::from_static(b"-"),
+                abilities: Vec::new(),
+                sleeping: false,
+                draining: false,
+                exceptions: false,
+                holding: Vec::new(),
+                waiting_on: Vec::new(),
+                jobs_done: 0,
+                watching: false,
+            },
+        );
+    }
+
+    /// Forgets a closed connection: jobs it held go back to the front of their queues (gearmand
+    /// semantics; a disconnect is not the job's fault), foreground jobs nobody waits for any more
+    /// are dropped if they have not started.
+    pub fn remove_conn(&mut self, id: ConnId, fx: &mut Effects) {
+        let Some(conn) = self.conns.remove(&id) else { return };
+        for ability in &conn.abilities {
+            self.functions[ability.fid as usize].workers.retain(|&w| w != id);
+        }
+        for job_id in conn.holding {
+            self.requeue_front(job_id, fx);
+        }
+        for job_id in conn.waiting_on {
+            let Some(job) = self.jobs.get_mut(&job_id) else { continue };
+            job.clients.retain(|&c| c != id);
+            if job.clients.is_empty() && !job.background && job.state == JobState::Queued {
+                self.forget_queued(job_id);
+            }
+        }
+        fx.stats_changed = true;
+    }
+
+    pub fn set_watching(&mut self, id: ConnId, on: bool) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.watching = on;
+        }
+    }
+
+    pub fn watchers(&self) -> Vec<Arc<Outbox>> {
+        self.conns.values().filter(|c| c.watching).map(|c| c.outbox.clone()).collect()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    // ---- packets --------------------------------------------------------------------------
+
+    /// Applies one request packet from connection `id`.
+    pub fn handle(&mut self, id: ConnId, p: &Packet, fx: &mut Effects) {
+        use PacketType as T;
+        match p.ptype {
+            T::SubmitJob => self.submit(id, p, Priority::Normal, false, fx),
+            T::SubmitJobBg => self.submit(id, p, Priority::Normal, true, fx),
+            T::SubmitJobHigh => self.submit(id, p, Priority::High, false, fx),
+            T::SubmitJobHighBg => self.submit(id, p, Priority::High, true, fx),
+            T::SubmitJobLow => self.submit(id, p, Priority::Low, false, fx),
+            T::SubmitJobLowBg => self.submit(id, p, Priority::Low, true, fx),
+            T::SubmitReduceJob => self.submit(id, p, Priority::Normal, false, fx),
+            T::SubmitReduceJobBackground => self.submit(id, p, Priority::Normal, true, fx),
+            T::SubmitJobEpoch => self.submit(id, p, Priority::Normal, true, fx),
+            T::SubmitJobSched => self.submit(id, p, Priority::Normal, true, fx),
+            T::GrabJob => self.grab(id, GrabKind::Plain, fx),
+            T::GrabJobUniq => self.grab(id, GrabKind::Uniq, fx),
+            T::GrabJobAll => self.grab(id, GrabKind::All, fx),
+            T::PreSleep => self.pre_sleep(id),
+            T::CanDo => self.can_do(id, p.arg_bytes(0), None, fx),
+            T::CanDoTimeout => {
+                let secs = std::str::from_utf8(p.arg(1)).ok().and_then(|s| s.trim().parse::<u64>().ok());
+                let timeout = secs.filter(|&s| s > 0).map(Duration::from_secs);
+                self.can_do(id, p.arg_bytes(0), timeout, fx)
+            }
+            T::CantDo => self.cant_do(id, p.arg(0), fx),
+            T::ResetAbilities => self.reset_abilities(id, fx),
+            T::SetClientId => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.client_id = if p.arg(0).is_empty() { Bytes::from_static(b"-") } else { p.arg_bytes(0) };
+                }
+            }
+            T::WorkStatus => self.work_update(id, p, fx),
+            T::WorkData | T::WorkWarning => self.work_update(id, p, fx),
+            T::WorkComplete => self.work_finish(id, p, Outcome::Complete, fx),
+            T::WorkFail => self.work_finish(id, p, Outcome::Fail, fx),
+            T::WorkException => self.work_finish(id, p, Outcome::Exception, fx),
+            T::GetStatus => self.get_status(id, p.arg(0)),
+            T::GetStatusUnique => self.get_status_unique(id, p.arg(0)),
+            T::EchoReq => self.send(id, PacketType::EchoRes, &[p.arg(0)]),
+            T::OptionReq => {
+                if p.arg(0) == b"exceptions" {
+                    if let Some(c) = self.conns.get_mut(&id) {
+                        c.exceptions = true;
+                    }
+                    self.send(id, PacketType::OptionRes, &[b"exceptions"]);
+                } else {
+                    self.send_error(id, b"UNKNOWN_OPTION", b"Server does not recognize given option");
+                }
+            }
+            // ALL_YOURS: a worker declares it is this server's alone; nothing to do.
+            T::AllYours => {}
+            // Response-only types arriving as requests.
+            T::Noop
+            | T::JobCreated
+            | T::NoJob
+            | T::JobAssign
+            | T::JobAssignUniq
+            | T::JobAssignAll
+            | T::EchoRes
+            | T::Error
+            | T::StatusRes
+            | T::StatusResUnique
+            | T::OptionRes => {
+                let msg = format!("{} is a server response, not a request", p.ptype);
+                self.send_error(id, b"ERR_UNEXPECTED_PACKET", msg.as_bytes());
+            }
+        }
+    }
+
+    fn send(&self, id: ConnId, ptype: PacketType, args: &[&[u8]]) {
+        if let Some(c) = self.conns.get(&id) {
+            c.outbox.push(|b| encode_packet(b, Magic::Res, ptype, args));
+        }
+    }
+
+    pub fn send_error(&self, id: ConnId, code: &[u8], text: &[u8]) {
+        self.send(id, PacketType::Error, &[code, text]);
+    }
+
+    fn handle_of(&self, job: JobId, buf: &mut Vec<u8>) {
+        buf.clear();
+        buf.extend_from_slice(&self.handle_prefix);
+        let mut itoa = itoa::Buffer::new();
+        buf.extend_from_slice(itoa.format(job).as_bytes());
+    }
+
+    pub fn handle_string(&self, job: JobId) -> String {
+        let mut b = Vec::new();
+        self.handle_of(job, &mut b);
+        String::from_utf8_lossy(&b).into_owned()
+    }
+
+    /// The job a handle names, if it is one of ours.
+    pub fn parse_handle(&self, handle: &[u8]) -> Option<JobId> {
+        let rest = handle.strip_prefix(self.handle_prefix.as_slice())?;
+        std::str::from_utf8(rest).ok()?.parse().ok()
+    }
+
+    fn function_id(&mut self, name: &Bytes) -> FnId {
+        if let Some(&fid) = self.fn_index.get(name) {
+            return fid;
+        }
+        let fid = self.functions.len() as FnId;
+        let mut f = Function::new(name.clone());
+        f.max_queue = [self.limits.default_max_queue; 3];
+        self.functions.push(f);
+        self.fn_index.insert(name.clone(), fid);
+        fid
+    }
+
+    // ---- submission -----------------------------------------------------------------------
+
+    fn submit(&mut self, id: ConnId, p: &Packet, priority: Priority, background: bool, fx: &mut Effects) {
+        let name = p.arg_bytes(0);
+        if name.is_empty() {
+            self.send_error(id, b"ERR_INVALID_ARGUMENTS", b"function name is empty");
+            return;
+        }
+        let data = p.arg_bytes(p.len() - 1);
+        let mut unique = p.arg_bytes(1);
+        if unique.as_ref() == b"-" {
+            unique = data.clone();
+        }
+        let (reducer, run_at) = match p.ptype {
+            PacketType::SubmitReduceJob | PacketType::SubmitReduceJobBackground => (p.arg_bytes(2), None),
+            PacketType::SubmitJobEpoch => {
+                match std::str::from_utf8(p.arg(2)).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+                    Some(epoch) => (Bytes::new(), Some(epoch)),
+                    None => {
+                        self.send_error(id, b"ERR_INVALID_ARGUMENTS", b"epoch is not a number");
+                        return;
+                    }
+                }
+            }
+            PacketType::SubmitJobSched => {
+                let fields: Vec<&[u8]> = (2..7).map(|i| p.arg(i)).collect();
+                match schedule::next_match(&fields, unix_now()) {
+                    Ok(at) => (Bytes::new(), Some(at)),
+                    Err(e) => {
+                        self.send_error(id, b"ERR_INVALID_ARGUMENTS", e.to_string().as_bytes());
+                        return;
+                    }
+                }
+            }
+            _ => (Bytes::new(), None),
+        };
+        let fid = self.function_id(&name);
+        let mut handle = Vec::with_capacity(32);
+
+        // Coalesce onto a job with the same (function, unique) that is queued or running.
+        if !unique.is_empty() {
+            if let Some(&existing) = self.functions[fid as usize].uniques.get(&unique) {
+                if !background {
+                    if let Some(job) = self.jobs.get_mut(&existing) {
+                        if !job.clients.contains(&id) {
+                            job.clients.push(id);
+                            if let Some(c) = self.conns.get_mut(&id) {
+                                c.waiting_on.push(existing);
+                            }
+                        }
+                    }
+                }
+                self.handle_of(existing, &mut handle);
+                self.send(id, PacketType::JobCreated, &[&handle]);
+                return;
+            }
+        }
+
+        let f = &self.functions[fid as usize];
+        let limit = f.max_queue[priority as usize];
+        if limit > 0 && f.queued[priority as usize] >= u64::from(limit) {
+            self.metrics.rejected.inc();
+            self.send_error(id, b"QUEUE_ERROR", b"Job queue is full");
+            return;
+        }
+        if self.limits.max_queued_jobs > 0 && self.queued_total >= self.limits.max_queued_jobs {
+            self.metrics.rejected.inc();
+            self.send_error(id, b"QUEUE_ERROR", b"Broker queue limit reached");
+            return;
+        }
+
+        let job_id = self.next_job;
+        self.next_job += 1;
+        let now = unix_now();
+        let state = match run_at {
+            Some(at) if at > now => JobState::Scheduled { at },
+            _ => JobState::Queued,
+        };
+        let extra = (!reducer.is_empty()).then(|| Box::new(JobExtra { reducer, status: None }));
+        let job = Job {
+            fid,
+            priority,
+            background,
+            state,
+            attempt: 0,
+            // Copy into a buffer of its own: a slice would pin the whole read buffer while queued.
+            unique: if unique.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(&unique) },
+            data: Bytes::copy_from_slice(&data),
+            clients: if background { Vec::new() } else { vec![id] },
+            created: Instant::now(),
+            extra,
+        };
+        if !job.unique.is_empty() {
+            self.functions[fid as usize].uniques.insert(job.unique.clone(), job_id);
+        }
+        self.jobs.insert(job_id, job);
+        if !background {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.waiting_on.push(job_id);
+            }
+        }
+        self.functions[fid as usize].submitted += 1;
+        self.metrics.submitted.inc();
+        self.handle_of(job_id, &mut handle);
+        self.send(id, PacketType::JobCreated, &[&handle]);
+        match state {
+            JobState::Scheduled { at } => {
+                self.functions[fid as usize].scheduled += 1;
+                self.scheduled.insert((at, job_id));
+                fx.schedule_changed = true;
+            }
+            _ => self.enqueue(job_id, false),
+        }
+        fx.stats_changed = true;
+    }
+
+    /// Puts a job in its function's queue and wakes the sleeping workers that can take it.
+    fn enqueue(&mut self, job_id: JobId, front: bool) {
+        let Some(job) = self.jobs.get_mut(&job_id) else { return };
+        job.state = JobState::Queued;
+        let f = &mut self.functions[job.fid as usize];
+        let q = &mut f.queues[job.priority as usize];
+        if front {
+            q.push_front(job_id);
+        } else {
+            q.push_back(job_id);
+        }
+        f.queued[job.priority as usize] += 1;
+        self.queued_total += 1;
+        // Every sleeping worker that can do the function gets a NOOP; a worker is marked awake when
+        // it is sent one, so a burst of jobs costs each sleeper one NOOP, and none is ever missed.
+        for w in &f.workers {
+            if let Some(c) = self.conns.get_mut(w) {
+                if c.sleeping && !c.draining {
+                    c.sleeping = false;
+                    c.outbox.push(|b| encode_packet(b, Magic::Res, PacketType::Noop, &[]));
+                }
+            }
+        }
+    }
+
+    /// Moves scheduled jobs whose time has come into their queues. Returns the next due time.
+    pub fn release_due(&mut self, now: u64, fx: &mut Effects) -> Option<u64> {
+        while let Some(&(at, job_id)) = self.scheduled.first() {
+            if at > now {
+                return Some(at);
+            }
+            self.scheduled.pop_first();
+            if let Some(job) = self.jobs.get(&job_id) {
+                if matches!(job.state, JobState::Scheduled { .. }) {
+                    self.functions[job.fid as usize].scheduled -= 1;
+                    self.enqueue(job_id, false);
+                    fx.stats_changed = true;
+                }
+            }
+        }
+        None
+    }
+
+    pub fn next_scheduled(&self) -> Option<u64> {
+        self.scheduled.first().map(|&(at, _)| at)
+    }
+
+    // ---- workers --------------------------------------------------------------------------
+
+    fn can_do(&mut self, id: ConnId, name: Bytes, timeout: Option<Duration>, fx: &mut Effects) {
+        if name.is_empty() {
+            self.send_error(id, b"ERR_INVALID_ARGUMENTS", b"function name is empty");
+            return;
+        }
+        let fid = self.function_id(&name);
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        if let Some(a) = c.abilities.iter_mut().find(|a| a.fid == fid) {
+            a.timeout = timeout;
+            return;
+        }
+        c.abilities.push(Ability { fid, timeout });
+        self.functions[fid as usize].workers.push(id);
+        fx.stats_changed = true;
+    }
+
+    fn cant_do(&mut self, id: ConnId, name: &[u8], fx: &mut Effects) {
+        let Some(&fid) = self.fn_index.get(name) else { return };
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        c.abilities.retain(|a| a.fid != fid);
+        self.functions[fid as usize].workers.retain(|&w| w != id);
+        fx.stats_changed = true;
+    }
+
+    fn reset_abilities(&mut self, id: ConnId, fx: &mut Effects) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        for a in c.abilities.drain(..) {
+            self.functions[a.fid as usize].workers.retain(|&w| w != id);
+        }
+        fx.stats_changed = true;
+    }
+
+    fn pre_sleep(&mut self, id: ConnId) {
+        let has_work = self.next_job_for(id).is_some();
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        if has_work && !c.draining {
+            // A job arrived between this worker's NO_JOB and its PRE_SLEEP: wake it at once.
+            c.outbox.push(|b| encode_packet(b, Magic::Res, PacketType::Noop, &[]));
+        } else {
+            c.sleeping = true;
+        }
+    }
+
+    /// The oldest queued job of the highest priority among all the functions the worker can do
+    /// (priority is global across a worker's functions, FIFO within a priority). Drops ids of
+    /// cancelled jobs from queue fronts on the way.
+    fn next_job_for(&mut self, id: ConnId) -> Option<(FnId, Priority)> {
+        let c = self.conns.get(&id)?;
+        for prio in Priority::ALL {
+            let mut best: Option<(JobId, FnId)> = None;
+            for a in &c.abilities {
+                let q = &mut self.functions[a.fid as usize].queues[prio as usize];
+                while let Some(&front) = q.front() {
+                    if self.jobs.get(&front).is_some_and(|j| j.state == JobState::Queued) {
+                        break;
+                    }
+                    q.pop_front();
+                }
+                if let Some(&front) = q.front() {
+                    if best.is_none_or(|(b, _)| front < b) {
+                        best = Some((front, a.fid));
+                    }
+                }
+            }
+            if let Some((_, fid)) = best {
+                return Some((fid, prio));
+            }
+        }
+        None
+    }
+
+    fn grab(&mut self, id: ConnId, kind: GrabKind, fx: &mut Effects) {
+        let draining = self.conns.get(&id).is_none_or(|c| c.draining);
+        let next = if draining { None } else { self.next_job_for(id) };
+        let Some((fid, prio)) = next else {
+            self.send(id, PacketType::NoJob, &[]);
+            return;
+        };
+        let f = &mut self.functions[fid as usize];
+        let Some(job_id) = f.queues[prio as usize].pop_front() else {
+            self.send(id, PacketType::NoJob, &[]);
+            return;
+        };
+        f.queued[prio as usize] -= 1;
+        f.running += 1;
+        self.queued_total -= 1;
+        let Some(job) = self.jobs.get_mut(&job_id) else { return };
+        job.state = JobState::Running { worker: id };
+        job.attempt += 1;
+        let attempt = job.attempt;
+        self.metrics.queue_wait.observe(job.created.elapsed().as_secs_f64());
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        c.holding.push(job_id);
+        c.sleeping = false;
+        if let Some(t) = c.abilities.iter().find(|a| a.fid == fid).and_then(|a| a.timeout) {
+            fx.timers.push((job_id, attempt, t));
+        }
+        let mut handle = Vec::with_capacity(32);
+        self.handle_of(job_id, &mut handle);
+        let job = &self.jobs[&job_id];
+        let name = &self.functions[fid as usize].name;
+        let c = &self.conns[&id];
+        c.outbox.push(|b| match kind {
+            GrabKind::Plain => encode_packet(b, Magic::Res, PacketType::JobAssign, &[&handle, name, &job.data]),
+            GrabKind::Uniq => {
+                encode_packet(b, Magic::Res, PacketType::JobAssignUniq, &[&handle, name, &job.unique, &job.data])
+            }
+            GrabKind::All => {
+                let reducer = job.extra.as_ref().map(|e| e.reducer.as_ref()).unwrap_or(b"");
+                encode_packet(
+                    b,
+                    Magic::Res,
+                    PacketType::JobAssignAll,
+                    &[&handle, name, &job.unique, reducer, &job.data],
+                )
+            }
+        });
+        fx.stats_changed = true;
+    }
+
+    /// The job `handle` if this worker holds it; otherwise tells the worker it does not.
+    fn held_job(&self, id: ConnId, handle: &[u8]) -> Option<JobId> {
+        let job_id = self.parse_handle(handle);
+        let held = job_id.filter(|j| self.jobs.get(j).is_some_and(|job| job.state == JobState::Running { worker: id }));
+        if held.is_none() {
+            self.send_error(id, ERR_JOB_NOT_FOUND, b"Job given in work result not found");
+        }
+        held
+    }
+
+    fn work_update(&mut self, id: ConnId, p: &Packet, _fx: &mut Effects) {
+        let Some(job_id) = self.held_job(id, p.arg(0)) else { return };
+        let Some(job) = self.jobs.get_mut(&job_id) else { return };
+        if p.ptype == PacketType::WorkStatus {
+            let extra = job.extra.get_or_insert_with(Default::default);
+            extra.status = Some((p.arg_bytes(1), p.arg_bytes(2)));
+        }
+        let job = &self.jobs[&job_id];
+        for client in &job.clients {
+            if let Some(c) = self.conns.get(client) {
+                c.outbox.push(|b| p.encode_as(b, Magic::Res));
+            }
+        }
+    }
+
+    fn work_finish(&mut self, id: ConnId, p: &Packet, outcome: Outcome, fx: &mut Effects) {
+        let Some(job_id) = self.held_job(id, p.arg(0)) else { return };
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.holding.retain(|&j| j != job_id);
+            c.jobs_done += 1;
+        }
+        self.finish(job_id, outcome, Some(p), fx);
+    }
+
+    /// Ends a job: tells its clients and forgets it.
+    fn finish(&mut self, job_id: JobId, outcome: Outcome, packet: Option<&Packet>, fx: &mut Effects) {
+        let Some(job) = self.jobs.remove(&job_id) else { return };
+        let f = &mut self.functions[job.fid as usize];
+        if let JobState::Running { .. } = job.state {
+            f.running -= 1;
+        }
+        if !job.unique.is_empty() {
+            f.uniques.remove(&job.unique);
+        }
+        match outcome {
+            Outcome::Complete => {
+                f.completed += 1;
+                self.metrics.completed.inc();
+            }
+            Outcome::Fail | Outcome::Exception | Outcome::Timeout => {
+                f.failed += 1;
+                self.metrics.failed.inc();
+            }
+        }
+        self.metrics.latency.observe(job.created.elapsed().as_secs_f64());
+        let mut handle = Vec::with_capacity(32);
+        self.handle_of(job_id, &mut handle);
+        for client in &job.clients {
+            let Some(c) = self.conns.get_mut(client) else { continue };
+            c.waiting_on.retain(|&j| j != job_id);
+            match (outcome, packet) {
+                (Outcome::Complete, Some(p)) => c.outbox.push(|b| p.encode_as(b, Magic::Res)),
+                (Outcome::Exception, Some(p)) if c.exceptions => c.outbox.push(|b| p.encode_as(b, Magic::Res)),
+                (Outcome::Timeout, _) if c.exceptions => c.outbox.push(|b| {
+                    encode_packet(b, Magic::Res, PacketType::WorkException, &[&handle, b"gearfleet: job timed out"])
+                }),
+                _ => c.outbox.push(|b| encode_packet(b, Magic::Res, PacketType::WorkFail, &[&handle])),
+            }
+        }
+        fx.stats_changed = true;
+    }
+
+    /// CAN_DO_TIMEOUT expiry: the attempt is failed to its clients and taken from the worker, so
+    /// it never runs twice; the worker's later packets for it get `job_not_found`.
+    pub fn expire(&mut self, job_id: JobId, attempt: u32, fx: &mut Effects) -> bool {
+        let Some(job) = self.jobs.get(&job_id) else { return false };
+        let JobState::Running { worker } = job.state else { return false };
+        if job.attempt != attempt {
+            return false;
+        }
+        if let Some(c) = self.conns.get_mut(&worker) {
+            c.holding.retain(|&j| j != job_id);
+        }
+        self.metrics.timeouts.inc();
+        self.finish(job_id, Outcome::Timeout, None, fx);
+        true
+    }
+
+    fn requeue_front(&mut self, job_id: JobId, _fx: &mut Effects) {
+        let Some(job) = self.jobs.get(&job_id) else { return };
+        if let JobState::Running { .. } = job.state {
+            self.functions[job.fid as usize].running -= 1;
+            self.enqueue(job_id, true);
+        }
+    }
+
+    /// Removes a queued or scheduled job (cancel, or a foreground job whose clients all left).
+    fn forget_queued(&mut self, job_id: JobId) -> bool {
+        let Some(job) = self.jobs.get(&job_id) else { return false };
+        let f = &mut self.functions[job.fid as usize];
+        match job.state {
+            JobState::Queued => {
+                f.queued[job.priority as usize] -= 1;
+                self.queued_total -= 1;
+            }
+            JobState::Scheduled { at } => {
+                f.scheduled -= 1;
+                self.scheduled.remove(&(at, job_id));
+            }
+            JobState::Running { .. } => return false,
+        }
+        if !job.unique.is_empty() {
+            f.uniques.remove(&job.unique);
+        }
+        self.jobs.remove(&job_id);
+        true
+    }
+
+    // ---- status ---------------------------------------------------------------------------
+
+    fn get_status(&self, id: ConnId, handle: &[u8]) {
+        let job = self.parse_handle(handle).and_then(|j| self.jobs.get(&j));
+        let (known, running, num, den) = status_fields(job);
+        self.send(id, PacketType::StatusRes, &[handle, known, running, &num, &den]);
+    }
+
+    fn get_status_unique(&self, id: ConnId, unique: &[u8]) {
+        let job = self.functions.iter().find_map(|f| f.uniques.get(unique)).and_then(|j| self.jobs.get(j));
+        let (known, running, num, den) = status_fields(job);
+        let waiting = job.map_or(0, |j| j.clients.len()).to_string();
+        self.send(id, PacketType::StatusResUnique, &[unique, known, running, &num, &den, waiting.as_bytes()]);
+    }
+
+    // ---- admin ----------------------------------------------------------------------------
+
+    /// `status`: gearmand counts queued plus running as TOTAL.
+    pub fn admin_status(&self, out: &mut String) {
+        use std::fmt::Write;
+        for f in self.functions.iter().filter(|f| !f.name.is_empty()) {
+            let _ = writeln!(
+                out,
+                "{}\t{}\t{}\t{}",
+                String::from_utf8_lossy(&f.name),
+                f.queued_total() + f.running,
+                f.running,
+                f.workers.len()
+            );
+        }
+        out.push_str(".\n");
+    }
+
+    pub fn admin_priority_status(&self, out: &mut String) {
+        use std::fmt::Write;
+        for f in self.functions.iter().filter(|f| !f.name.is_empty()) {
+            let [h, n, l] = f.queued;
+            let _ = writeln!(out, "{}\t{h}\t{n}\t{l}\t{}", String::from_utf8_lossy(&f.name), f.workers.len());
+        }
+        out.push_str(".\n");
+    }
+
+    pub fn admin_workers(&self, out: &mut String) {
+        use std::fmt::Write;
+        let mut conns: Vec<_> = self.conns.iter().collect();
+        conns.sort_by_key(|(id, _)| **id);
+        for (_, c) in conns {
+            let host = c.peer.rsplit_once(':').map_or(c.peer.as_str(), |(h, _)| h);
+            let _ = write!(out, "{} {} {} :", c.fd, host, String::from_utf8_lossy(&c.client_id));
+            for a in &c.abilities {
+                let _ = write!(out, " {}", String::from_utf8_lossy(&self.functions[a.fid as usize].name));
+            }
+            out.push('\n');
+        }
+        out.push_str(".\n");
+    }
+
+    pub fn admin_show_jobs(&self, out: &mut String) {
+        use std::fmt::Write;
+        let mut ids: Vec<_> = self.jobs.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let job = &self.jobs[&id];
+            let queued = u8::from(job.state == JobState::Queued);
+            let _ = writeln!(out, "{}\t{}\t0\t{queued}", self.handle_string(id), job.attempt.saturating_sub(1));
+        }
+        out.push_str(".\n");
+    }
+
+    pub fn admin_show_unique_jobs(&self, out: &mut String) {
+        use std::fmt::Write;
+        for f in &self.functions {
+            for (unique, id) in &f.uniques {
+                let _ = writeln!(out, "{}\t{}", String::from_utf8_lossy(unique), self.handle_string(*id));
+            }
+        }
+        out.push_str(".\n");
+    }
+
+    /// `cancel job HANDLE`: removes a job that has not started; running jobs cannot be taken
+    /// back from a worker.
+    pub fn admin_cancel(&mut self, handle: &str, fx: &mut Effects) -> Result<(), &'static str> {
+        let job_id = self.parse_handle(handle.as_bytes()).ok_or("UNKNOWN_JOB")?;
+        let job = self.jobs.get(&job_id).ok_or("UNKNOWN_JOB")?;
+        if let JobState::Running { .. } = job.state {
+            return Err("JOB_RUNNING");
+        }
+        let clients = job.clients.clone();
+        let mut handle_buf = Vec::new();
+        self.handle_of(job_id, &mut handle_buf);
+        for client in clients {
+            if let Some(c) = self.conns.get_mut(&client) {
+                c.waiting_on.retain(|&j| j != job_id);
+                c.outbox.push(|b| encode_packet(b, Magic::Res, PacketType::WorkFail, &[&handle_buf]));
+            }
+        }
+        self.forget_queued(job_id);
+        fx.stats_changed = true;
+        Ok(())
+    }
+
+    pub fn admin_create_function(&mut self, name: &str) {
+        self.function_id(&Bytes::copy_from_slice(name.as_bytes()));
+    }
+
+    pub fn admin_drop_function(&mut self, name: &str) -> Result<(), &'static str> {
+        let &fid = self.fn_index.get(name.as_bytes()).ok_or("function not found")?;
+        let f = &self.functions[fid as usize];
+        if !f.workers.is_empty() || f.running > 0 {
+            return Err("there are still connected workers or executing clients");
+        }
+        if f.queued_total() > 0 || f.scheduled > 0 {
+            return Err("there are still queued jobs");
+        }
+        // Jobs refer to functions by slot, so an inner slot is emptied (and hidden from listings)
+        // rather than removed; a later CAN_DO or submit of the name gets a fresh slot.
+        self.fn_index.remove(name.as_bytes());
+        let f = &mut self.functions[fid as usize];
+        *f = Function::new(Bytes::new());
+        self.functions_compact();
+        Ok(())
+    }
+
+    /// Drops trailing empty slots left by `drop function`, and hides inner ones from listings.
+    fn functions_compact(&mut self) {
+        while self.functions.last().is_some_and(|f| f.name.is_empty()) {
+            self.functions.pop();
+        }
+    }
+
+    pub fn admin_maxqueue(&mut self, name: &str, limits: Option<[u32; 3]>) {
+        // Unlike gearmand, a limit set before the function is first seen is kept.
+        let fid = self.function_id(&Bytes::copy_from_slice(name.as_bytes()));
+        self.functions[fid as usize].max_queue = limits.unwrap_or([self.limits.default_max_queue; 3]);
+    }
+
+    pub fn fleet_status(&self) -> Vec<FunctionStats> {
+        self.functions
+            .iter()
+            .filter(|f| !f.name.is_empty())
+            .map(|f| {
+                let mut idle = 0;
+                let mut draining = 0;
+                for w in &f.workers {
+                    if let Some(c) = self.conns.get(w) {
+                        if c.holding.is_empty() {
+                            idle += 1;
+                        }
+                        if c.draining {
+                            draining += 1;
+                        }
+                    }
+                }
+                FunctionStats {
+                    function: String::from_utf8_lossy(&f.name).into_owned(),
+                    queued: f.queued,
+                    scheduled: f.scheduled,
+                    running: f.running,
+                    workers: f.workers.len() as u64,
+                    idle_workers: idle,
+                    draining_workers: draining,
+                    dead: 0,
+                }
+            })
+            .collect()
+    }
+
+    pub fn fleet_workers(&self) -> Vec<WorkerStats> {
+        let mut conns: Vec<_> = self.conns.iter().filter(|(_, c)| !c.abilities.is_empty() || !c.holding.is_empty()).collect();
+        conns.sort_by_key(|(id, _)| **id);
+        conns
+            .into_iter()
+            .map(|(_, c)| WorkerStats {
+                client_id: String::from_utf8_lossy(&c.client_id).into_owned(),
+                address: c.peer.clone(),
+                state: if !c.holding.is_empty() {
+                    WorkerState::Busy
+                } else if c.sleeping {
+                    WorkerState::Sleeping
+                } else {
+                    WorkerState::Idle
+                },
+                draining: c.draining,
+                jobs_done: c.jobs_done,
+                current_jobs: c.holding.iter().map(|&j| self.handle_string(j)).collect(),
+                functions: c
+                    .abilities
+                    .iter()
+                    .map(|a| String::from_utf8_lossy(&self.functions[a.fid as usize].name).into_owned())
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Marks every connection with this client id as draining (or not). Returns how many matched.
+    pub fn set_draining(&mut self, client_id: &str, draining: bool, fx: &mut Effects) -> usize {
+        let mut n = 0;
+        let mut woken = Vec::new();
+        for (id, c) in self.conns.iter_mut() {
+            if c.client_id.as_ref() == client_id.as_bytes() {
+                c.draining = draining;
+                n += 1;
+                if !draining && c.sleeping {
+                    woken.push(*id);
+                }
+            }
+        }
+        // An undrained sleeper may have missed wake-ups while draining: wake it if work waits.
+        for id in woken {
+            if self.next_job_for(id).is_some() {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.sleeping = false;
+                    c.outbox.push(|b| encode_packet(b, Magic::Res, PacketType::Noop, &[]));
+                }
+            }
+        }
+        fx.stats_changed = true;
+        n
+    }
+
+    /// Counters exported as metrics: (function, submitted, completed, failed).
+    pub fn function_counters(&self) -> Vec<(String, u64, u64, u64)> {
+        self.functions
+            .iter()
+            .filter(|f| !f.name.is_empty())
+            .map(|f| (String::from_utf8_lossy(&f.name).into_owned(), f.submitted, f.completed, f.failed))
+            .collect()
+    }
+
+    pub fn job_count(&self) -> usize {
+        self.jobs.len()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Complete,
+    Fail,
+    Exception,
+    Timeout,
+}
+
+fn status_fields(job: Option<&Job>) -> (&'static [u8], &'static [u8], Vec<u8>, Vec<u8>) {
+    match job {
+        None => (b"0", b"0", b"0".to_vec(), b"0".to_vec()),
+        Some(job) => {
+            let running: &'static [u8] = if matches!(job.state, JobState::Running { .. }) { b"1" } else { b"0" };
+            let (num, den) = job
+                .extra
+                .as_ref()
+                .and_then(|e| e.status.clone())
+                .map_or((b"0".to_vec(), b"0".to_vec()), |(n, d)| (n.to_vec(), d.to_vec()));
+            (b"1", running, num, den)
+        }
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
