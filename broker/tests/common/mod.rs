@@ -1,0 +1,139 @@
+//! A raw Gearman peer for tests: sends packets and admin lines, reads replies with deadlines.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use gearfleet_proto::{Codec, Frame, Packet, PacketType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub async fn broker() -> gearfleet_broker::Running {
+    gearfleet_broker::start(gearfleet_broker::Config::for_tests()).await.expect("broker starts")
+}
+
+pub struct Peer {
+    pub stream: TcpStream,
+    buf: BytesMut,
+    codec: Codec,
+}
+
+impl Peer {
+    pub async fn connect(addr: SocketAddr) -> Peer {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        Peer { stream, buf: BytesMut::new(), codec: Codec::client() }
+    }
+
+    pub async fn send(&mut self, ptype: PacketType, args: &[&[u8]]) {
+        let p = Packet::req(ptype, args);
+        self.stream.write_all(&p.to_bytes()).await.expect("write");
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// The next packet, failing the test if none comes within `WAIT`.
+    pub async fn recv(&mut self) -> Packet {
+        self.try_recv(WAIT).await.expect("a packet within the deadline")
+    }
+
+    /// The next packet, or `None` if the deadline passes or the connection closes.
+    pub async fn try_recv(&mut self, wait: Duration) -> Option<Packet> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match self.codec.decode_frame(&mut self.buf) {
+                Ok(Some(Frame::Packet(p))) => return Some(p),
+                Ok(Some(Frame::Admin(_))) => unreachable!("client codec yields no admin lines"),
+                Ok(None) => {}
+                Err(e) => panic!("bad packet from broker: {e}"),
+            }
+            let read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await;
+            match read {
+                Ok(Ok(0)) | Err(_) => return None,
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return None,
+            }
+        }
+    }
+
+    pub async fn expect(&mut self, ptype: PacketType) -> Packet {
+        let p = self.recv().await;
+        assert_eq!(p.ptype, ptype, "expected {ptype}, got {p:?}");
+        p
+    }
+
+    /// Asserts nothing arrives for `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Some(p) = self.try_recv(wait).await {
+            panic!("expected no packet, got {p:?}");
+        }
+    }
+
+    /// Sends an admin line and reads the reply: one line, or a list up to the closing `.`.
+    pub async fn admin(&mut self, line: &str) -> String {
+        self.send_raw(format!("{line}\n").as_bytes()).await;
+        let list = !(line.starts_with("version")
+            || line.starts_with("getpid")
+            || line.starts_with("verbose")
+            || line.starts_with("cancel")
+            || line.starts_with("maxqueue")
+            || line.starts_with("create")
+            || line.starts_with("drop")
+            || line.starts_with("shutdown")
+            || line.starts_with("fleet drain")
+            || line.starts_with("fleet undrain"));
+        self.read_text(list).await
+    }
+
+    pub async fn read_text(&mut self, list: bool) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let text = String::from_utf8_lossy(&self.buf).to_string();
+            let done = if list {
+                text == ".\n" || text.ends_with("\n.\n") || text.starts_with("ERR")
+            } else {
+                text.ends_with('\n')
+            };
+            if done && !text.is_empty() {
+                self.buf.clear();
+                return text;
+            }
+            let n = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("admin reply within the deadline")
+                .expect("read");
+            assert!(n > 0, "connection closed while reading admin reply; got {text:?}");
+        }
+    }
+
+    /// Registers as a worker for `functions`.
+    pub async fn worker(addr: SocketAddr, functions: &[&str]) -> Peer {
+        let mut w = Peer::connect(addr).await;
+        for f in functions {
+            w.send(PacketType::CanDo, &[f.as_bytes()]).await;
+        }
+        w
+    }
+
+    /// GRAB_JOB_UNIQ and returns the assignment, or `None` on NO_JOB.
+    pub async fn grab(&mut self) -> Option<Packet> {
+        self.send(PacketType::GrabJobUniq, &[]).await;
+        let p = self.recv().await;
+        match p.ptype {
+            PacketType::JobAssignUniq => Some(p),
+            PacketType::NoJob => None,
+            other => panic!("unexpected {other} in reply to GRAB_JOB_UNIQ: {p:?}"),
+        }
+    }
+
+    /// Submits and returns the handle from JOB_CREATED.
+    pub async fn submit(&mut self, ptype: PacketType, function: &str, unique: &str, data: &[u8]) -> Vec<u8> {
+        self.send(ptype, &[function.as_bytes(), unique.as_bytes(), data]).await;
+        let p = self.expect(PacketType::JobCreated).await;
+        p.arg(0).to_vec()
+    }
+}
