@@ -35,8 +35,7 @@ impl Broker {
         let host = config.handle_host.clone().unwrap_or_else(|| {
             gethostname::gethostname().to_string_lossy().chars().filter(|c| !c.is_whitespace() && *c != ':').collect()
         });
-        let limits =
-            Limits { max_queued_jobs: config.max_queued_jobs, default_max_queue: config.default_max_queue };
+        let limits = Limits { max_queued_jobs: config.max_queued_jobs, default_max_queue: config.default_max_queue };
         Arc::new(Broker {
             state: Mutex::new(State::new(&host, limits, metrics.clone())),
             config,

@@ -63,8 +63,7 @@ async fn read_loop(
                 match codec.decode_frame(&mut buf) {
                     Ok(Some(Frame::Packet(p))) => state.handle(id, &p, &mut fx),
                     Ok(Some(Frame::Admin(line))) => {
-                        let (reply, action) =
-                            admin::run(state, id, &line, broker.config.allow_admin_shutdown, &mut fx);
+                        let (reply, action) = admin::run(state, id, &line, broker.config.allow_admin_shutdown, &mut fx);
                         outbox.push(|b| b.extend_from_slice(reply.as_bytes()));
                         match action {
                             AdminAction::None => {}

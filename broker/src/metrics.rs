@@ -51,7 +51,11 @@ impl Default for Metrics {
 impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register("gearfleet_broker_jobs_submitted", "Jobs accepted", self.submitted.clone());
-        registry.register("gearfleet_broker_jobs_completed", "Jobs finished with WORK_COMPLETE", self.completed.clone());
+        registry.register(
+            "gearfleet_broker_jobs_completed",
+            "Jobs finished with WORK_COMPLETE",
+            self.completed.clone(),
+        );
         registry.register(
             "gearfleet_broker_jobs_failed",
             "Jobs finished with WORK_FAIL, WORK_EXCEPTION or a timeout",
@@ -69,7 +73,11 @@ impl Metrics {
             self.protocol_errors.clone(),
         );
         registry.register("gearfleet_broker_connections", "Open connections", self.connections.clone());
-        registry.register("gearfleet_broker_connections_accepted", "Connections accepted", self.connections_total.clone());
+        registry.register(
+            "gearfleet_broker_connections_accepted",
+            "Connections accepted",
+            self.connections_total.clone(),
+        );
         registry.register(
             "gearfleet_broker_job_queue_wait_seconds",
             "Time from submission to assignment to a worker",
@@ -107,7 +115,10 @@ impl Collector for StateCollector {
             "Jobs waiting for a worker, by function and priority",
             &mut stats.iter().flat_map(|f| {
                 Priority::ALL.into_iter().map(move |p| {
-                    (vec![("function", f.function.clone()), ("priority", p.as_str().to_string())], f.queued[p as usize] as i64)
+                    (
+                        vec![("function", f.function.clone()), ("priority", p.as_str().to_string())],
+                        f.queued[p as usize] as i64,
+                    )
                 })
             }),
         )?;

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use gearfleet_proto::Packet;
 use gearfleet_proto::admin::{FunctionStats, WorkerState, WorkerStats};
 use gearfleet_proto::packet::{Magic, PacketType, encode_packet};
-use gearfleet_proto::Packet;
 
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
@@ -157,18 +157,12 @@ pub struct Effects {
 }
 
 /// Limits the state enforces.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Limits {
     /// Queued jobs across all functions; 0 = unlimited.
     pub max_queued_jobs: u64,
     /// Default per-function queue limit; 0 = unlimited.
     pub default_max_queue: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits { max_queued_jobs: 0, default_max_queue: 0 }
-    }
 }
 
 pub struct State {
@@ -411,22 +405,21 @@ impl State {
         let mut handle = Vec::with_capacity(32);
 
         // Coalesce onto a job with the same (function, unique) that is queued or running.
-        if !unique.is_empty() {
-            if let Some(&existing) = self.functions[fid as usize].uniques.get(&unique) {
-                if !background {
-                    if let Some(job) = self.jobs.get_mut(&existing) {
-                        if !job.clients.contains(&id) {
-                            job.clients.push(id);
-                            if let Some(c) = self.conns.get_mut(&id) {
-                                c.waiting_on.push(existing);
-                            }
-                        }
-                    }
+        if !unique.is_empty()
+            && let Some(&existing) = self.functions[fid as usize].uniques.get(&unique)
+        {
+            if !background
+                && let Some(job) = self.jobs.get_mut(&existing)
+                && !job.clients.contains(&id)
+            {
+                job.clients.push(id);
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.waiting_on.push(existing);
                 }
-                self.handle_of(existing, &mut handle);
-                self.send(id, PacketType::JobCreated, &[&handle]);
-                return;
             }
+            self.handle_of(existing, &mut handle);
+            self.send(id, PacketType::JobCreated, &[&handle]);
+            return;
         }
 
         let f = &self.functions[fid as usize];
@@ -467,10 +460,8 @@ impl State {
             self.functions[fid as usize].uniques.insert(job.unique.clone(), job_id);
         }
         self.jobs.insert(job_id, job);
-        if !background {
-            if let Some(c) = self.conns.get_mut(&id) {
-                c.waiting_on.push(job_id);
-            }
+        if !background && let Some(c) = self.conns.get_mut(&id) {
+            c.waiting_on.push(job_id);
         }
         self.functions[fid as usize].submitted += 1;
         self.metrics.submitted.inc();
@@ -503,11 +494,12 @@ impl State {
         // Every sleeping worker that can do the function gets a NOOP; a worker is marked awake when
         // it is sent one, so a burst of jobs costs each sleeper one NOOP, and none is ever missed.
         for w in &f.workers {
-            if let Some(c) = self.conns.get_mut(w) {
-                if c.sleeping && !c.draining {
-                    c.sleeping = false;
-                    c.outbox.push(|b| encode_packet(b, Magic::Res, PacketType::Noop, &[]));
-                }
+            if let Some(c) = self.conns.get_mut(w)
+                && c.sleeping
+                && !c.draining
+            {
+                c.sleeping = false;
+                c.outbox.push(|b| encode_packet(b, Magic::Res, PacketType::Noop, &[]));
             }
         }
     }
@@ -519,12 +511,12 @@ impl State {
                 return Some(at);
             }
             self.scheduled.pop_first();
-            if let Some(job) = self.jobs.get(&job_id) {
-                if matches!(job.state, JobState::Scheduled { .. }) {
-                    self.functions[job.fid as usize].scheduled -= 1;
-                    self.enqueue(job_id, false);
-                    fx.stats_changed = true;
-                }
+            if let Some(job) = self.jobs.get(&job_id)
+                && matches!(job.state, JobState::Scheduled { .. })
+            {
+                self.functions[job.fid as usize].scheduled -= 1;
+                self.enqueue(job_id, false);
+                fx.stats_changed = true;
             }
         }
         None
@@ -594,10 +586,10 @@ impl State {
                     }
                     q.pop_front();
                 }
-                if let Some(&front) = q.front() {
-                    if best.is_none_or(|(b, _)| front < b) {
-                        best = Some((front, a.fid));
-                    }
+                if let Some(&front) = q.front()
+                    && best.is_none_or(|(b, _)| front < b)
+                {
+                    best = Some((front, a.fid));
                 }
             }
             if let Some((_, fid)) = best {
@@ -942,7 +934,8 @@ impl State {
     }
 
     pub fn fleet_workers(&self) -> Vec<WorkerStats> {
-        let mut conns: Vec<_> = self.conns.iter().filter(|(_, c)| !c.abilities.is_empty() || !c.holding.is_empty()).collect();
+        let mut conns: Vec<_> =
+            self.conns.iter().filter(|(_, c)| !c.abilities.is_empty() || !c.holding.is_empty()).collect();
         conns.sort_by_key(|(id, _)| **id);
         conns
             .into_iter()
@@ -983,11 +976,11 @@ impl State {
         }
         // An undrained sleeper may have missed wake-ups while draining: wake it if work waits.
         for id in woken {
-            if self.next_job_for(id).is_some() {
-                if let Some(c) = self.conns.get_mut(&id) {
-                    c.sleeping = false;
-                    c.outbox.push(|b| encode_packet(b, Magic::Res, PacketType::Noop, &[]));
-                }
+            if self.next_job_for(id).is_some()
+                && let Some(c) = self.conns.get_mut(&id)
+            {
+                c.sleeping = false;
+                c.outbox.push(|b| encode_packet(b, Magic::Res, PacketType::Noop, &[]));
             }
         }
         fx.stats_changed = true;

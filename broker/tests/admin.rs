@@ -141,7 +141,12 @@ async fn fleet_status_and_workers_report_what_the_operator_scales_on() {
     busy.send(T::EchoReq, &[b""]).await;
     busy.expect(T::EchoRes).await;
     let workers = admin.admin("fleet workers").await;
-    let row = split_list(&workers).unwrap().into_iter().map(|l| WorkerStats::parse(l).unwrap()).find(|w| w.client_id == "pod-busy").unwrap();
+    let row = split_list(&workers)
+        .unwrap()
+        .into_iter()
+        .map(|l| WorkerStats::parse(l).unwrap())
+        .find(|w| w.client_id == "pod-busy")
+        .unwrap();
     assert_eq!((row.state, row.jobs_done), (WorkerState::Idle, 1));
     b.stop().await;
 }

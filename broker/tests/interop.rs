@@ -12,7 +12,8 @@ use common::{Peer, broker};
 use gearfleet_proto::PacketType as T;
 
 fn have(tool: &str, probe: &[&str]) -> bool {
-    let ok = Command::new(tool).args(probe).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    let ok =
+        Command::new(tool).args(probe).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
     if !ok {
         assert!(
             std::env::var("GEARFLEET_REQUIRE_PEERS").as_deref() != Ok("1"),
@@ -214,7 +215,8 @@ async fn can_do_timeout_from_python_gear_fails_the_client() {
     }
     let b = broker().await;
     let port = b.gearman_addr.port();
-    let _hanging = gear_cmd(port, &["worker", "stuck", "hang", "1", "--timeout", "1"]).kill_on_drop(true).spawn().unwrap();
+    let _hanging =
+        gear_cmd(port, &["worker", "stuck", "hang", "1", "--timeout", "1"]).kill_on_drop(true).spawn().unwrap();
     wait_for_workers(b.gearman_addr, "stuck", 1).await;
     let out = run(&mut gear_cmd(port, &["client", "stuck", "x"])).await;
     assert_eq!(stdout(&out), "FAIL\n", "the timeout fails the job instead of leaving the client hanging");
@@ -229,8 +231,12 @@ async fn perl_gearman_client_and_worker() {
     let b = broker().await;
     let server = b.gearman_addr.to_string();
     let script = peers_dir().join("perl_peer.pl");
-    let mut worker =
-        tokio::process::Command::new("perl").arg(&script).args(["worker", &server, "upper", "2"]).kill_on_drop(true).spawn().unwrap();
+    let mut worker = tokio::process::Command::new("perl")
+        .arg(&script)
+        .args(["worker", &server, "upper", "2"])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
     wait_for_workers(b.gearman_addr, "upper", 1).await;
     let out = run(tokio::process::Command::new("perl").arg(&script).args(["client", &server, "upper", "shout"])).await;
     assert_eq!(stdout(&out), "RESULT SHOUT\n", "{}", String::from_utf8_lossy(&out.stderr));
@@ -251,14 +257,19 @@ async fn gearman_cli_client_talks_to_a_perl_worker_and_gear_client_to_a_cli_work
     let port = b.gearman_addr.port();
     let server = b.gearman_addr.to_string();
     let script = peers_dir().join("perl_peer.pl");
-    let mut perl =
-        tokio::process::Command::new("perl").arg(&script).args(["worker", &server, "up", "1"]).kill_on_drop(true).spawn().unwrap();
+    let mut perl = tokio::process::Command::new("perl")
+        .arg(&script)
+        .args(["worker", &server, "up", "1"])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
     wait_for_workers(b.gearman_addr, "up", 1).await;
     let out = run(gearman_cmd(port).args(["-f", "up", "mixed"])).await;
     assert_eq!(stdout(&out).trim(), "MIXED");
     let _ = perl.wait().await;
 
-    let mut cli = gearman_cmd(port).args(["-w", "-c", "1", "-f", "count", "--", "wc", "-c"]).kill_on_drop(true).spawn().unwrap();
+    let mut cli =
+        gearman_cmd(port).args(["-w", "-c", "1", "-f", "count", "--", "wc", "-c"]).kill_on_drop(true).spawn().unwrap();
     wait_for_workers(b.gearman_addr, "count", 1).await;
     let out = run(&mut gear_cmd(port, &["client", "count", "12345"])).await;
     assert_eq!(stdout(&out).split_whitespace().collect::<Vec<_>>(), ["COMPLETE", "5"]);

@@ -20,7 +20,7 @@ impl BrokerProcess {
     fn start(extra: &[&str]) -> BrokerProcess {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_gearfleet-broker"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gearfleet-broker"))
             .args(["--listen", &addr.to_string(), "--http-listen", "127.0.0.1:0", "--max-packet-bytes", "65536"])
             .args(extra)
             .env("GEARFLEET_LOG", "warn")
@@ -34,6 +34,8 @@ impl BrokerProcess {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("broker did not start");
     }
 
@@ -141,7 +143,7 @@ async fn garbage_on_many_connections_keeps_memory_bounded() {
                     *byte = x as u8;
                 }
                 // Half the rounds start like a real packet header with a plausible length.
-                if x % 2 == 0 {
+                if x.is_multiple_of(2) {
                     data[..4].copy_from_slice(b"\0REQ");
                     data[4..8].copy_from_slice(&((x % 45) as u32).to_be_bytes());
                 }

@@ -25,7 +25,7 @@ async fn run_worker(addr: std::net::SocketAddr, done: Arc<AtomicU64>, target: u6
                     w.send(T::WorkComplete, &[job.arg(0), b""]).await;
                     done.fetch_add(1, Ordering::SeqCst);
                     handled += 1;
-                    if reconnect_every > 0 && handled % reconnect_every == 0 {
+                    if reconnect_every > 0 && handled.is_multiple_of(reconnect_every) {
                         continue 'outer;
                     }
                 }

@@ -98,7 +98,9 @@ impl AdminCommand {
                 3 if word_is(1, "unique") && word_is(2, "jobs") => Ok(AdminCommand::ShowUniqueJobs),
                 _ => Err(AdminError::UnknownShow),
             },
-            "cancel" if words.len() == 3 && word_is(1, "job") => Ok(AdminCommand::CancelJob(arg(2).unwrap_or_default())),
+            "cancel" if words.len() == 3 && word_is(1, "job") => {
+                Ok(AdminCommand::CancelJob(arg(2).unwrap_or_default()))
+            }
             "cancel" => Err(args_err()),
             "create" if words.len() == 3 && word_is(1, "function") => {
                 Ok(AdminCommand::CreateFunction(arg(2).unwrap_or_default()))
@@ -314,7 +316,11 @@ impl WorkerStats {
 
     pub fn to_line(&self) -> String {
         let list = |v: &[String]| {
-            if v.is_empty() { "-".to_string() } else { v.iter().map(|s| sanitize_field(s)).collect::<Vec<_>>().join(",") }
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                v.iter().map(|s| sanitize_field(s)).collect::<Vec<_>>().join(",")
+            }
         };
         format!(
             "{}\t{}\t{}\t{}\t{}\t{}\t{}",
@@ -373,7 +379,10 @@ mod tests {
             AdminCommand::parse(b"maxqueue f -5"),
             Ok(AdminCommand::MaxQueue { function: "f".into(), limits: Some([0, 0, 0]) })
         );
-        assert_eq!(AdminCommand::parse(b"maxqueue f"), Ok(AdminCommand::MaxQueue { function: "f".into(), limits: None }));
+        assert_eq!(
+            AdminCommand::parse(b"maxqueue f"),
+            Ok(AdminCommand::MaxQueue { function: "f".into(), limits: None })
+        );
         assert!(AdminCommand::parse(b"maxqueue").is_err());
         assert!(AdminCommand::parse(b"maxqueue f x").is_err());
         assert_eq!(AdminCommand::parse(b"shutdown graceful"), Ok(AdminCommand::Shutdown { graceful: true }));

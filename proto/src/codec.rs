@@ -186,10 +186,10 @@ impl tokio_util::codec::Decoder for Codec {
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtoError> {
         let frame = self.decode_frame(src)?;
-        if frame.is_none() {
-            if let Ok(Check::Incomplete { at_least }) = self.check(src) {
-                src.reserve(at_least.saturating_sub(src.len()));
-            }
+        if frame.is_none()
+            && let Ok(Check::Incomplete { at_least }) = self.check(src)
+        {
+            src.reserve(at_least.saturating_sub(src.len()));
         }
         Ok(frame)
     }
