@@ -1,10 +1,26 @@
 //! Helpers for the end-to-end suite. The suite needs only a KUBECONFIG: a kind cluster
 //! (`e2e/kind.yaml`) or the project's own local cluster. With no cluster reachable each test prints
 //! one line saying so and returns; with `GEARFLEET_REQUIRE_CLUSTER=1` that is a failure instead.
+//!
+//! kubectl is taken from `GEARFLEET_KUBECTL` when set, else from `PATH`. Tests use the images that
+//! `e2e/images/build` makes (see [`BROKER_IMAGE`] and friends) with `imagePullPolicy: Never`, so the
+//! cluster must have them loaded (`e2e/cluster/up` does; for kind, `kind load image-archive`).
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The broker image (`gearfleet-broker`; Gearman on 4730, HTTP on 9730).
+pub const BROKER_IMAGE: &str = "gearfleet/broker:dev";
+/// The example worker image (`gearfleet-example-worker`).
+pub const EXAMPLE_WORKERS_IMAGE: &str = "gearfleet/example-workers:dev";
+/// A busybox image for test pods (sh, nc, nslookup, wget).
+pub const BUSYBOX_IMAGE: &str = "gearfleet/busybox:dev";
+
+fn kubectl_command() -> Command {
+    Command::new(std::env::var("GEARFLEET_KUBECTL").unwrap_or_else(|_| "kubectl".to_string()))
+}
 
 /// A reachable cluster, driven through `kubectl`.
 pub struct Cluster {
@@ -15,7 +31,7 @@ impl Cluster {
     /// The cluster named by `KUBECONFIG` (or kubectl's default), if it answers.
     pub fn connect() -> Option<Cluster> {
         let cluster = Cluster { kubeconfig: std::env::var("KUBECONFIG").ok() };
-        let reachable = Command::new("kubectl")
+        let reachable = kubectl_command()
             .args(["get", "--raw", "/readyz", "--request-timeout=5s"])
             .envs(cluster.env())
             .stdout(Stdio::null())
@@ -40,7 +56,7 @@ impl Cluster {
 
     /// Runs kubectl with `args`, feeding `stdin` if given.
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut child = Command::new("kubectl")
+        let mut child = kubectl_command()
             .args(args)
             .envs(self.env())
             .stdin(Stdio::piped())
@@ -65,6 +81,111 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Cluster {
+    /// Creates a namespace named `<prefix>-<unique suffix>`, deleted again when the returned guard
+    /// is dropped (also when the test panics), unless `GEARFLEET_E2E_KEEP=1`. Waits for its `default`
+    /// ServiceAccount, without which no pod can be created in it.
+    pub fn namespace(&self, prefix: &str) -> Namespace<'_> {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let name = format!("{prefix}-{}-{:x}", std::process::id(), nanos % 0x10000);
+        self.kubectl_ok(&["create", "namespace", &name], None);
+        let ns = Namespace { cluster: self, name };
+        ns.cluster.eventually(Duration::from_secs(60), "the namespace's default ServiceAccount", || {
+            let out = ns.kubectl(&["get", "serviceaccount", "default", "-o", "name"], None);
+            out.status.success().then_some(())
+        });
+        ns
+    }
+
+    /// Calls `probe` every half second until it returns `Some`, and fails the test with `what` after
+    /// `timeout`.
+    pub fn eventually<T>(&self, timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(value) = probe() {
+                return value;
+            }
+            assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+/// A namespace that a test owns: every kubectl call through it is made in that namespace.
+pub struct Namespace<'a> {
+    cluster: &'a Cluster,
+    name: String,
+}
+
+impl Namespace<'_> {
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The cluster it lives in.
+    pub fn cluster(&self) -> &Cluster {
+        self.cluster
+    }
+
+    fn args<'b>(&'b self, args: &[&'b str]) -> Vec<&'b str> {
+        let mut all = vec!["--namespace", self.name.as_str()];
+        all.extend_from_slice(args);
+        all
+    }
+
+    /// Runs kubectl in this namespace.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        self.cluster.kubectl(&self.args(args), stdin)
+    }
+
+    /// Runs kubectl in this namespace and fails the test with its output unless it succeeds.
+    pub fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        self.cluster.kubectl_ok(&self.args(args), stdin)
+    }
+
+    /// `kubectl apply -f -` of `manifest` (YAML or JSON) in this namespace.
+    pub fn apply(&self, manifest: &str) -> String {
+        self.kubectl_ok(&["apply", "-f", "-"], Some(manifest))
+    }
+
+    /// Prints the namespace's pods, events and container logs to stderr: call it before failing.
+    pub fn dump(&self) {
+        let pods = self.kubectl(&["get", "pods", "-o", "name"], None);
+        let pods = String::from_utf8_lossy(&pods.stdout).into_owned();
+        let mut commands: Vec<Vec<&str>> =
+            vec![vec!["get", "all", "-o", "wide"], vec!["get", "events", "--sort-by=.lastTimestamp"]];
+        for pod in pods.lines() {
+            commands.push(vec!["logs", pod, "--all-containers", "--prefix", "--tail=50"]);
+        }
+        for args in &commands {
+            let out = self.kubectl(args, None);
+            eprintln!(
+                "--- kubectl {}\n{}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+impl Drop for Namespace<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump();
+        }
+        if std::env::var("GEARFLEET_E2E_KEEP").as_deref() == Ok("1") {
+            eprintln!("keeping namespace {} (GEARFLEET_E2E_KEEP=1)", self.name);
+            return;
+        }
+        let out = self.cluster.kubectl(&["delete", "namespace", &self.name, "--wait=true", "--timeout=90s"], None);
+        if !out.status.success() {
+            eprintln!("could not delete namespace {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
+        }
     }
 }
 
