@@ -2,7 +2,7 @@
 
 use gearfleet_proto::admin::{AdminCommand, WorkerStats};
 
-use crate::queue::{ConnId, Effects, State};
+use crate::queue::{ConnId, Effects, RetryPolicy, State};
 
 /// What the connection must do after sending the reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +98,28 @@ pub fn run(
         AdminCommand::FleetUndrain(id) => {
             let n = state.set_draining(&id, false, fx);
             out = format!("OK {n}\n");
+        }
+        AdminCommand::FleetRetries { function, limit, initial, max } => {
+            let defaults = RetryPolicy::default();
+            let parse = |s: Option<String>, default| match s {
+                None => Ok(default),
+                Some(s) => humantime::parse_duration(&s).map_err(|_| s),
+            };
+            out = match (parse(initial, defaults.initial), parse(max, defaults.max)) {
+                (Ok(initial), Ok(max)) if initial <= max => {
+                    state.set_retry_policy(&function, RetryPolicy { limit, initial, max });
+                    "OK\r\n".into()
+                }
+                (Ok(_), Ok(_)) => "ERR INVALID_ARGUMENTS initial+backoff+exceeds+max\r\n".into(),
+                (Err(bad), _) | (_, Err(bad)) => format!("ERR INVALID_ARGUMENTS bad+duration+{bad}\r\n"),
+            }
+        }
+        AdminCommand::ShowDead(function) => state.admin_show_dead(function.as_deref(), &mut out),
+        AdminCommand::RetryDead { function, handle } => {
+            out = format!("OK {}\n", state.admin_retry_dead(&function, handle.as_deref(), fx));
+        }
+        AdminCommand::PurgeDead { function, handle } => {
+            out = format!("OK {}\n", state.admin_purge_dead(&function, handle.as_deref(), fx));
         }
     }
     (out, action)

@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::queue::{Effects, Limits, State, unix_now};
+use crate::queue::{Effects, Limits, RetryPolicy, State, unix_now_ms};
+use crate::store::{Durability, Journal};
 
 pub struct Broker {
     state: Mutex<State>,
@@ -30,12 +31,43 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
+    /// A broker with the configured store opened and its jobs recovered.
+    pub fn open(config: Config) -> std::io::Result<Arc<Broker>> {
+        let broker = Broker::new(config);
+        let mode = match broker.config.durability.as_str() {
+            "fsync" => Some(Durability::Fsync),
+            "async" => Some(Durability::Async(broker.config.async_flush_interval)),
+            _ => None,
+        };
+        if let (Some(dir), Some(mode)) = (&broker.config.data_dir, mode) {
+            let (journal, recovered) = Journal::open(dir, mode, broker.config.compact_after_bytes)?;
+            tracing::info!(dir = %dir.display(), ?mode, jobs = recovered.len(), "journal opened");
+            broker.with_state(|s| s.attach_journal(journal, recovered));
+        }
+        Ok(broker)
+    }
+
+    /// Whether replies acknowledging background jobs wait for the disk.
+    pub fn acks_wait_for_disk(&self) -> bool {
+        self.config.data_dir.is_some() && self.config.durability == "fsync"
+    }
+
     pub fn new(config: Config) -> Arc<Broker> {
         let metrics = Arc::new(Metrics::default());
         let host = config.handle_host.clone().unwrap_or_else(|| {
             gethostname::gethostname().to_string_lossy().chars().filter(|c| !c.is_whitespace() && *c != ':').collect()
         });
-        let limits = Limits { max_queued_jobs: config.max_queued_jobs, default_max_queue: config.default_max_queue };
+        let limits = Limits {
+            max_queued_jobs: config.max_queued_jobs,
+            default_max_queue: config.default_max_queue,
+            default_retry: RetryPolicy {
+                limit: config.default_retries,
+                initial: config.retry_backoff_initial,
+                max: config.retry_backoff_max.max(config.retry_backoff_initial),
+            },
+            max_requeues: config.max_requeues,
+            dead_letter_limit: config.dead_letter_limit,
+        };
         Arc::new(Broker {
             state: Mutex::new(State::new(&host, limits, metrics.clone())),
             config,
@@ -79,6 +111,12 @@ impl Broker {
         }
     }
 
+    /// Waits until the journal holds every record up to `seq` (no-op without a journal).
+    pub async fn wait_durable(&self, seq: u64) {
+        let Some(mut watch) = self.with_state(|s| s.journal().map(|j| j.durable_watch())) else { return };
+        let _ = watch.wait_for(|d| *d >= seq).await;
+    }
+
     pub fn watch_started(&self) {
         self.watchers.fetch_add(1, Ordering::Relaxed);
     }
@@ -97,11 +135,20 @@ impl Broker {
     async fn run_scheduler(self: Arc<Self>) {
         loop {
             let mut fx = Effects::default();
-            let next = self.with_state(|s| s.release_due(unix_now(), &mut fx));
+            let next = self.with_state(|s| {
+                s.maybe_compact();
+                if s.shrink_if_drained() {
+                    release_free_memory();
+                }
+                s.release_due(unix_now_ms(), &mut fx)
+            });
             self.apply(fx);
+            // Wake at the next due job, and at least every second for housekeeping (journal
+            // compaction, giving memory back after a drain).
             let wait = match next {
-                Some(at) => Duration::from_secs(at.saturating_sub(unix_now())).max(Duration::from_millis(50)),
-                None => Duration::from_secs(3600),
+                Some(at) => Duration::from_millis(at.saturating_sub(unix_now_ms()))
+                    .clamp(Duration::from_millis(5), Duration::from_secs(1)),
+                None => Duration::from_secs(1),
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -129,5 +176,14 @@ impl Broker {
                 w.push(|b| b.extend_from_slice(block.as_bytes()));
             }
         }
+    }
+}
+
+/// Asks the allocator to return freed memory to the OS (glibc keeps it otherwise).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -45,6 +45,44 @@ pub struct Config {
     #[arg(long, env = "GEARFLEET_DEFAULT_MAX_QUEUE", default_value_t = 0)]
     pub default_max_queue: u32,
 
+    /// Directory for the journal of background jobs. Without it, jobs live in memory only.
+    #[arg(long, env = "GEARFLEET_DATA_DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
+
+    /// With --data-dir: `fsync` (JOB_CREATED only after the job is on disk, commits batched across
+    /// submitters), `async` (flushed every --async-flush-interval), or `memory` (no journal).
+    #[arg(long, env = "GEARFLEET_DURABILITY", default_value = "fsync", value_parser = ["fsync", "async", "memory"])]
+    pub durability: String,
+
+    /// How often `async` durability flushes the journal.
+    #[arg(long, env = "GEARFLEET_ASYNC_FLUSH_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub async_flush_interval: Duration,
+
+    /// Journal segment size after which a snapshot replaces older segments.
+    #[arg(long, env = "GEARFLEET_COMPACT_AFTER_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub compact_after_bytes: u64,
+
+    /// Retries for a failed background job (WORK_FAIL, WORK_EXCEPTION, timeout) before it is
+    /// dead-lettered; `fleet retries` sets it per function.
+    #[arg(long, env = "GEARFLEET_DEFAULT_RETRIES", default_value_t = 0)]
+    pub default_retries: u32,
+
+    /// First retry delay; it doubles per try up to --retry-backoff-max.
+    #[arg(long, env = "GEARFLEET_RETRY_BACKOFF_INITIAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub retry_backoff_initial: Duration,
+
+    #[arg(long, env = "GEARFLEET_RETRY_BACKOFF_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub retry_backoff_max: Duration,
+
+    /// A background job handed back this many times by workers that disconnected while holding
+    /// it is dead-lettered (0 = never).
+    #[arg(long, env = "GEARFLEET_MAX_REQUEUES", default_value_t = 10)]
+    pub max_requeues: u32,
+
+    /// Dead-lettered jobs kept per function; the oldest beyond it are dropped (0 = no limit).
+    #[arg(long, env = "GEARFLEET_DEAD_LETTER_LIMIT", default_value_t = 10_000)]
+    pub dead_letter_limit: usize,
+
     /// Accept the unauthenticated `shutdown` admin command, as gearmand does.
     #[arg(long, env = "GEARFLEET_ALLOW_ADMIN_SHUTDOWN", default_value_t = false)]
     pub allow_admin_shutdown: bool,

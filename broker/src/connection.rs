@@ -54,11 +54,16 @@ async fn read_loop(
 ) -> &'static str {
     let codec = Codec::server().with_max_packet(broker.config.max_packet_bytes);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let hold_for_disk = broker.acks_wait_for_disk();
     loop {
         let mut fx = Effects::default();
+        if hold_for_disk {
+            outbox.hold();
+        }
         let mut close: Option<&'static str> = None;
         let mut shutdown = false;
         broker.with_state(|state| {
+            let seq_before = state.journal().map_or(0, |j| j.last_seq());
             loop {
                 match codec.decode_frame(&mut buf) {
                     Ok(Some(Frame::Packet(p))) => state.handle(id, &p, &mut fx),
@@ -92,8 +97,24 @@ async fn read_loop(
                     }
                 }
             }
+            // Anything this batch wrote to the journal (a completion, a retry) is on disk before
+            // this peer hears from the broker again: a reply after WORK_COMPLETE means the job
+            // will not run again after a crash.
+            let seq_after = state.journal().map_or(0, |j| j.last_seq());
+            if seq_after > seq_before {
+                fx.durable_seq = fx.durable_seq.max(seq_after);
+            }
         });
+        let durable_seq = fx.durable_seq;
         broker.apply(fx);
+        if hold_for_disk {
+            // Group commit: the journal writer flushes everything appended meanwhile, from every
+            // connection, with one fdatasync.
+            if durable_seq > 0 {
+                broker.wait_durable(durable_seq).await;
+            }
+            outbox.release();
+        }
         if shutdown {
             tracing::warn!(conn = id, "shutdown requested through the admin protocol");
             broker.shutdown.cancel();

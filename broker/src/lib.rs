@@ -15,6 +15,7 @@ pub mod outbox;
 pub mod queue;
 pub mod schedule;
 pub mod server;
+pub mod store;
 
 pub use config::Config;
 pub use server::{Running, start};

@@ -21,6 +21,9 @@ pub struct Metrics {
     pub completed: Counter,
     pub failed: Counter,
     pub timeouts: Counter,
+    pub retried: Counter,
+    pub dead_lettered: Counter,
+    pub dead_dropped: Counter,
     pub rejected: Counter,
     pub protocol_errors: Counter,
     pub connections: Gauge,
@@ -38,6 +41,9 @@ impl Default for Metrics {
             completed: Counter::default(),
             failed: Counter::default(),
             timeouts: Counter::default(),
+            retried: Counter::default(),
+            dead_lettered: Counter::default(),
+            dead_dropped: Counter::default(),
             rejected: Counter::default(),
             protocol_errors: Counter::default(),
             connections: Gauge::default(),
@@ -62,6 +68,21 @@ impl Metrics {
             self.failed.clone(),
         );
         registry.register("gearfleet_broker_job_timeouts", "Jobs failed by CAN_DO_TIMEOUT", self.timeouts.clone());
+        registry.register(
+            "gearfleet_broker_jobs_retried",
+            "Background job tries scheduled again",
+            self.retried.clone(),
+        );
+        registry.register(
+            "gearfleet_broker_jobs_dead_lettered",
+            "Background jobs moved to a dead-letter queue",
+            self.dead_lettered.clone(),
+        );
+        registry.register(
+            "gearfleet_broker_dead_letters_dropped",
+            "Dead-lettered jobs dropped beyond the per-function limit",
+            self.dead_dropped.clone(),
+        );
         registry.register(
             "gearfleet_broker_submissions_rejected",
             "Submissions refused by a queue limit",
@@ -130,6 +151,12 @@ impl Collector for StateCollector {
         )?;
         gauge(
             &mut encoder,
+            "gearfleet_broker_jobs_dead",
+            "Jobs in the function's dead-letter queue",
+            &mut stats.iter().map(|f| (vec![("function", f.function.clone())], f.dead as i64)),
+        )?;
+        gauge(
+            &mut encoder,
             "gearfleet_broker_jobs_running",
             "Jobs assigned to a worker",
             &mut stats.iter().map(|f| (vec![("function", f.function.clone())], f.running as i64)),
@@ -149,12 +176,14 @@ impl Collector for StateCollector {
         for (name, help, pick) in [
             ("gearfleet_broker_function_jobs_submitted", "Jobs accepted, by function", 0usize),
             ("gearfleet_broker_function_jobs_completed", "Jobs completed, by function", 1),
-            ("gearfleet_broker_function_jobs_failed", "Jobs failed, by function", 2),
+            ("gearfleet_broker_function_jobs_failed", "Job tries failed, by function", 2),
+            ("gearfleet_broker_function_jobs_retried", "Background job retries, by function", 3),
+            ("gearfleet_broker_function_jobs_dead_lettered", "Jobs dead-lettered, by function", 4),
         ] {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (function, submitted, completed, failed) in &counters {
-                let value = [*submitted, *completed, *failed][pick];
-                let labels = [("function", function.clone())];
+            for c in &counters {
+                let value = [c.submitted, c.completed, c.failed, c.retried, c.dead_lettered][pick];
+                let labels = [("function", c.function.clone())];
                 ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
             }
         }

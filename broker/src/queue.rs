@@ -16,6 +16,7 @@ use gearfleet_proto::packet::{Magic, PacketType, encode_packet};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::schedule;
+use crate::store::{JobRecord, Journal, Record, Recovered};
 
 pub type ConnId = u64;
 pub type JobId = u64;
@@ -45,8 +46,11 @@ impl Priority {
 enum JobState {
     /// Waiting in its function's queue.
     Queued,
-    /// Waiting for its scheduled time (SUBMIT_JOB_EPOCH / SUBMIT_JOB_SCHED).
+    /// Waiting for its scheduled time (SUBMIT_JOB_EPOCH / SUBMIT_JOB_SCHED, or a retry's backoff),
+    /// in unix milliseconds.
     Scheduled { at: u64 },
+    /// Out of tries: kept in its function's dead-letter queue until retried or purged.
+    Dead,
     /// Assigned to a worker connection.
     Running { worker: ConnId },
 }
@@ -56,6 +60,8 @@ enum JobState {
 struct JobExtra {
     reducer: Bytes,
     status: Option<(Bytes, Bytes)>,
+    /// Why the last try failed (retries and dead letters).
+    last_error: Bytes,
 }
 
 #[derive(Debug)]
@@ -87,9 +93,14 @@ struct Function {
     /// Per priority; 0 = unlimited.
     max_queue: [u32; 3],
     uniques: HashMap<Bytes, JobId>,
+    retry: RetryPolicy,
+    /// Dead-lettered background jobs, oldest first.
+    dead: VecDeque<JobId>,
     submitted: u64,
     completed: u64,
     failed: u64,
+    retried: u64,
+    dead_lettered: u64,
 }
 
 impl Function {
@@ -103,9 +114,13 @@ impl Function {
             workers: Vec::new(),
             max_queue: [0; 3],
             uniques: HashMap::new(),
+            retry: RetryPolicy::default(),
+            dead: VecDeque::new(),
             submitted: 0,
             completed: 0,
             failed: 0,
+            retried: 0,
+            dead_lettered: 0,
         }
     }
 
@@ -154,6 +169,31 @@ pub struct Effects {
     pub schedule_changed: bool,
     /// Queue or worker counts changed (for `fleet watch`).
     pub stats_changed: bool,
+    /// Replies to the current connection may go out only once the journal is durable up to here.
+    pub durable_seq: u64,
+}
+
+/// How failed background jobs are retried before they are dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first try (0: a failure dead-letters the job at once).
+    pub limit: u32,
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy { limit: 0, initial: Duration::from_secs(1), max: Duration::from_secs(300) }
+    }
+}
+
+impl RetryPolicy {
+    /// Delay before try `attempt + 1`, doubling from `initial` up to `max`.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(30));
+        self.initial.saturating_mul(factor).min(self.max)
+    }
 }
 
 /// Limits the state enforces.
@@ -163,6 +203,13 @@ pub struct Limits {
     pub max_queued_jobs: u64,
     /// Default per-function queue limit; 0 = unlimited.
     pub default_max_queue: u32,
+    /// Retry policy for functions that have none of their own.
+    pub default_retry: RetryPolicy,
+    /// Times a background job may be handed back by a worker that disconnected before it is
+    /// dead-lettered as a likely poison job (0 = no limit).
+    pub max_requeues: u32,
+    /// Dead-lettered jobs kept per function (0 = no limit); the oldest beyond it are dropped.
+    pub dead_letter_limit: usize,
 }
 
 pub struct State {
@@ -175,6 +222,8 @@ pub struct State {
     handle_prefix: Vec<u8>,
     queued_total: u64,
     limits: Limits,
+    journal: Option<Journal>,
+    peak_jobs: usize,
     pub metrics: Arc<Metrics>,
 }
 
@@ -192,8 +241,125 @@ impl State {
             handle_prefix: format!("H:{host}:").into_bytes(),
             queued_total: 0,
             limits,
+            journal: None,
+            peak_jobs: 0,
             metrics,
         }
+    }
+
+    /// Makes background jobs durable through `journal`, after loading what it recovered.
+    pub fn attach_journal(&mut self, journal: Journal, recovered: Vec<Recovered>) {
+        let now = unix_now_ms();
+        let mut fx = Effects::default();
+        for r in recovered {
+            let fid = self.function_id(&r.job.function);
+            let priority = match r.job.priority {
+                0 => Priority::High,
+                2 => Priority::Low,
+                _ => Priority::Normal,
+            };
+            let id = r.job.id;
+            self.next_job = self.next_job.max(id + 1);
+            let last_error = r.dead.as_ref().map_or(r.last_error.clone(), |(_, e)| e.clone());
+            let extra = (!last_error.is_empty())
+                .then(|| Box::new(JobExtra { reducer: Bytes::new(), status: None, last_error }));
+            let job = Job {
+                fid,
+                priority,
+                background: true,
+                state: JobState::Queued,
+                attempt: r.job.attempts,
+                unique: r.job.unique.clone(),
+                data: r.job.data,
+                clients: Vec::new(),
+                created: Instant::now(),
+                extra,
+            };
+            if r.dead.is_none() && !job.unique.is_empty() {
+                self.functions[fid as usize].uniques.insert(job.unique.clone(), id);
+            }
+            self.jobs.insert(id, job);
+            if r.dead.is_some() {
+                if let Some(j) = self.jobs.get_mut(&id) {
+                    j.state = JobState::Dead;
+                }
+                self.functions[fid as usize].dead.push_back(id);
+            } else if r.job.at_ms > now {
+                self.schedule(id, r.job.at_ms, &mut fx);
+            } else {
+                self.enqueue(id, false);
+            }
+        }
+        tracing::info!(jobs = self.jobs.len(), "journal: recovered background jobs");
+        self.journal = Some(journal);
+    }
+
+    fn journal_append(&self, record: &Record) -> u64 {
+        self.journal.as_ref().map_or(0, |j| j.append(record))
+    }
+
+    fn is_durable(&self, job: &Job) -> bool {
+        self.journal.is_some() && job.background
+    }
+
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
+    }
+
+    /// If the journal asks for it, hands it a snapshot of every durable job (under this lock, so
+    /// it matches the segment boundary exactly).
+    pub fn maybe_compact(&mut self) {
+        let Some(journal) = &self.journal else { return };
+        if !journal.wants_compaction() {
+            return;
+        }
+        let mut ids: Vec<_> = self.jobs.iter().filter(|(_, j)| j.background).map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        let live: Vec<Recovered> = ids
+            .into_iter()
+            .map(|id| {
+                let job = &self.jobs[&id];
+                let at_ms = match job.state {
+                    JobState::Scheduled { at } => at,
+                    _ => 0,
+                };
+                let last_error = job.extra.as_ref().map(|e| e.last_error.clone()).unwrap_or_default();
+                Recovered {
+                    job: JobRecord {
+                        id,
+                        priority: job.priority as u8,
+                        at_ms,
+                        attempts: job.attempt,
+                        function: self.functions[job.fid as usize].name.clone(),
+                        unique: job.unique.clone(),
+                        data: job.data.clone(),
+                    },
+                    dead: (job.state == JobState::Dead).then(|| (job.attempt, last_error.clone())),
+                    last_error,
+                }
+            })
+            .collect();
+        journal.compact(&live);
+    }
+
+    /// Gives memory back after a backlog drains: shrinks tables that are mostly empty.
+    pub fn shrink_if_drained(&mut self) -> bool {
+        self.peak_jobs = self.peak_jobs.max(self.jobs.len());
+        if self.peak_jobs < 1024 || self.jobs.len() * 4 > self.peak_jobs {
+            return false;
+        }
+        self.jobs.shrink_to_fit();
+        for f in &mut self.functions {
+            for q in &mut f.queues {
+                // Drop ids of jobs that are gone, then give back the slack.
+                q.retain(|id| self.jobs.get(id).is_some_and(|j| j.state == JobState::Queued));
+                q.shrink_to_fit();
+            }
+            f.uniques.shrink_to_fit();
+            f.dead.shrink_to_fit();
+        }
+        self.peak_jobs = self.jobs.len();
+        true
     }
 
     // ---- connections ----------------------------------------------------------------------
@@ -360,6 +526,7 @@ impl State {
         let fid = self.functions.len() as FnId;
         let mut f = Function::new(name.clone());
         f.max_queue = [self.limits.default_max_queue; 3];
+        f.retry = self.limits.default_retry;
         self.functions.push(f);
         self.fn_index.insert(name.clone(), fid);
         fid
@@ -382,7 +549,7 @@ impl State {
             PacketType::SubmitReduceJob | PacketType::SubmitReduceJobBackground => (p.arg_bytes(2), None),
             PacketType::SubmitJobEpoch => {
                 match std::str::from_utf8(p.arg(2)).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
-                    Some(epoch) => (Bytes::new(), Some(epoch)),
+                    Some(epoch) => (Bytes::new(), Some(epoch.saturating_mul(1000))),
                     None => {
                         self.send_error(id, b"ERR_INVALID_ARGUMENTS", b"epoch is not a number");
                         return;
@@ -391,8 +558,8 @@ impl State {
             }
             PacketType::SubmitJobSched => {
                 let fields: Vec<&[u8]> = (2..7).map(|i| p.arg(i)).collect();
-                match schedule::next_match(&fields, unix_now()) {
-                    Ok(at) => (Bytes::new(), Some(at)),
+                match schedule::next_match(&fields, unix_now_ms() / 1000) {
+                    Ok(at) => (Bytes::new(), Some(at * 1000)),
                     Err(e) => {
                         self.send_error(id, b"ERR_INVALID_ARGUMENTS", e.to_string().as_bytes());
                         return;
@@ -417,6 +584,10 @@ impl State {
                     c.waiting_on.push(existing);
                 }
             }
+            // The job may still be on its way to disk: acknowledge once everything so far is.
+            if let Some(j) = &self.journal {
+                fx.durable_seq = fx.durable_seq.max(j.last_seq());
+            }
             self.handle_of(existing, &mut handle);
             self.send(id, PacketType::JobCreated, &[&handle]);
             return;
@@ -437,12 +608,12 @@ impl State {
 
         let job_id = self.next_job;
         self.next_job += 1;
-        let now = unix_now();
+        let now = unix_now_ms();
         let state = match run_at {
             Some(at) if at > now => JobState::Scheduled { at },
             _ => JobState::Queued,
         };
-        let extra = (!reducer.is_empty()).then(|| Box::new(JobExtra { reducer, status: None }));
+        let extra = (!reducer.is_empty()).then(|| Box::new(JobExtra { reducer, ..Default::default() }));
         let job = Job {
             fid,
             priority,
@@ -459,6 +630,18 @@ impl State {
         if !job.unique.is_empty() {
             self.functions[fid as usize].uniques.insert(job.unique.clone(), job_id);
         }
+        if self.is_durable(&job) {
+            let record = Record::Add(JobRecord {
+                id: job_id,
+                priority: priority as u8,
+                at_ms: run_at.unwrap_or(0),
+                attempts: 0,
+                function: self.functions[fid as usize].name.clone(),
+                unique: job.unique.clone(),
+                data: job.data.clone(),
+            });
+            fx.durable_seq = fx.durable_seq.max(self.journal_append(&record));
+        }
         self.jobs.insert(job_id, job);
         if !background && let Some(c) = self.conns.get_mut(&id) {
             c.waiting_on.push(job_id);
@@ -468,14 +651,19 @@ impl State {
         self.handle_of(job_id, &mut handle);
         self.send(id, PacketType::JobCreated, &[&handle]);
         match state {
-            JobState::Scheduled { at } => {
-                self.functions[fid as usize].scheduled += 1;
-                self.scheduled.insert((at, job_id));
-                fx.schedule_changed = true;
-            }
+            JobState::Scheduled { at } => self.schedule(job_id, at, fx),
             _ => self.enqueue(job_id, false),
         }
         fx.stats_changed = true;
+    }
+
+    /// Parks a job until `at` (unix milliseconds).
+    fn schedule(&mut self, job_id: JobId, at: u64, fx: &mut Effects) {
+        let Some(job) = self.jobs.get_mut(&job_id) else { return };
+        job.state = JobState::Scheduled { at };
+        self.functions[job.fid as usize].scheduled += 1;
+        self.scheduled.insert((at, job_id));
+        fx.schedule_changed = true;
     }
 
     /// Puts a job in its function's queue and wakes the sleeping workers that can take it.
@@ -504,7 +692,8 @@ impl State {
         }
     }
 
-    /// Moves scheduled jobs whose time has come into their queues. Returns the next due time.
+    /// Moves scheduled jobs whose time has come (unix milliseconds) into their queues. Returns the
+    /// next due time.
     pub fn release_due(&mut self, now: u64, fx: &mut Effects) -> Option<u64> {
         while let Some(&(at, job_id)) = self.scheduled.first() {
             if at > now {
@@ -512,7 +701,7 @@ impl State {
             }
             self.scheduled.pop_first();
             if let Some(job) = self.jobs.get(&job_id)
-                && matches!(job.state, JobState::Scheduled { .. })
+                && job.state == (JobState::Scheduled { at })
             {
                 self.functions[job.fid as usize].scheduled -= 1;
                 self.enqueue(job_id, false);
@@ -618,6 +807,10 @@ impl State {
         job.state = JobState::Running { worker: id };
         job.attempt += 1;
         let attempt = job.attempt;
+        if self.journal.is_some() && job.background {
+            self.journal_append(&Record::Started { id: job_id });
+        }
+        let Some(job) = self.jobs.get(&job_id) else { return };
         self.metrics.queue_wait.observe(job.created.elapsed().as_secs_f64());
         let Some(c) = self.conns.get_mut(&id) else { return };
         c.holding.push(job_id);
@@ -684,7 +877,23 @@ impl State {
 
     /// Ends a job: tells its clients and forgets it.
     fn finish(&mut self, job_id: JobId, outcome: Outcome, packet: Option<&Packet>, fx: &mut Effects) {
+        let Some(job) = self.jobs.get(&job_id) else { return };
+        if job.background && outcome != Outcome::Complete {
+            let error = match (outcome, packet) {
+                (Outcome::Exception, Some(p)) => p.arg_bytes(1),
+                (Outcome::Timeout, _) => Bytes::from_static(b"timed out"),
+                _ => Bytes::from_static(b"WORK_FAIL"),
+            };
+            self.metrics.failed.inc();
+            self.functions[job.fid as usize].failed += 1;
+            self.notify_clients(job_id, outcome, packet);
+            self.retry_or_dead_letter(job_id, error, fx);
+            return;
+        }
         let Some(job) = self.jobs.remove(&job_id) else { return };
+        if self.journal.is_some() && job.background {
+            self.journal_append(&Record::Done { id: job_id });
+        }
         let f = &mut self.functions[job.fid as usize];
         if let JobState::Running { .. } = job.state {
             f.running -= 1;
@@ -703,9 +912,21 @@ impl State {
             }
         }
         self.metrics.latency.observe(job.created.elapsed().as_secs_f64());
+        let clients = job.clients;
+        self.tell_clients(job_id, &clients, outcome, packet);
+        fx.stats_changed = true;
+    }
+
+    /// Sends a try's outcome to the clients attached to the job, and detaches them.
+    fn notify_clients(&mut self, job_id: JobId, outcome: Outcome, packet: Option<&Packet>) {
+        let clients = self.jobs.get_mut(&job_id).map(|j| std::mem::take(&mut j.clients)).unwrap_or_default();
+        self.tell_clients(job_id, &clients, outcome, packet);
+    }
+
+    fn tell_clients(&mut self, job_id: JobId, clients: &[ConnId], outcome: Outcome, packet: Option<&Packet>) {
         let mut handle = Vec::with_capacity(32);
         self.handle_of(job_id, &mut handle);
-        for client in &job.clients {
+        for client in clients {
             let Some(c) = self.conns.get_mut(client) else { continue };
             c.waiting_on.retain(|&j| j != job_id);
             match (outcome, packet) {
@@ -717,7 +938,62 @@ impl State {
                 _ => c.outbox.push(|b| encode_packet(b, Magic::Res, PacketType::WorkFail, &[&handle])),
             }
         }
+    }
+
+    /// A background job's try failed: run it again after its backoff while tries remain, else
+    /// move it to its function's dead-letter queue.
+    fn retry_or_dead_letter(&mut self, job_id: JobId, error: Bytes, fx: &mut Effects) {
+        let Some(job) = self.jobs.get_mut(&job_id) else { return };
+        let fid = job.fid as usize;
+        if let JobState::Running { .. } = job.state {
+            self.functions[fid].running -= 1;
+        }
+        job.state = JobState::Queued;
+        job.extra.get_or_insert_with(Default::default).last_error = error.clone();
+        let attempts = job.attempt;
+        let policy = self.functions[fid].retry;
+        if attempts <= policy.limit {
+            let at = unix_now_ms() + policy.backoff(attempts).as_millis() as u64;
+            self.functions[fid].retried += 1;
+            self.metrics.retried.inc();
+            if self.journal.is_some() {
+                self.journal_append(&Record::Retry { id: job_id, at_ms: at, attempts, error });
+            }
+            self.schedule(job_id, at, fx);
+        } else {
+            self.dead_letter(job_id, error);
+        }
         fx.stats_changed = true;
+    }
+
+    fn dead_letter(&mut self, job_id: JobId, error: Bytes) {
+        let Some(job) = self.jobs.get_mut(&job_id) else { return };
+        let fid = job.fid as usize;
+        job.state = JobState::Dead;
+        job.extra.get_or_insert_with(Default::default).last_error = error.clone();
+        let attempts = job.attempt;
+        let unique = job.unique.clone();
+        tracing::warn!(job = job_id, attempts, error = %String::from_utf8_lossy(&error), "job dead-lettered");
+        let f = &mut self.functions[fid];
+        if !unique.is_empty() && f.uniques.get(&unique) == Some(&job_id) {
+            f.uniques.remove(&unique);
+        }
+        f.dead.push_back(job_id);
+        f.dead_lettered += 1;
+        self.metrics.dead_lettered.inc();
+        if self.journal.is_some() {
+            self.journal_append(&Record::Dead { id: job_id, attempts, error });
+        }
+        let limit = self.limits.dead_letter_limit;
+        while limit > 0 && self.functions[fid].dead.len() > limit {
+            if let Some(oldest) = self.functions[fid].dead.pop_front() {
+                self.jobs.remove(&oldest);
+                self.metrics.dead_dropped.inc();
+                if self.journal.is_some() {
+                    self.journal_append(&Record::Done { id: oldest });
+                }
+            }
+        }
     }
 
     /// CAN_DO_TIMEOUT expiry: the attempt is failed to its clients and taken from the worker, so
@@ -736,12 +1012,31 @@ impl State {
         true
     }
 
-    fn requeue_front(&mut self, job_id: JobId, _fx: &mut Effects) {
+    /// A worker disconnected holding the job: it goes back to the front of its queue, as in
+    /// gearmand. A background job handed back more than `max_requeues` times is dead-lettered:
+    /// it is most likely what kills its workers.
+    fn requeue_front(&mut self, job_id: JobId, fx: &mut Effects) {
         let Some(job) = self.jobs.get(&job_id) else { return };
-        if let JobState::Running { .. } = job.state {
+        let JobState::Running { .. } = job.state else { return };
+        let max = self.limits.max_requeues;
+        if job.background && max > 0 && job.attempt > max {
             self.functions[job.fid as usize].running -= 1;
-            self.enqueue(job_id, true);
+            let error = Bytes::from(format!("worker lost during {} tries", job.attempt));
+            self.dead_letter(job_id, error);
+            fx.stats_changed = true;
+            return;
         }
+        self.functions[job.fid as usize].running -= 1;
+        if self.journal.is_some() && job.background {
+            let attempts = job.attempt;
+            self.journal_append(&Record::Retry {
+                id: job_id,
+                at_ms: 0,
+                attempts,
+                error: Bytes::from_static(b"worker lost"),
+            });
+        }
+        self.enqueue(job_id, true);
     }
 
     /// Removes a queued or scheduled job (cancel, or a foreground job whose clients all left).
@@ -757,12 +1052,19 @@ impl State {
                 f.scheduled -= 1;
                 self.scheduled.remove(&(at, job_id));
             }
+            JobState::Dead => {
+                f.dead.retain(|&j| j != job_id);
+            }
             JobState::Running { .. } => return false,
         }
-        if !job.unique.is_empty() {
+        if !job.unique.is_empty() && f.uniques.get(&job.unique) == Some(&job_id) {
             f.uniques.remove(&job.unique);
         }
+        let durable = job.background;
         self.jobs.remove(&job_id);
+        if durable && self.journal.is_some() {
+            self.journal_append(&Record::Done { id: job_id });
+        }
         true
     }
 
@@ -927,7 +1229,7 @@ impl State {
                     workers: f.workers.len() as u64,
                     idle_workers: idle,
                     draining_workers: draining,
-                    dead: 0,
+                    dead: f.dead.len() as u64,
                 }
             })
             .collect()
@@ -987,13 +1289,77 @@ impl State {
         n
     }
 
-    /// Counters exported as metrics: (function, submitted, completed, failed).
-    pub fn function_counters(&self) -> Vec<(String, u64, u64, u64)> {
+    /// Counters exported as metrics, per function.
+    pub fn function_counters(&self) -> Vec<FunctionCounters> {
         self.functions
             .iter()
             .filter(|f| !f.name.is_empty())
-            .map(|f| (String::from_utf8_lossy(&f.name).into_owned(), f.submitted, f.completed, f.failed))
+            .map(|f| FunctionCounters {
+                function: String::from_utf8_lossy(&f.name).into_owned(),
+                submitted: f.submitted,
+                completed: f.completed,
+                failed: f.failed,
+                retried: f.retried,
+                dead_lettered: f.dead_lettered,
+            })
             .collect()
+    }
+
+    pub fn set_retry_policy(&mut self, function: &str, policy: RetryPolicy) {
+        let fid = self.function_id(&Bytes::copy_from_slice(function.as_bytes()));
+        self.functions[fid as usize].retry = policy;
+    }
+
+    /// `show dead [FUNCTION]`.
+    pub fn admin_show_dead(&self, function: Option<&str>, out: &mut String) {
+        use std::fmt::Write;
+        for f in self.functions.iter().filter(|f| function.is_none_or(|n| f.name.as_ref() == n.as_bytes())) {
+            for id in &f.dead {
+                let Some(job) = self.jobs.get(id) else { continue };
+                let error = job.extra.as_ref().map(|e| String::from_utf8_lossy(&e.last_error).into_owned());
+                let error = gearfleet_proto::admin::sanitize_field(error.as_deref().unwrap_or(""));
+                let name = String::from_utf8_lossy(&f.name);
+                let _ = writeln!(out, "{}\t{name}\t{}\t{error}", self.handle_string(*id), job.attempt);
+            }
+        }
+        out.push_str(".\n");
+    }
+
+    fn dead_ids(&self, function: &str, handle: Option<&str>) -> Vec<JobId> {
+        let Some(&fid) = self.fn_index.get(function.as_bytes()) else { return Vec::new() };
+        let wanted = handle.map(|h| self.parse_handle(h.as_bytes()));
+        self.functions[fid as usize].dead.iter().copied().filter(|id| wanted.is_none_or(|w| w == Some(*id))).collect()
+    }
+
+    /// `retry dead FUNCTION [HANDLE]`: the jobs get a fresh set of tries. Returns how many.
+    pub fn admin_retry_dead(&mut self, function: &str, handle: Option<&str>, fx: &mut Effects) -> usize {
+        let ids = self.dead_ids(function, handle);
+        for &id in &ids {
+            let Some(job) = self.jobs.get_mut(&id) else { continue };
+            job.attempt = 0;
+            let fid = job.fid as usize;
+            let unique = job.unique.clone();
+            self.functions[fid].dead.retain(|&j| j != id);
+            if !unique.is_empty() {
+                self.functions[fid].uniques.entry(unique).or_insert(id);
+            }
+            if self.journal.is_some() {
+                self.journal_append(&Record::Retry { id, at_ms: 0, attempts: 0, error: Bytes::new() });
+            }
+            self.enqueue(id, false);
+        }
+        fx.stats_changed = true;
+        ids.len()
+    }
+
+    /// `purge dead FUNCTION [HANDLE]`. Returns how many were dropped.
+    pub fn admin_purge_dead(&mut self, function: &str, handle: Option<&str>, fx: &mut Effects) -> usize {
+        let ids = self.dead_ids(function, handle);
+        for &id in &ids {
+            self.forget_queued(id);
+        }
+        fx.stats_changed = true;
+        ids.len()
     }
 
     pub fn job_count(&self) -> usize {
@@ -1024,6 +1390,17 @@ fn status_fields(job: Option<&Job>) -> (&'static [u8], &'static [u8], Vec<u8>, V
     }
 }
 
-pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Per-function counters, exported as metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionCounters {
+    pub function: String,
+    pub submitted: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub retried: u64,
+    pub dead_lettered: u64,
 }

@@ -41,7 +41,7 @@ impl Running {
 
 /// Binds the ports and starts serving in the background.
 pub async fn start(config: Config) -> std::io::Result<Running> {
-    let broker = Broker::new(config);
+    let broker = Broker::open(config)?;
     let listener = TcpListener::bind(broker.config.listen).await?;
     let gearman_addr = listener.local_addr()?;
     let mut tasks = Vec::new();

@@ -3,63 +3,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::Peer;
+use common::{BrokerProcess, Peer};
 use gearfleet_proto::PacketType as T;
 use tokio::io::AsyncReadExt;
-
-/// The broker binary on a free port, so its memory can be read from /proc.
-struct BrokerProcess {
-    child: Child,
-    addr: std::net::SocketAddr,
-}
-
-impl BrokerProcess {
-    fn start(extra: &[&str]) -> BrokerProcess {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gearfleet-broker"))
-            .args(["--listen", &addr.to_string(), "--http-listen", "127.0.0.1:0", "--max-packet-bytes", "65536"])
-            .args(extra)
-            .env("GEARFLEET_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start broker binary");
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(addr).is_ok() {
-                return BrokerProcess { child, addr };
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("broker did not start");
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn header(magic: &[u8; 4], ptype: u32, len: u32) -> Vec<u8> {
     let mut v = magic.to_vec();

@@ -48,6 +48,15 @@ pub enum AdminCommand {
     FleetDrain(String),
     /// `fleet undrain CLIENT_ID`: assign jobs to them again.
     FleetUndrain(String),
+    /// `fleet retries FUNCTION LIMIT [INITIAL MAX]`: the retry policy for the function's failed
+    /// background jobs; INITIAL and MAX are durations such as `1s`, `5m`.
+    FleetRetries { function: String, limit: u32, initial: Option<String>, max: Option<String> },
+    /// `show dead [FUNCTION]`: dead-lettered jobs, `HANDLE\tFUNCTION\tATTEMPTS\tERROR` each.
+    ShowDead(Option<String>),
+    /// `retry dead FUNCTION [HANDLE]`: queue dead-lettered jobs again with fresh tries.
+    RetryDead { function: String, handle: Option<String> },
+    /// `purge dead FUNCTION [HANDLE]`: forget dead-lettered jobs.
+    PurgeDead { function: String, handle: Option<String> },
 }
 
 /// An admin line that is not a command.
@@ -96,8 +105,20 @@ impl AdminCommand {
             "show" => match words.len() {
                 2 if word_is(1, "jobs") => Ok(AdminCommand::ShowJobs),
                 3 if word_is(1, "unique") && word_is(2, "jobs") => Ok(AdminCommand::ShowUniqueJobs),
+                2 if word_is(1, "dead") => Ok(AdminCommand::ShowDead(None)),
+                3 if word_is(1, "dead") => Ok(AdminCommand::ShowDead(arg(2))),
                 _ => Err(AdminError::UnknownShow),
             },
+            "retry" | "purge" if (3..=4).contains(&words.len()) && word_is(1, "dead") => {
+                let function = arg(2).unwrap_or_default();
+                let handle = arg(3);
+                Ok(if cmd == "retry" {
+                    AdminCommand::RetryDead { function, handle }
+                } else {
+                    AdminCommand::PurgeDead { function, handle }
+                })
+            }
+            "retry" | "purge" => Err(args_err()),
             "cancel" if words.len() == 3 && word_is(1, "job") => {
                 Ok(AdminCommand::CancelJob(arg(2).unwrap_or_default()))
             }
@@ -138,6 +159,12 @@ impl AdminCommand {
                 (Some("watch"), 2) => Ok(AdminCommand::FleetWatch),
                 (Some("drain"), 3) => Ok(AdminCommand::FleetDrain(words[2].to_string())),
                 (Some("undrain"), 3) => Ok(AdminCommand::FleetUndrain(words[2].to_string())),
+                (Some("retries"), 4 | 6) => Ok(AdminCommand::FleetRetries {
+                    function: words[2].to_string(),
+                    limit: words[3].parse().map_err(|_| args_err())?,
+                    initial: arg(4),
+                    max: arg(5),
+                }),
                 _ => Err(args_err()),
             },
             _ => Err(AdminError::Unknown(first.to_string())),
@@ -398,6 +425,32 @@ mod tests {
         assert_eq!(AdminCommand::parse(b"fleet undrain pod-1"), Ok(AdminCommand::FleetUndrain("pod-1".into())));
         assert!(AdminCommand::parse(b"fleet").is_err());
         assert!(AdminCommand::parse(b"fleet drain").is_err());
+        assert_eq!(
+            AdminCommand::parse(b"fleet retries f 3 1s 1m"),
+            Ok(AdminCommand::FleetRetries {
+                function: "f".into(),
+                limit: 3,
+                initial: Some("1s".into()),
+                max: Some("1m".into())
+            })
+        );
+        assert!(AdminCommand::parse(b"fleet retries f x").is_err());
+        assert!(AdminCommand::parse(b"fleet retries f 1 2s").is_err());
+    }
+
+    #[test]
+    fn parses_dead_letter_commands() {
+        assert_eq!(AdminCommand::parse(b"show dead"), Ok(AdminCommand::ShowDead(None)));
+        assert_eq!(AdminCommand::parse(b"show dead f"), Ok(AdminCommand::ShowDead(Some("f".into()))));
+        assert_eq!(
+            AdminCommand::parse(b"retry dead f"),
+            Ok(AdminCommand::RetryDead { function: "f".into(), handle: None })
+        );
+        assert_eq!(
+            AdminCommand::parse(b"purge dead f H:x:1"),
+            Ok(AdminCommand::PurgeDead { function: "f".into(), handle: Some("H:x:1".into()) })
+        );
+        assert!(AdminCommand::parse(b"purge dead").is_err());
     }
 
     #[test]

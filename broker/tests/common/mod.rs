@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -24,7 +25,23 @@ pub struct Peer {
 impl Peer {
     pub async fn connect(addr: SocketAddr) -> Peer {
         let stream = TcpStream::connect(addr).await.expect("connect");
+        // As real Gearman libraries do: without it, a worker's WORK_COMPLETE followed by GRAB_JOB
+        // waits for a delayed ACK (Nagle), about 40 ms per job.
+        stream.set_nodelay(true).expect("nodelay");
         Peer { stream, buf: BytesMut::new(), codec: Codec::client() }
+    }
+
+    /// Connects, or `None` if the broker is not there.
+    pub async fn try_connect(addr: SocketAddr) -> Option<Peer> {
+        let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr)).await.ok()?.ok()?;
+        stream.set_nodelay(true).ok()?;
+        Some(Peer { stream, buf: BytesMut::new(), codec: Codec::client() })
+    }
+
+    /// Sends, returning false if the connection is gone.
+    pub async fn try_send(&mut self, ptype: PacketType, args: &[&[u8]]) -> bool {
+        let p = Packet::req(ptype, args);
+        self.stream.write_all(&p.to_bytes()).await.is_ok()
     }
 
     pub async fn send(&mut self, ptype: PacketType, args: &[&[u8]]) {
@@ -85,7 +102,10 @@ impl Peer {
             || line.starts_with("drop")
             || line.starts_with("shutdown")
             || line.starts_with("fleet drain")
-            || line.starts_with("fleet undrain"));
+            || line.starts_with("fleet undrain")
+            || line.starts_with("fleet retries")
+            || line.starts_with("retry dead")
+            || line.starts_with("purge dead"));
         self.read_text(list).await
     }
 
@@ -135,5 +155,69 @@ impl Peer {
         self.send(ptype, &[function.as_bytes(), unique.as_bytes(), data]).await;
         let p = self.expect(PacketType::JobCreated).await;
         p.arg(0).to_vec()
+    }
+}
+
+/// The broker binary on a free port, so its memory can be read from /proc.
+pub struct BrokerProcess {
+    pub child: Child,
+    pub addr: std::net::SocketAddr,
+}
+
+impl BrokerProcess {
+    pub fn start(extra: &[&str]) -> BrokerProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::start_on(port, extra)
+    }
+
+    /// Starts the binary on `port` (to restart on the same address after a kill).
+    pub fn start_on(port: u16, extra: &[&str]) -> BrokerProcess {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gearfleet-broker"))
+            .args(["--listen", &addr.to_string(), "--http-listen", "127.0.0.1:0", "--max-packet-bytes", "65536"])
+            .args(extra)
+            .env("GEARFLEET_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start broker binary");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return BrokerProcess { child, addr };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("broker did not start");
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl BrokerProcess {
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

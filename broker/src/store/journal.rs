@@ -1,0 +1,505 @@
+//! An append-only journal with group commit, for background and scheduled jobs.
+//!
+//! Appends happen under the broker lock and only copy the encoded record into a shared buffer.
+//! One writer thread takes whatever has accumulated, writes it with a single `write`, and (in
+//! `fsync` mode) a single `fdatasync`, then publishes the highest durable sequence number: every
+//! submitter whose record was in that batch is acknowledged by the same disk flush.
+//!
+//! Files in the data directory: `wal-N.log` segments and `snap-N.dat` snapshots, where `snap-N`
+//! holds every live job as of the start of `wal-N`. Recovery loads the newest valid snapshot and
+//! replays the segments from its number on. When a segment grows past the compaction threshold the
+//! broker hands the journal a snapshot of its live durable jobs (taken under its lock, so it matches
+//! the segment boundary exactly); the writer then starts a new segment, writes the snapshot, and
+//! deletes what it supersedes.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::record::{JobRecord, Record};
+
+const SNAPSHOT_MAGIC: &[u8] = b"GEARFLEET-SNAPSHOT-1\n";
+const SNAPSHOT_END: &[u8] = b"GEARFLEET-SNAPSHOT-END\n";
+
+/// When acknowledged background jobs reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// JOB_CREATED is sent only after the job's record is on disk (fdatasync), commits batched
+    /// across every concurrent submitter.
+    Fsync,
+    /// Records are written and flushed every interval; a crash loses at most that window.
+    Async(Duration),
+}
+
+/// A durable job found on disk at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    pub job: JobRecord,
+    /// Set when the job is in its dead-letter queue: (attempts, last error).
+    pub dead: Option<(u32, Bytes)>,
+    /// Last error of a job waiting for a retry.
+    pub last_error: Bytes,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    buf: Vec<u8>,
+    seq: u64,
+    rotate: Option<Rotation>,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Rotation {
+    /// Offset in `buf` where the new segment starts.
+    at: usize,
+    snapshot: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    durable: watch::Sender<u64>,
+    wants_compaction: AtomicBool,
+}
+
+/// The journal handle kept in the broker state.
+#[derive(Debug)]
+pub struct Journal {
+    shared: Arc<Shared>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in `dir`, returning the live jobs found there.
+    pub fn open(dir: &Path, mode: Durability, compact_after: u64) -> io::Result<(Journal, Vec<Recovered>)> {
+        fs::create_dir_all(dir)?;
+        let (recovered, next_segment) = recover(dir)?;
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            durable: watch::Sender::new(0),
+            wants_compaction: AtomicBool::new(false),
+        });
+        // Start from a fresh segment with a snapshot of what was recovered: replay stays short
+        // and a torn tail left by a crash is never appended to.
+        let mut snapshot = Vec::new();
+        for r in &recovered {
+            encode_recovered(r, &mut snapshot);
+        }
+        let segment = Segment::create(dir, next_segment, &snapshot)?;
+        remove_older(dir, next_segment)?;
+        let writer_shared = shared.clone();
+        let dir = dir.to_path_buf();
+        let writer = std::thread::Builder::new()
+            .name("gearfleet-journal".into())
+            .spawn(move || write_loop(writer_shared, dir, segment, mode, compact_after))?;
+        Ok((Journal { shared, writer: Some(writer) }, recovered))
+    }
+
+    /// Queues a record for the next batch and returns its sequence number.
+    pub fn append(&self, record: &Record) -> u64 {
+        let mut p = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+        record.encode(&mut p.buf);
+        p.seq += 1;
+        let seq = p.seq;
+        drop(p);
+        self.shared.wake.notify_one();
+        seq
+    }
+
+    /// The sequence number of the last record appended.
+    pub fn last_seq(&self) -> u64 {
+        self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).seq
+    }
+
+    /// Waits until every record up to `seq` is durable.
+    pub fn durable_watch(&self) -> watch::Receiver<u64> {
+        self.shared.durable.subscribe()
+    }
+
+    /// Whether the current segment has grown past the compaction threshold.
+    pub fn wants_compaction(&self) -> bool {
+        self.shared.wants_compaction.load(Ordering::Relaxed)
+    }
+
+    /// Starts a new segment whose snapshot is `live` (every durable job at this instant). Must be
+    /// called under the same lock as `append`, so no record falls between snapshot and boundary.
+    pub fn compact(&self, live: &[Recovered]) {
+        let mut snapshot = Vec::new();
+        for r in live {
+            encode_recovered(r, &mut snapshot);
+        }
+        let mut p = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.rotate.is_none() {
+            let at = p.buf.len();
+            p.rotate = Some(Rotation { at, snapshot });
+            self.shared.wants_compaction.store(false, Ordering::Relaxed);
+        }
+        drop(p);
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        self.shared.wake.notify_one();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn encode_recovered(r: &Recovered, out: &mut Vec<u8>) {
+    Record::Add(r.job.clone()).encode(out);
+    if let Some((attempts, error)) = &r.dead {
+        Record::Dead { id: r.job.id, attempts: *attempts, error: error.clone() }.encode(out);
+    } else if !r.last_error.is_empty() {
+        Record::Retry { id: r.job.id, at_ms: r.job.at_ms, attempts: r.job.attempts, error: r.last_error.clone() }
+            .encode(out);
+    }
+}
+
+struct Segment {
+    file: File,
+    number: u64,
+    written: u64,
+}
+
+impl Segment {
+    /// Writes `snap-N.dat` (atomically, via a temporary file) and opens an empty `wal-N.log`.
+    fn create(dir: &Path, number: u64, snapshot: &[u8]) -> io::Result<Segment> {
+        let tmp = dir.join(format!("snap-{number:010}.tmp"));
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(SNAPSHOT_MAGIC)?;
+            f.write_all(snapshot)?;
+            f.write_all(SNAPSHOT_END)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, snapshot_path(dir, number))?;
+        let file = OpenOptions::new().create(true).append(true).open(wal_path(dir, number))?;
+        File::open(dir)?.sync_all()?;
+        Ok(Segment { file, number, written: 0 })
+    }
+}
+
+fn wal_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("wal-{n:010}.log"))
+}
+
+fn snapshot_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("snap-{n:010}.dat"))
+}
+
+fn numbered(dir: &Path, prefix: &str, suffix: &str) -> io::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(n) = name.strip_prefix(prefix).and_then(|r| r.strip_suffix(suffix)).and_then(|n| n.parse().ok()) {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Deletes segments and snapshots numbered below `keep`.
+fn remove_older(dir: &Path, keep: u64) -> io::Result<()> {
+    for n in numbered(dir, "wal-", ".log")? {
+        if n < keep {
+            fs::remove_file(wal_path(dir, n))?;
+        }
+    }
+    for n in numbered(dir, "snap-", ".dat")? {
+        if n < keep {
+            fs::remove_file(snapshot_path(dir, n))?;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+struct Live {
+    job: JobRecord,
+    started: bool,
+    dead: Option<(u32, Bytes)>,
+    last_error: Bytes,
+}
+
+fn apply(live: &mut BTreeMap<u64, Live>, record: Record) {
+    match record {
+        Record::Add(job) => {
+            live.insert(job.id, Live { job, started: false, dead: None, last_error: Bytes::new() });
+        }
+        Record::Started { id } => {
+            if let Some(l) = live.get_mut(&id) {
+                l.started = true;
+            }
+        }
+        Record::Retry { id, at_ms, attempts, error } => {
+            if let Some(l) = live.get_mut(&id) {
+                l.started = false;
+                l.job.at_ms = at_ms;
+                l.job.attempts = attempts;
+                l.last_error = error;
+            }
+        }
+        Record::Dead { id, attempts, error } => {
+            if let Some(l) = live.get_mut(&id) {
+                l.started = false;
+                l.job.attempts = attempts;
+                l.dead = Some((attempts, error));
+            }
+        }
+        Record::Done { id } => {
+            live.remove(&id);
+        }
+    }
+}
+
+/// Reads every valid frame of `bytes` into `live`; stops at the first torn or corrupt frame.
+fn replay(bytes: &[u8], live: &mut BTreeMap<u64, Live>) -> usize {
+    let mut at = 0;
+    while at < bytes.len() {
+        match Record::decode(&bytes[at..]) {
+            Ok((record, used)) => {
+                apply(live, record);
+                at += used;
+            }
+            Err(e) => {
+                tracing::warn!(offset = at, error = %e, "journal: ignoring the rest of a segment");
+                break;
+            }
+        }
+    }
+    at
+}
+
+/// Loads the newest valid snapshot and replays later segments. Returns the live jobs and the
+/// number for the next segment.
+fn recover(dir: &Path) -> io::Result<(Vec<Recovered>, u64)> {
+    let snapshots = numbered(dir, "snap-", ".dat")?;
+    let segments = numbered(dir, "wal-", ".log")?;
+    let mut live = BTreeMap::new();
+    let mut from = 0;
+    for &n in snapshots.iter().rev() {
+        let bytes = fs::read(snapshot_path(dir, n))?;
+        let Some(body) = bytes.strip_prefix(SNAPSHOT_MAGIC).and_then(|b| b.strip_suffix(SNAPSHOT_END)) else {
+            tracing::warn!(snapshot = n, "journal: incomplete snapshot ignored");
+            continue;
+        };
+        let mut candidate = BTreeMap::new();
+        if replay(body, &mut candidate) == body.len() {
+            live = candidate;
+            from = n;
+            break;
+        }
+        tracing::warn!(snapshot = n, "journal: corrupt snapshot ignored");
+    }
+    for &n in segments.iter().filter(|&&n| n >= from) {
+        let bytes = fs::read(wal_path(dir, n))?;
+        replay(&bytes, &mut live);
+    }
+    let next = segments.last().copied().max(snapshots.last().copied()).map_or(1, |n| n + 1);
+    let recovered = live
+        .into_values()
+        .map(|mut l| {
+            // A job that was running when the broker stopped is re-queued; that try counts.
+            if l.started && l.dead.is_none() {
+                l.job.attempts += 1;
+            }
+            Recovered { job: l.job, dead: l.dead, last_error: l.last_error }
+        })
+        .collect();
+    Ok((recovered, next))
+}
+
+fn write_loop(shared: Arc<Shared>, dir: PathBuf, mut segment: Segment, mode: Durability, compact_after: u64) {
+    loop {
+        let (buf, seq, rotate, closed) = {
+            let mut p = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            match mode {
+                Durability::Fsync => {
+                    while p.buf.is_empty() && p.rotate.is_none() && !p.closed {
+                        p = shared.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+                    }
+                }
+                Durability::Async(interval) => {
+                    if !p.closed && p.rotate.is_none() {
+                        p = shared.wake.wait_timeout(p, interval).unwrap_or_else(|e| e.into_inner()).0;
+                    }
+                }
+            }
+            (std::mem::take(&mut p.buf), p.seq, p.rotate.take(), p.closed)
+        };
+        let result = write_batch(&dir, &mut segment, &buf, rotate, mode);
+        match result {
+            Ok(()) => {
+                if segment.written > compact_after {
+                    shared.wants_compaction.store(true, Ordering::Relaxed);
+                }
+                shared.durable.send_replace(seq);
+            }
+            Err(e) => {
+                // Never acknowledge what is not on disk: waiters keep waiting while this retries.
+                tracing::error!(error = %e, "journal: write failed; retrying");
+                let mut p = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+                let mut retry = buf;
+                retry.extend_from_slice(&p.buf);
+                p.buf = retry;
+                drop(p);
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        }
+        if closed {
+            return;
+        }
+    }
+}
+
+fn write_batch(
+    dir: &Path,
+    segment: &mut Segment,
+    buf: &[u8],
+    rotate: Option<Rotation>,
+    mode: Durability,
+) -> io::Result<()> {
+    let (old_part, new_part) = match &rotate {
+        Some(r) => buf.split_at(r.at),
+        None => (buf, &[][..]),
+    };
+    if !old_part.is_empty() {
+        segment.file.write_all(old_part)?;
+        segment.written += old_part.len() as u64;
+    }
+    if let Some(r) = rotate {
+        segment.file.sync_data()?;
+        let next = Segment::create(dir, segment.number + 1, &r.snapshot)?;
+        *segment = next;
+        remove_older(dir, segment.number)?;
+        tracing::info!(segment = segment.number, snapshot_bytes = r.snapshot.len(), "journal: compacted");
+    }
+    if !new_part.is_empty() {
+        segment.file.write_all(new_part)?;
+        segment.written += new_part.len() as u64;
+    }
+    if !buf.is_empty() || matches!(mode, Durability::Fsync) {
+        segment.file.sync_data()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: u64, data: &'static [u8]) -> JobRecord {
+        JobRecord {
+            id,
+            priority: 1,
+            at_ms: 0,
+            attempts: 0,
+            function: Bytes::from_static(b"f"),
+            unique: Bytes::new(),
+            data: Bytes::from_static(data),
+        }
+    }
+
+    async fn wait(j: &Journal, seq: u64) {
+        j.durable_watch().wait_for(|d| *d >= seq).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopen_and_finished_jobs_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (j, rec) = Journal::open(dir.path(), Durability::Fsync, 1 << 20).unwrap();
+            assert!(rec.is_empty());
+            j.append(&Record::Add(job(1, b"a")));
+            j.append(&Record::Add(job(2, b"b")));
+            j.append(&Record::Add(job(3, b"c")));
+            j.append(&Record::Started { id: 2 });
+            let s = j.append(&Record::Done { id: 1 });
+            wait(&j, s).await;
+        }
+        let (j, rec) = Journal::open(dir.path(), Durability::Fsync, 1 << 20).unwrap();
+        let ids: Vec<_> = rec.iter().map(|r| (r.job.id, r.job.attempts)).collect();
+        assert_eq!(ids, [(2, 1), (3, 0)], "job 2 was running: re-queued with the try counted");
+        drop(j);
+        // Recovery compacted: one snapshot and one empty segment remain.
+        let files = fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files, 2);
+    }
+
+    #[tokio::test]
+    async fn a_torn_tail_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (j, _) = Journal::open(dir.path(), Durability::Fsync, 1 << 20).unwrap();
+            let s = j.append(&Record::Add(job(1, b"kept")));
+            wait(&j, s).await;
+        }
+        let wal = numbered(dir.path(), "wal-", ".log").unwrap();
+        let path = wal_path(dir.path(), *wal.last().unwrap());
+        let mut bytes = fs::read(&path).unwrap();
+        let mut torn = Vec::new();
+        Record::Add(job(2, b"torn")).encode(&mut torn);
+        bytes.extend_from_slice(&torn[..torn.len() - 3]);
+        fs::write(&path, bytes).unwrap();
+        let (_j, rec) = Journal::open(dir.path(), Durability::Fsync, 1 << 20).unwrap();
+        assert_eq!(rec.len(), 1);
+        assert_eq!(rec[0].job.data.as_ref(), b"kept");
+    }
+
+    #[tokio::test]
+    async fn compaction_keeps_live_jobs_and_drops_old_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path(), Durability::Fsync, 64).unwrap();
+        for id in 1..=50 {
+            j.append(&Record::Add(job(id, b"x")));
+        }
+        for id in 1..=49 {
+            j.append(&Record::Done { id });
+        }
+        let s = j.last_seq();
+        wait(&j, s).await;
+        assert!(j.wants_compaction());
+        j.compact(&[Recovered { job: job(50, b"x"), dead: None, last_error: Bytes::new() }]);
+        let s = j.append(&Record::Add(job(51, b"after")));
+        wait(&j, s).await;
+        drop(j);
+        let (_j, rec) = Journal::open(dir.path(), Durability::Fsync, 64).unwrap();
+        let ids: Vec<_> = rec.iter().map(|r| r.job.id).collect();
+        assert_eq!(ids, [50, 51]);
+    }
+
+    #[tokio::test]
+    async fn dead_letters_and_retries_are_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (j, _) = Journal::open(dir.path(), Durability::Async(Duration::from_millis(5)), 1 << 20).unwrap();
+            j.append(&Record::Add(job(1, b"a")));
+            j.append(&Record::Add(job(2, b"b")));
+            j.append(&Record::Retry { id: 1, at_ms: 5000, attempts: 1, error: Bytes::from_static(b"e1") });
+            let s = j.append(&Record::Dead { id: 2, attempts: 3, error: Bytes::from_static(b"e2") });
+            wait(&j, s).await;
+        }
+        let (_j, rec) = Journal::open(dir.path(), Durability::Fsync, 1 << 20).unwrap();
+        assert_eq!(rec[0].job.at_ms, 5000);
+        assert_eq!(rec[0].last_error.as_ref(), b"e1");
+        assert_eq!(rec[1].dead, Some((3, Bytes::from_static(b"e2"))));
+    }
+}
