@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need, then runs formatting, lints, every test of the
-# workspace (against real Gearman peers) and the generated-file drift checks.
+# The test command: installs what the tests need, then runs formatting, lints, the generated-file
+# drift checks, and every test of the workspace: against real Gearman peers (gearman CLI, gearadmin,
+# gearmand, Python gear, Perl Gearman::Client) and a real single-node Kubernetes cluster that
+# e2e/cluster/up builds and starts (cold: ~20 minutes for the Kubernetes build; then seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +20,13 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "==> generated files are up to date"
 bash scripts/generate.sh --check
+
+echo "==> local Kubernetes cluster for the e2e suite (e2e/cluster/up; cached after the first build)"
+cluster_env=$(bash e2e/cluster/up)
+eval "$cluster_env"
+trap 'bash e2e/cluster/down >/dev/null 2>&1 || true' EXIT
+# With a cluster up, an e2e test that cannot reach it is a failure, not a skip.
+export GEARFLEET_REQUIRE_CLUSTER=1
 
 echo "==> cargo test"
 # Missing Gearman peers are a failure here, not a skip.
