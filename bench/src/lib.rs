@@ -1,0 +1,19 @@
+//! gearfleet-bench: a Gearman load generator (speaking the protocol through gearfleet-proto) and
+//! a side-by-side comparison of gearfleet-broker with gearmand.
+//!
+//! * [`conn`]: a client-side connection with batched writes.
+//! * [`load`]: client connections (K jobs in flight) and workers (GRAB_JOB_UNIQ, PRE_SLEEP, NOOP).
+//! * [`workload`]: the workload shapes and what one run measures (jobs/s, CPU, RSS).
+//! * [`server`]: starting gearmand and gearfleet-broker on loopback ports, one at a time.
+//! * [`suite`]: the standard workloads and the comparison loop.
+//! * [`report`], [`chart`]: the Markdown table, the goals check, and the SVG chart.
+
+pub mod chart;
+pub mod cli;
+pub mod conn;
+pub mod load;
+pub mod procstat;
+pub mod report;
+pub mod server;
+pub mod suite;
+pub mod workload;

@@ -1,0 +1,3 @@
+fn main() -> anyhow::Result<()> {
+    gearfleet_bench::cli::main()
+}

@@ -1,0 +1,383 @@
+//! The Markdown report: conditions, the throughput/CPU table, the memory table, and the goals.
+
+use std::fmt::Write as _;
+
+use crate::server::ServerKind;
+use crate::suite::{Cell, Results, thousands};
+use crate::workload::{Sample, Shape};
+
+/// Median, min and max of some values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+pub fn spread(values: impl IntoIterator<Item = f64>) -> Option<Spread> {
+    let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    Some(Spread { median, min: v[0], max: v[n - 1] })
+}
+
+impl Cell {
+    pub fn rate(&self) -> Option<Spread> {
+        spread(self.samples.iter().map(Sample::rate))
+    }
+
+    pub fn server_us(&self) -> Option<f64> {
+        spread(self.samples.iter().filter_map(Sample::server_us_per_job)).map(|s| s.median)
+    }
+
+    pub fn gen_us(&self) -> Option<f64> {
+        spread(self.samples.iter().map(Sample::gen_us_per_job)).map(|s| s.median)
+    }
+
+    pub fn mem(&self, f: impl Fn(&crate::workload::MemSample) -> f64) -> Option<f64> {
+        spread(self.samples.iter().filter_map(|s| s.mem.as_ref()).map(f)).map(|s| s.median)
+    }
+}
+
+/// Ratios of gearfleet to the best gearmand for one workload.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ratios {
+    /// gearfleet median jobs/s over the higher of the gearmand medians.
+    pub throughput: f64,
+    /// gearfleet CPU µs/job over the lower of the gearmand ones.
+    pub cpu: Option<f64>,
+}
+
+impl Results {
+    /// Ratios for workload `w`, when gearfleet and at least one gearmand produced numbers.
+    pub fn ratios(&self, w: usize) -> Option<Ratios> {
+        let gf = self.cell(w, ServerKind::Gearfleet)?;
+        let gf_rate = gf.rate()?.median;
+        let gearmands: Vec<&Cell> = self.cells[w].iter().filter(|c| c.server.is_gearmand()).collect();
+        let best_rate = gearmands.iter().filter_map(|c| c.rate()).map(|s| s.median).fold(f64::NAN, f64::max);
+        if !best_rate.is_finite() || best_rate <= 0.0 {
+            return None;
+        }
+        let best_cpu = gearmands.iter().filter_map(|c| c.server_us()).fold(f64::NAN, f64::min);
+        let cpu = match gf.server_us() {
+            Some(g) if best_cpu.is_finite() && best_cpu > 0.0 => Some(g / best_cpu),
+            _ => None,
+        };
+        Some(Ratios { throughput: gf_rate / best_rate, cpu })
+    }
+
+    pub fn memory_workload(&self) -> Option<usize> {
+        self.workloads.iter().position(|w| w.shape == Shape::Memory)
+    }
+}
+
+fn fmt_us(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v >= 100.0 => format!("{v:.0}"),
+        Some(v) => format!("{v:.1}"),
+        None => "–".into(),
+    }
+}
+
+fn fmt_mib(bytes: f64) -> String {
+    format!("{:.1} MiB", bytes / (1024.0 * 1024.0))
+}
+
+/// A UTC timestamp, `YYYY-MM-DD HH:MM UTC`.
+pub fn utc_timestamp(t: std::time::SystemTime) -> String {
+    let secs = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let days = (secs / 86_400) as i64;
+    let (y, m, d) = civil_date(days);
+    let rem = secs % 86_400;
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
+}
+
+/// Proleptic Gregorian date of a day count since 1970-01-01, computed over 400-year eras
+/// (146,097 days each) counted from 0000-03-01, so the leap day falls at the end of a year.
+fn civil_date(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468; // days from 0000-03-01 to 1970-01-01
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153; // 0 = March
+    let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// The work tree's commit, marked when it has uncommitted changes (None outside a git checkout).
+fn git_revision() -> Option<String> {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("git").args(args).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let rev = run(&["rev-parse", "--short", "HEAD"])?;
+    let dirty = run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    Some(if dirty { format!("{rev} with uncommitted changes") } else { rev })
+}
+
+/// The whole report as Markdown.
+pub fn markdown(r: &Results) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# gearfleet-broker against gearmand\n");
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let _ = writeln!(
+        out,
+        "Measured {} on {cores} cores; load average (1/5/15 min) {} before, {} after; {} run{} per cell, \
+         {:.0} s in total; the load generator (gearfleet-bench, {} threads) ran on the same machine.\n",
+        utc_timestamp(r.started),
+        r.load_before.as_deref().unwrap_or("?"),
+        r.load_after.as_deref().unwrap_or("?"),
+        r.repeat,
+        if r.repeat == 1 { "" } else { "s" },
+        r.elapsed.as_secs_f64(),
+        r.gen_threads,
+    );
+    if let Some(others) = r.others_cores {
+        let _ = writeln!(
+            out,
+            "- other processes used {others:.2} of the {cores} cores on average during the run{}",
+            if others > 0.25 { " (busy machine: absolute figures are low, compare ratios only)" } else { "" }
+        );
+    }
+    if let Some(rev) = git_revision() {
+        let _ = writeln!(out, "- source: commit {rev}");
+    }
+    for (kind, note) in &r.server_notes {
+        let _ = writeln!(out, "- **{kind}**: {note}");
+    }
+    if let Some(w) = r.workloads.first() {
+        let _ = writeln!(
+            out,
+            "- jobs: {}-byte payloads (memory workload: see its row), echoed back by the workers; \
+             priority {:?}, unique {:?}",
+            w.payload, w.priority, w.unique
+        );
+    }
+    out.push('\n');
+    out.push_str(&throughput_table(r));
+    out.push('\n');
+    if let Some(table) = memory_table(r) {
+        out.push_str(&table);
+        out.push('\n');
+    }
+    if let Some(goals) = goals(r) {
+        out.push_str(&goals);
+        out.push('\n');
+    }
+    let errors: Vec<String> = r
+        .cells
+        .iter()
+        .enumerate()
+        .flat_map(|(wi, cells)| {
+            cells.iter().flat_map(move |c| {
+                c.errors.iter().map(move |e| format!("- {} / {}: {e}", r.workloads[wi].key, c.server))
+            })
+        })
+        .collect();
+    if !errors.is_empty() {
+        let _ = writeln!(out, "## Failed runs\n");
+        for e in errors {
+            let _ = writeln!(out, "{e}");
+        }
+    }
+    out
+}
+
+/// Jobs/s per server (median, min–max), the ratio, and CPU per job.
+pub fn throughput_table(r: &Results) -> String {
+    let mut out = String::new();
+    let has_ratio = r.servers.contains(&ServerKind::Gearfleet) && r.servers.iter().any(|s| s.is_gearmand());
+    let mut head = vec!["workload".to_string()];
+    head.extend(r.servers.iter().map(|s| format!("{s} jobs/s")));
+    if has_ratio {
+        head.push("ratio".into());
+    }
+    head.extend(r.servers.iter().map(|s| format!("CPU µs/job {s}")));
+    if has_ratio {
+        head.push("CPU ratio".into());
+    }
+    head.push(format!(
+        "generator CPU µs/job ({})",
+        r.servers.iter().map(|s| s.label()).collect::<Vec<_>>().join(" / ")
+    ));
+    let _ = writeln!(out, "| {} |", head.join(" | "));
+    let _ = writeln!(out, "|{}", "---|".repeat(head.len()));
+    for (wi, w) in r.workloads.iter().enumerate() {
+        let mut row = vec![w.title.clone()];
+        for &s in &r.servers {
+            let cell = r.cell(wi, s);
+            row.push(match cell.and_then(Cell::rate) {
+                Some(sp) if sp.min != sp.max => {
+                    format!("{} ({}–{})", thousands(sp.median), thousands(sp.min), thousands(sp.max))
+                }
+                Some(sp) => thousands(sp.median),
+                None if cell.is_some_and(|c| !c.errors.is_empty()) => "failed".into(),
+                None => "–".into(),
+            });
+        }
+        let ratios = r.ratios(wi);
+        if has_ratio {
+            row.push(ratios.map_or("–".into(), |x| format!("**{:.2}×**", x.throughput)));
+        }
+        for &s in &r.servers {
+            row.push(fmt_us(r.cell(wi, s).and_then(Cell::server_us)));
+        }
+        if has_ratio {
+            row.push(ratios.and_then(|x| x.cpu).map_or("–".into(), |c| format!("{c:.2}×")));
+        }
+        row.push(
+            r.servers.iter().map(|&s| fmt_us(r.cell(wi, s).and_then(Cell::gen_us))).collect::<Vec<_>>().join(" / "),
+        );
+        let _ = writeln!(out, "| {} |", row.join(" | "));
+    }
+    out
+}
+
+/// Server RSS around the memory workload.
+pub fn memory_table(r: &Results) -> Option<String> {
+    let wi = r.memory_workload()?;
+    let w = &r.workloads[wi];
+    let crate::workload::Amount::Jobs(n) = w.amount else { return None };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "### Memory: {} queued background jobs of {} bytes\n\nRSS after the drain is the lowest reading within a few seconds (servers may give memory back from a timer).\n",
+        thousands(n as f64),
+        w.payload
+    );
+    let _ = writeln!(
+        out,
+        "| server | RSS idle | RSS with the queue | bytes per queued job | RSS after the drain | returned after the drain |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    for &s in &r.servers {
+        let Some(c) = r.cell(wi, s) else { continue };
+        let (Some(idle), Some(queued), Some(per_job), Some(drained), Some(returned)) = (
+            c.mem(|m| m.idle as f64),
+            c.mem(|m| m.queued as f64),
+            c.mem(|m| m.bytes_per_job()),
+            c.mem(|m| m.drained as f64),
+            c.mem(|m| m.returned()),
+        ) else {
+            let _ = writeln!(out, "| {s} | – | – | – | – | – |");
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "| {s} | {} | {} | {per_job:.0} | {} | {:.0}% |",
+            fmt_mib(idle),
+            fmt_mib(queued),
+            fmt_mib(drained),
+            returned * 100.0
+        );
+    }
+    Some(out)
+}
+
+/// The project's goals, checked against these results.
+pub mod targets {
+    /// gearfleet jobs/s over the best gearmand, on every workload.
+    pub const THROUGHPUT: f64 = 2.0;
+    /// The same on fg 1/1 (latency-bound: one job in flight).
+    pub const THROUGHPUT_FG_1_1: f64 = 3.0;
+    /// gearfleet CPU per job over the best gearmand's, at most.
+    pub const CPU: f64 = 1.0 / 3.0;
+    /// Bytes of RSS per queued 64-byte background job, at most.
+    pub const BYTES_PER_JOB: f64 = 300.0;
+    /// Share of the queue's memory given back after the drain, at least.
+    pub const RETURNED: f64 = 0.9;
+}
+
+fn mark(ok: bool) -> &'static str {
+    if ok { "holds" } else { "**fails**" }
+}
+
+/// Which goals hold, when gearfleet and gearmand were both measured.
+pub fn goals(r: &Results) -> Option<String> {
+    let ratios: Vec<(usize, Ratios)> = (0..r.workloads.len()).filter_map(|w| r.ratios(w).map(|x| (w, x))).collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    let mut out = String::from("### Goals\n\n");
+    let list = |f: &dyn Fn(&Ratios) -> Option<f64>| {
+        ratios
+            .iter()
+            .filter_map(|(w, x)| f(x).map(|v| format!("{} {v:.2}×", r.workloads[*w].label)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let min_tp = ratios.iter().map(|(_, x)| x.throughput).fold(f64::INFINITY, f64::min);
+    let _ = writeln!(
+        out,
+        "- jobs/s ≥ {:.0}× the best gearmand on every workload: {} (lowest {min_tp:.2}×; {})",
+        targets::THROUGHPUT,
+        mark(min_tp >= targets::THROUGHPUT),
+        list(&|x| Some(x.throughput))
+    );
+    if let Some((_, x)) = ratios.iter().find(|(w, _)| r.workloads[*w].key == "fg-1-1") {
+        let _ = writeln!(
+            out,
+            "- jobs/s ≥ {:.0}× on fg 1/1: {} ({:.2}×)",
+            targets::THROUGHPUT_FG_1_1,
+            mark(x.throughput >= targets::THROUGHPUT_FG_1_1),
+            x.throughput
+        );
+    }
+    let cpus: Vec<f64> = ratios.iter().filter_map(|(_, x)| x.cpu).collect();
+    if !cpus.is_empty() {
+        let max_cpu = cpus.iter().copied().fold(0.0, f64::max);
+        let _ = writeln!(
+            out,
+            "- server CPU per job ≤ 1/3 of the best gearmand's on every workload: {} (highest {max_cpu:.2}×; {})",
+            mark(max_cpu <= targets::CPU + 1e-9),
+            list(&|x| x.cpu)
+        );
+    }
+    if let Some(c) = r.memory_workload().and_then(|w| r.cell(w, ServerKind::Gearfleet)) {
+        let payload = r.memory_workload().map_or(0, |w| r.workloads[w].payload);
+        if let (Some(per_job), Some(returned)) = (c.mem(|m| m.bytes_per_job()), c.mem(|m| m.returned())) {
+            let _ = writeln!(
+                out,
+                "- ≤ {:.0} bytes per queued {payload}-byte job: {} ({per_job:.0} bytes)",
+                targets::BYTES_PER_JOB,
+                mark(per_job <= targets::BYTES_PER_JOB)
+            );
+            let _ = writeln!(
+                out,
+                "- that memory returned after the drain (≥ {:.0}% of it): {} ({:.0}%)",
+                targets::RETURNED * 100.0,
+                mark(returned >= targets::RETURNED),
+                returned * 100.0
+            );
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_of_odd_and_even_counts() {
+        assert_eq!(spread([3.0, 1.0, 2.0]), Some(Spread { median: 2.0, min: 1.0, max: 3.0 }));
+        assert_eq!(spread([4.0, 1.0]), Some(Spread { median: 2.5, min: 1.0, max: 4.0 }));
+        assert_eq!(spread(Vec::<f64>::new()), None);
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_date(0), (1970, 1, 1));
+        assert_eq!(civil_date(59), (1970, 3, 1));
+        assert_eq!(civil_date(11_016), (2000, 2, 29));
+        assert_eq!(civil_date(19_782), (2024, 2, 29));
+        assert_eq!(civil_date(20_454), (2026, 1, 1));
+    }
+}

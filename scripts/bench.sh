@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The benchmark: gearfleet-broker against gearmand, side by side, on this machine.
+#
+# Installs gearmand (Debian's gearman-job-server) if it is missing, builds the release binaries,
+# runs every standard workload 3 times against gearmand, gearmand tuned for deep queues and
+# gearfleet-broker (one server at a time, on loopback ports), and writes
+# docs/benchmarks/results.md and docs/benchmarks/results.svg. About 10 minutes on 2 cores.
+#
+# Extra arguments go to gearfleet-bench, e.g. `--repeat 5`, `--duration 5s`,
+# `--workloads fg-1-1,drain`, `--smoke`. See docs/performance.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gearfleet/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+if [ ! -x /usr/sbin/gearmand ]; then
+  echo "==> apt-get install gearman-job-server"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq gearman-job-server >/dev/null
+  # Debian starts gearmand as a service on install; the benchmark starts its own, so keep the
+  # machine quiet.
+  ($sudo service gearman-job-server stop || true) >/dev/null 2>&1
+fi
+
+echo "==> cargo build --release -p gearfleet-bench -p gearfleet-broker"
+cargo build --release -p gearfleet-bench -p gearfleet-broker
+
+echo "==> load average before the run: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
+echo "    (absolute figures need a quiet machine; ratios from the same run hold either way)"
+# Defaults: 3 runs per workload and server, 3 s per throughput run, 200,000 queued jobs.
+exec "$CARGO_TARGET_DIR/release/gearfleet-bench" "$@"
