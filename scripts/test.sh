@@ -28,6 +28,10 @@ trap 'bash e2e/cluster/down >/dev/null 2>&1 || true' EXIT
 # With a cluster up, an e2e test that cannot reach it is a failure, not a skip.
 export GEARFLEET_REQUIRE_CLUSTER=1
 
+echo "==> building the operator binary the e2e suite runs"
+cargo build -q --locked -p gearfleet-operator
+export GEARFLEET_OPERATOR_BIN="$CARGO_TARGET_DIR/debug/gearfleet-operator"
+
 echo "==> cargo test"
 # Missing Gearman peers are a failure here, not a skip.
 export GEARFLEET_REQUIRE_PEERS=1

@@ -1,0 +1,263 @@
+//! Async client for the broker's text admin protocol (`fleet …` commands).
+//!
+//! One-shot requests ([`BrokerClient::fleet_status`], [`BrokerClient::fleet_workers`],
+//! [`BrokerClient::drain`], [`BrokerClient::undrain`]) open a fresh connection each, so a broker
+//! restart never leaves a stale connection behind. [`BrokerClient::watch`] keeps one connection with
+//! `fleet watch` open and reconnects with backoff when it drops.
+
+use std::time::Duration;
+
+use futures::Stream;
+use gearfleet_proto::admin::{FunctionStats, WorkerStats};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// What can go wrong talking to the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Connecting, writing or reading failed.
+    #[error("broker {addr}: {source}")]
+    Io {
+        /// The broker address.
+        addr: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// No (complete) answer within the timeout.
+    #[error("broker {0}: timed out")]
+    Timeout(String),
+    /// The connection closed before the answer was complete.
+    #[error("broker {0}: connection closed")]
+    Closed(String),
+    /// The broker answered with an error or something unparsable.
+    #[error("broker {addr}: unexpected reply {reply:?}")]
+    Reply {
+        /// The broker address.
+        addr: String,
+        /// The offending line.
+        reply: String,
+    },
+}
+
+/// A handle on one broker's admin port; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct BrokerClient {
+    addr: String,
+    timeout: Duration,
+}
+
+impl BrokerClient {
+    /// A client for `addr` (`host:port`), with a 5 s request timeout.
+    pub fn new(addr: impl Into<String>) -> Self {
+        Self { addr: addr.into(), timeout: Duration::from_secs(5) }
+    }
+
+    /// The broker address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn io(&self, source: std::io::Error) -> BrokerError {
+        BrokerError::Io { addr: self.addr.clone(), source }
+    }
+
+    async fn connect(&self, command: &str) -> Result<Conn, BrokerError> {
+        let stream = TcpStream::connect(&self.addr).await.map_err(|e| self.io(e))?;
+        let _ = stream.set_nodelay(true);
+        let (read, mut write) = stream.into_split();
+        write.write_all(format!("{command}\n").as_bytes()).await.map_err(|e| self.io(e))?;
+        Ok(Conn { lines: BufReader::new(read).lines(), _write: write })
+    }
+
+    async fn request(&self, command: &str, list: bool) -> Result<Vec<String>, BrokerError> {
+        let fut = async {
+            let mut conn = self.connect(command).await?;
+            if list {
+                read_block(&mut conn.lines, &self.addr).await
+            } else {
+                let line = conn.lines.next_line().await.map_err(|e| self.io(e))?;
+                line.map(|l| vec![l]).ok_or_else(|| BrokerError::Closed(self.addr.clone()))
+            }
+        };
+        tokio::time::timeout(self.timeout, fut).await.map_err(|_| BrokerError::Timeout(self.addr.clone()))?
+    }
+
+    /// `fleet status`: the queue depths and worker counts of every function the broker knows.
+    pub async fn fleet_status(&self) -> Result<Vec<FunctionStats>, BrokerError> {
+        let rows = self.request("fleet status", true).await?;
+        rows.iter().map(|l| FunctionStats::parse(l).ok_or_else(|| self.bad_reply(l))).collect()
+    }
+
+    /// `fleet workers`: one row per worker connection.
+    pub async fn fleet_workers(&self) -> Result<Vec<WorkerStats>, BrokerError> {
+        let rows = self.request("fleet workers", true).await?;
+        rows.iter().map(|l| WorkerStats::parse(l).ok_or_else(|| self.bad_reply(l))).collect()
+    }
+
+    /// `fleet drain ID`: stop assigning jobs to the workers with this client id.
+    pub async fn drain(&self, client_id: &str) -> Result<(), BrokerError> {
+        self.ok_command(&format!("fleet drain {client_id}")).await
+    }
+
+    /// `fleet undrain ID`: assign jobs to them again.
+    pub async fn undrain(&self, client_id: &str) -> Result<(), BrokerError> {
+        self.ok_command(&format!("fleet undrain {client_id}")).await
+    }
+
+    async fn ok_command(&self, command: &str) -> Result<(), BrokerError> {
+        let reply = self.request(command, false).await?;
+        match reply.first() {
+            Some(line) if line.starts_with("OK") => Ok(()),
+            Some(line) => Err(self.bad_reply(line)),
+            None => Err(BrokerError::Closed(self.addr.clone())),
+        }
+    }
+
+    fn bad_reply(&self, line: &str) -> BrokerError {
+        BrokerError::Reply { addr: self.addr.clone(), reply: line.to_string() }
+    }
+
+    /// `fleet watch` as an endless stream: `Some(snapshot)` for every status block the broker sends
+    /// (one at once, then one after each change), `None` whenever the connection is lost or cannot
+    /// be made; it then reconnects with backoff (0.5 s doubling to 5 s).
+    pub fn watch(&self) -> impl Stream<Item = Option<Vec<FunctionStats>>> + Send + 'static {
+        struct State {
+            client: BrokerClient,
+            conn: Option<Conn>,
+            backoff: Duration,
+        }
+        let state = State { client: self.clone(), conn: None, backoff: Duration::ZERO };
+        futures::stream::unfold(state, |mut st| async move {
+            if st.conn.is_none() {
+                tokio::time::sleep(st.backoff).await;
+                let connect = tokio::time::timeout(st.client.timeout, st.client.connect("fleet watch"));
+                match connect.await {
+                    Ok(Ok(conn)) => st.conn = Some(conn),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "fleet watch: connect failed");
+                        st.backoff = next_backoff(st.backoff);
+                        return Some((None, st));
+                    }
+                    Err(_) => {
+                        st.backoff = next_backoff(st.backoff);
+                        return Some((None, st));
+                    }
+                }
+            }
+            let conn = st.conn.as_mut().expect("connected");
+            match read_block(&mut conn.lines, &st.client.addr).await {
+                Ok(rows) => {
+                    st.backoff = Duration::ZERO;
+                    let stats = rows.iter().filter_map(|l| FunctionStats::parse(l)).collect();
+                    Some((Some(stats), st))
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "fleet watch: connection lost");
+                    st.conn = None;
+                    st.backoff = next_backoff(st.backoff);
+                    Some((None, st))
+                }
+            }
+        })
+    }
+}
+
+/// An open admin connection; the write half is kept so our side stays open.
+struct Conn {
+    lines: Lines<BufReader<OwnedReadHalf>>,
+    _write: OwnedWriteHalf,
+}
+
+fn next_backoff(d: Duration) -> Duration {
+    (d * 2).clamp(Duration::from_millis(500), Duration::from_secs(5))
+}
+
+async fn read_block(lines: &mut Lines<BufReader<OwnedReadHalf>>, addr: &str) -> Result<Vec<String>, BrokerError> {
+    let mut rows = Vec::new();
+    loop {
+        match lines.next_line().await {
+            Ok(Some(line)) => {
+                let line = line.strip_suffix('\r').unwrap_or(&line).to_string();
+                if line == "." {
+                    return Ok(rows);
+                }
+                if line.starts_with("ERR") && rows.is_empty() {
+                    return Err(BrokerError::Reply { addr: addr.to_string(), reply: line });
+                }
+                rows.push(line);
+            }
+            Ok(None) => return Err(BrokerError::Closed(addr.to_string())),
+            Err(source) => return Err(BrokerError::Io { addr: addr.to_string(), source }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use tokio::net::TcpListener;
+
+    /// A fake broker answering each connection's first line with `reply(line)`.
+    async fn fake(reply: fn(&str) -> String) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut lines = BufReader::new(read).lines();
+                    if let Ok(Some(line)) = lines.next_line().await {
+                        let _ = write.write_all(reply(&line).as_bytes()).await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn stats(name: &str, queued: u64) -> FunctionStats {
+        FunctionStats { function: name.to_string(), queued: [0, queued, 0], ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn status_workers_and_drain() {
+        let addr = fake(|line| match line {
+            "fleet status" => format!("{}\n{}\n.\n", stats("a", 3).to_line(), stats("b", 0).to_line()),
+            "fleet workers" => "pod-1\t10.0.0.1:5000\tbusy\t0\t4\tH:1\ta\n.\n".to_string(),
+            "fleet drain pod-1" => "OK 1\n".to_string(),
+            _ => "ERR UNKNOWN_COMMAND x\n".to_string(),
+        })
+        .await;
+        let client = BrokerClient::new(addr);
+        assert_eq!(client.fleet_status().await.unwrap(), vec![stats("a", 3), stats("b", 0)]);
+        let workers = client.fleet_workers().await.unwrap();
+        assert_eq!(workers.len(), 1);
+        assert_eq!(workers[0].client_id, "pod-1");
+        client.drain("pod-1").await.unwrap();
+        assert!(matches!(client.undrain("pod-1").await, Err(BrokerError::Reply { .. })));
+    }
+
+    #[tokio::test]
+    async fn unreachable_broker_is_an_error_and_watch_reports_none() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let client = BrokerClient::new(addr);
+        assert!(client.fleet_status().await.is_err());
+        let first = Box::pin(client.watch()).next().await;
+        assert_eq!(first, Some(None));
+    }
+
+    #[tokio::test]
+    async fn watch_yields_snapshots() {
+        let addr = fake(|_| format!("{}\n.\n{}\n.\n", stats("a", 1).to_line(), stats("a", 0).to_line())).await;
+        let mut watch = Box::pin(BrokerClient::new(addr).watch());
+        assert_eq!(watch.next().await, Some(Some(vec![stats("a", 1)])));
+        assert_eq!(watch.next().await, Some(Some(vec![stats("a", 0)])));
+        // The fake closes the connection after its reply.
+        assert_eq!(watch.next().await, Some(None));
+    }
+}

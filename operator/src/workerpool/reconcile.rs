@@ -1,0 +1,439 @@
+//! The WorkerPool controller (I/O): watches WorkerPools and the Deployments they own, asks the
+//! broker for queue depths and applies the decisions of [`scaling`](super::scaling),
+//! [`scale_in`](super::scale_in) and [`desired`](super::desired).
+//!
+//! One reconcile of a pool: validate the spec (an invalid spec sets `Ready=False` and one Warning
+//! event, and waits for the next change) → read the broker's stats (the cache fed by `fleet watch`,
+//! else one `fleet status`; if neither answers, every function holds its replicas and
+//! `BrokerUnavailable=True`) → decide per function ([`decide`] + [`share_pool_cap`]) → make scale-in
+//! safe (pod deletion costs, `fleet drain` for busy victims, wait until they are idle or
+//! `drainTimeout` passed) → server-side apply the Deployments → delete Deployments of removed
+//! functions → server-side apply the status → one Event per replica change. It requeues after the
+//! pool's `pollInterval` (1 s while waiting for a drain); every change `fleet watch` reports also
+//! triggers a reconcile of all pools.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::channel::mpsc;
+use gearfleet_crd::{
+    API_VERSION, FunctionSpec, FunctionStatus, LABEL_FUNCTION, LABEL_POOL, WorkerPool, WorkerPoolStatus, new_condition,
+    pool_condition, set_condition,
+};
+use gearfleet_proto::admin::{FunctionStats, WorkerStats};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+
+use super::desired::desired_deployment;
+use super::scale_in::{POD_DELETION_COST, PodView, scale_in_plan};
+use super::scaling::{ScaleHistory, ScaleKind, ScalingDecision, decide, share_pool_cap};
+use crate::broker_client::BrokerClient;
+use crate::error::Error;
+use crate::metrics::Metrics;
+
+/// Field manager of every server-side apply.
+pub const FIELD_MANAGER: &str = "gearfleet-operator";
+
+/// Broker stats by function name.
+pub type StatsMap = HashMap<String, FunctionStats>;
+
+/// The latest `fleet watch` snapshot, `None` while the watch connection is down.
+#[derive(Default)]
+pub struct StatsCache {
+    inner: RwLock<Option<StatsMap>>,
+}
+
+impl StatsCache {
+    /// The latest snapshot.
+    pub fn get(&self) -> Option<StatsMap> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replace the snapshot.
+    pub fn set(&self, snapshot: Option<StatsMap>) {
+        *self.inner.write().unwrap_or_else(|e| e.into_inner()) = snapshot;
+    }
+}
+
+fn to_map(stats: Vec<FunctionStats>) -> StatsMap {
+    stats.into_iter().map(|s| (s.function.clone(), s)).collect()
+}
+
+/// A scale-in waiting for busy victims to finish.
+#[derive(Clone, Debug)]
+struct Drain {
+    started: Instant,
+    victims: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct FunctionState {
+    history: ScaleHistory,
+    drain: Option<Drain>,
+}
+
+type FunctionKey = (String, String, String);
+
+/// Shared state of the controller.
+pub struct Context {
+    client: Client,
+    broker: BrokerClient,
+    workers_broker_address: String,
+    cache: StatsCache,
+    metrics: Arc<Metrics>,
+    recorder: Recorder,
+    functions: Mutex<HashMap<FunctionKey, FunctionState>>,
+    epoch: Instant,
+}
+
+impl Context {
+    /// A context whose operator talks to the broker at `broker` and whose workers are given
+    /// `workers_broker_address` in `GEARMAN_SERVERS`.
+    pub fn new(client: Client, broker: BrokerClient, workers_broker_address: String, metrics: Arc<Metrics>) -> Self {
+        let recorder = Recorder::new(client.clone(), FIELD_MANAGER.into());
+        Self {
+            client,
+            broker,
+            workers_broker_address,
+            cache: StatsCache::default(),
+            metrics,
+            recorder,
+            functions: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn state(&self, key: &FunctionKey) -> FunctionState {
+        self.functions.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned().unwrap_or_default()
+    }
+
+    fn store(&self, key: FunctionKey, state: FunctionState) {
+        self.functions.lock().unwrap_or_else(|e| e.into_inner()).insert(key, state);
+    }
+
+    async fn publish(&self, pool: &WorkerPool, type_: EventType, reason: &str, note: String) {
+        let event =
+            Event { type_, reason: reason.to_string(), note: Some(note), action: "Reconcile".into(), secondary: None };
+        if let Err(e) = self.recorder.publish(&event, &pool.object_ref(&())).await {
+            tracing::warn!(error = %e, pool = %pool.name_any(), "could not publish event");
+        }
+    }
+}
+
+/// Runs the controller until SIGTERM/SIGINT. Watches all namespaces unless `namespace` is set.
+pub async fn run(client: Client, namespace: Option<String>, ctx: Arc<Context>) {
+    let (pools, deployments): (Api<WorkerPool>, Api<Deployment>) = match &namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
+    let (trigger_tx, trigger_rx) = mpsc::channel::<()>(1);
+    tokio::spawn(feed_cache(ctx.clone(), trigger_tx));
+    Controller::new(pools, watcher::Config::default())
+        .owns(deployments, watcher::Config::default().labels(LABEL_POOL))
+        .reconcile_all_on(trigger_rx)
+        .with_config(controller::Config::default().debounce(Duration::from_millis(200)))
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(pool = %obj, "reconciled"),
+                Err(e) => tracing::warn!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+}
+
+/// Keeps the stats cache fed from `fleet watch` and sends a trigger whenever a snapshot differs
+/// from the previous one.
+async fn feed_cache(ctx: Arc<Context>, mut trigger: mpsc::Sender<()>) {
+    let mut watch = Box::pin(ctx.broker.watch());
+    let mut last: Option<StatsMap> = None;
+    while let Some(item) = watch.next().await {
+        let snapshot = item.map(to_map);
+        if snapshot.is_none() && last.is_some() {
+            tracing::warn!(broker = ctx.broker.addr(), "fleet watch connection lost");
+        }
+        ctx.cache.set(snapshot.clone());
+        if snapshot != last {
+            // A full channel means a trigger is pending already.
+            let _ = trigger.try_send(());
+        }
+        last = snapshot;
+    }
+}
+
+/// Requeue after a failed reconcile; counts the error.
+pub fn error_policy(pool: Arc<WorkerPool>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(error.metric_label());
+    tracing::warn!(pool = %pool.name_any(), error = %error, "reconcile error");
+    Action::requeue(Duration::from_secs(5))
+}
+
+fn now_time() -> Time {
+    Time(Timestamp::now())
+}
+
+async fn patch_status(api: &Api<WorkerPool>, name: &str, status: &WorkerPoolStatus) -> Result<(), Error> {
+    let patch = json!({"apiVersion": API_VERSION, "kind": "WorkerPool", "status": status});
+    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    Ok(())
+}
+
+/// Reconciles one WorkerPool.
+pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciles.inc();
+    let ns = pool.namespace().ok_or(Error::NoNamespace)?;
+    let name = pool.name_any();
+    let pools: Api<WorkerPool> = Api::namespaced(ctx.client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let generation = pool.metadata.generation;
+    let mut status = pool.status.clone().unwrap_or_default();
+
+    if let Err(e) = pool.spec.validate() {
+        let message = e.to_string();
+        let cond = new_condition(pool_condition::READY, false, "InvalidSpec", message.clone(), generation, now_time());
+        let changed = set_condition(&mut status.conditions, cond);
+        status.observed_generation = generation;
+        status.message = Some(message.clone());
+        patch_status(&pools, &name, &status).await?;
+        if changed {
+            ctx.publish(&pool, EventType::Warning, "InvalidSpec", message).await;
+        }
+        return Ok(Action::await_change());
+    }
+
+    // Broker stats: the watch cache, else one poll.
+    let stats = match ctx.cache.get() {
+        Some(stats) => Some(stats),
+        None => match ctx.broker.fleet_status().await {
+            Ok(stats) => Some(to_map(stats)),
+            Err(e) => {
+                tracing::warn!(pool = %name, error = %e, "broker unavailable");
+                None
+            }
+        },
+    };
+
+    let existing = deployments.list(&ListParams::default().labels(&format!("{LABEL_POOL}={name}"))).await?;
+    let by_name: HashMap<String, &Deployment> = existing.items.iter().map(|d| (d.name_any(), d)).collect();
+
+    // Decide.
+    let now = ctx.epoch.elapsed();
+    let mut decisions = Vec::new();
+    let mut states = Vec::new();
+    for f in &pool.spec.functions {
+        let key = (ns.clone(), name.clone(), f.name.clone());
+        let current = by_name.get(&pool.deployment_name(&f.name)).and_then(|d| d.spec.as_ref()?.replicas).unwrap_or(0);
+        let fstats = stats.as_ref().map(|m| {
+            m.get(&f.name).cloned().unwrap_or_else(|| FunctionStats { function: f.name.clone(), ..Default::default() })
+        });
+        let mut state = ctx.state(&key);
+        let (decision, history) = decide(f, &pool.spec.scaling, fstats.as_ref(), current, &state.history, now);
+        state.history = history;
+        decisions.push(decision);
+        states.push((key, state, fstats));
+    }
+    let mut decisions = share_pool_cap(decisions, pool.spec.max_replicas);
+    if pool.spec.paused {
+        for d in &mut decisions {
+            d.desired = 0;
+            d.kind = ScaleKind::between(d.current, 0);
+            d.reason = "the pool is paused".to_string();
+        }
+    }
+
+    // Worker connections, needed only to scale in.
+    let workers = if decisions.iter().any(|d| d.desired < d.current) {
+        ctx.broker.fleet_workers().await.map_err(|e| tracing::warn!(error = %e, "fleet workers failed")).ok()
+    } else {
+        None
+    };
+
+    let mut requeue = pool.spec.scaling.poll_interval();
+    let mut functions = Vec::new();
+    let mut scaling = Vec::new();
+    for ((f, decision), (key, mut state, fstats)) in pool.spec.functions.iter().zip(&decisions).zip(states) {
+        ctx.metrics.decision(&decision.kind.to_string());
+        let dep_name = pool.deployment_name(&f.name);
+        let mut target = decision.desired;
+        if decision.desired < decision.current {
+            let wait = prepare_scale_in(&ctx, &pods, &pool, f, decision, workers.as_deref(), &mut state).await?;
+            if let Some(why) = wait {
+                target = decision.current;
+                requeue = requeue.min(Duration::from_secs(1));
+                scaling.push(format!("{}: {why}", f.name));
+            }
+        } else if let Some(drain) = state.drain.take() {
+            // The scale-in was called off: take the victims back.
+            for victim in drain.victims {
+                if let Err(e) = ctx.broker.undrain(&victim).await {
+                    tracing::warn!(pod = %victim, error = %e, "undrain failed");
+                }
+            }
+        }
+
+        let dep = desired_deployment(&pool, f, target, &ctx.workers_broker_address)?;
+        deployments.patch(&dep_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&dep)).await?;
+
+        let previous = pool.function_status(&f.name);
+        let (mut last_scale_time, mut last_scale_reason) =
+            (previous.and_then(|p| p.last_scale_time.clone()), previous.and_then(|p| p.last_scale_reason.clone()));
+        if target != decision.current {
+            state.history = std::mem::take(&mut state.history).record_scale(now, decision.current, target);
+            last_scale_time = Some(now_time());
+            last_scale_reason = Some(decision.reason.clone());
+            scaling.push(format!("{}: {} -> {}", f.name, decision.current, target));
+            let kind = ScaleKind::between(decision.current, target);
+            tracing::info!(pool = %name, function = %f.name, from = decision.current, to = target, reason = %decision.reason, "scaling");
+            let note = format!("{}: {} -> {} replicas: {}", f.name, decision.current, target, decision.reason);
+            ctx.publish(&pool, EventType::Normal, &kind.to_string(), note).await;
+        }
+        ctx.store(key, state);
+
+        let observed = by_name.get(&dep_name).and_then(|d| d.status.as_ref());
+        let fstats = fstats.unwrap_or_default();
+        let busy = fstats.workers.saturating_sub(fstats.idle_workers);
+        functions.push(FunctionStatus {
+            name: f.name.clone(),
+            deployment: dep_name,
+            replicas: observed.and_then(|s| s.replicas).unwrap_or(0),
+            ready_replicas: observed.and_then(|s| s.ready_replicas).unwrap_or(0),
+            desired_replicas: decision.desired,
+            busy_workers: clamp_i32(busy),
+            idle_workers: clamp_i32(fstats.idle_workers),
+            crash_looping: previous.map_or(0, |p| p.crash_looping),
+            queued: clamp_i64(fstats.queued_total()),
+            running: clamp_i64(fstats.running),
+            last_scale_time,
+            last_scale_reason,
+        });
+    }
+
+    // Deployments of functions no longer in the spec.
+    for dep in &existing.items {
+        let function = dep.labels().get(LABEL_FUNCTION).cloned().unwrap_or_default();
+        if pool.spec.function(&function).is_none() {
+            tracing::info!(pool = %name, deployment = %dep.name_any(), "deleting Deployment of a removed function");
+            match deployments.delete(&dep.name_any(), &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    // Status.
+    let t = now_time();
+    let broker_down = stats.is_none();
+    let broker_cond = if broker_down {
+        let msg = format!("broker {} is unreachable: holding current replicas", ctx.broker.addr());
+        new_condition(pool_condition::BROKER_UNAVAILABLE, true, "BrokerUnreachable", msg, generation, t.clone())
+    } else {
+        new_condition(pool_condition::BROKER_UNAVAILABLE, false, "BrokerReachable", "", generation, t.clone())
+    };
+    let scaling_cond = if scaling.is_empty() {
+        new_condition(pool_condition::SCALING, false, "Stable", "", generation, t.clone())
+    } else {
+        new_condition(pool_condition::SCALING, true, "Scaling", scaling.join("; "), generation, t.clone())
+    };
+    let ready_cond = new_condition(pool_condition::READY, true, "Reconciled", "", generation, t);
+    set_condition(&mut status.conditions, ready_cond);
+    set_condition(&mut status.conditions, scaling_cond);
+    set_condition(&mut status.conditions, broker_cond);
+    status.observed_generation = generation;
+    status.message = None;
+    status.functions = functions;
+    status.recompute_totals();
+    patch_status(&pools, &name, &status).await?;
+
+    Ok(Action::requeue(requeue))
+}
+
+fn clamp_i32(v: u64) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+fn clamp_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions.is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn pod_view(pod: &Pod) -> PodView {
+    let created = pod.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second());
+    PodView {
+        name: pod.name_any(),
+        ready: pod_ready(pod),
+        created_at: Duration::from_secs(u64::try_from(created).unwrap_or(0)),
+    }
+}
+
+/// Makes lowering `decision.current` to `decision.desired` safe: sets every pod's deletion cost
+/// from [`scale_in_plan`] and drains the busy victims. Returns why the scale-in must wait, or
+/// `None` once it may go ahead (no busy victims left, or `drainTimeout` passed).
+async fn prepare_scale_in(
+    ctx: &Context,
+    pods: &Api<Pod>,
+    pool: &WorkerPool,
+    function: &FunctionSpec,
+    decision: &ScalingDecision,
+    workers: Option<&[WorkerStats]>,
+    state: &mut FunctionState,
+) -> Result<Option<String>, Error> {
+    let Some(workers) = workers else {
+        return Ok(Some("the broker's worker list is unavailable".to_string()));
+    };
+    let selector = format!("{LABEL_POOL}={},{LABEL_FUNCTION}={}", pool.name_any(), function.name);
+    let list = pods.list(&ListParams::default().labels(&selector)).await?;
+    let live: Vec<&Pod> = list.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+    let views: Vec<PodView> = live.iter().map(|p| pod_view(p)).collect();
+    let keep = usize::try_from(decision.desired).unwrap_or(0);
+    let plan = scale_in_plan(&views, workers, views.len().saturating_sub(keep));
+
+    for (p, pod) in plan.iter().filter_map(|p| live.iter().find(|pod| pod.name_any() == p.name).map(|pod| (p, pod))) {
+        let cost = p.deletion_cost.to_string();
+        if pod.annotations().get(POD_DELETION_COST) != Some(&cost) {
+            let patch = json!({"metadata": {"annotations": {POD_DELETION_COST: cost}}});
+            pods.patch(&p.name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        }
+    }
+
+    let busy: Vec<&str> = plan.iter().filter(|p| p.drain).map(|p| p.name.as_str()).collect();
+    let timeout = pool.spec.scaling.drain_timeout();
+    let drain = state.drain.get_or_insert_with(|| Drain { started: Instant::now(), victims: Vec::new() });
+    for victim in &busy {
+        if !drain.victims.iter().any(|v| v == victim) {
+            tracing::info!(pod = %victim, function = %function.name, "draining busy worker before scale-in");
+            if let Err(e) = ctx.broker.drain(victim).await {
+                tracing::warn!(pod = %victim, error = %e, "drain failed");
+            }
+            drain.victims.push((*victim).to_string());
+        }
+    }
+    if !busy.is_empty() && drain.started.elapsed() < timeout {
+        return Ok(Some(format!("waiting for {} busy worker(s) to finish: {}", busy.len(), busy.join(", "))));
+    }
+    // Going ahead: drained workers that survive the scale-in take jobs again.
+    let drain = state.drain.take().expect("set above");
+    for victim in drain.victims {
+        let removed = plan.iter().any(|p| p.remove && p.name == victim);
+        if !removed && let Err(e) = ctx.broker.undrain(&victim).await {
+            tracing::warn!(pod = %victim, error = %e, "undrain failed");
+        }
+    }
+    Ok(None)
+}
