@@ -21,6 +21,15 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> generated files are up to date"
 bash scripts/generate.sh --check
 
+echo "==> fuzzing the codec and admin parsers (bounded)"
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install -q --locked cargo-fuzz
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  FUZZ_TOOLCHAIN=nightly bash scripts/fuzz.sh 20
+else
+  # No nightly here: stable accepts the sanitizer flags with RUSTC_BOOTSTRAP.
+  FUZZ_TOOLCHAIN=stable bash scripts/fuzz.sh 20
+fi
+
 echo "==> local Kubernetes cluster for the e2e suite (e2e/cluster/up; cached after the first build)"
 cluster_env=$(bash e2e/cluster/up)
 eval "$cluster_env"

@@ -515,3 +515,65 @@ mod tests {
         assert_eq!(WorkerStats::parse(&idle.to_line()), Some(idle));
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Lines built from admin-ish pieces, so the generator reaches the commands and row formats
+    /// (plain random bytes would almost never form `maxqueue f 3` or a tab-separated row).
+    fn adminish_line() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"status".to_vec()),
+            Just(b"workers".to_vec()),
+            Just(b"maxqueue".to_vec()),
+            Just(b"show".to_vec()),
+            Just(b"jobs".to_vec()),
+            Just(b"unique".to_vec()),
+            Just(b"cancel".to_vec()),
+            Just(b"job".to_vec()),
+            Just(b"function".to_vec()),
+            Just(b"busy".to_vec()),
+            Just(b"-".to_vec()),
+            Just(b":".to_vec()),
+            Just(b",".to_vec()),
+            Just(b"\t".to_vec()),
+            Just(b" ".to_vec()),
+            Just(b"\r".to_vec()),
+            "[0-9]{1,21}".prop_map(String::into_bytes),
+            "-?[0-9]{1,3}".prop_map(String::into_bytes),
+            proptest::collection::vec(any::<u8>(), 0..6),
+        ];
+        proptest::collection::vec(piece, 0..14).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        /// No admin parser panics on any line, and an error reply is always exactly one line.
+        #[test]
+        fn admin_parsers_never_panic(line in prop_oneof![adminish_line(), proptest::collection::vec(any::<u8>(), 0..128)]) {
+            if let Err(e) = AdminCommand::parse(&line) {
+                let reply = e.reply();
+                prop_assert!(reply.ends_with("\r\n") && reply.matches('\n').count() == 1, "{reply:?}");
+            }
+            let text = String::from_utf8_lossy(&line);
+            let _ = split_list(&text);
+            let _ = StatusRow::parse(&text);
+            let _ = WorkerRow::parse(&text);
+            // What `to_line` writes parses back, and writing it again is a fixed point (the first
+            // write may normalise: sanitised fields, the draining flag).
+            if let Some(stats) = FunctionStats::parse(&text) {
+                let once = FunctionStats::parse(&stats.to_line());
+                prop_assert!(once.is_some());
+                let once = once.unwrap();
+                prop_assert_eq!(FunctionStats::parse(&once.to_line()), Some(once));
+            }
+            if let Some(stats) = WorkerStats::parse(&text) {
+                let once = WorkerStats::parse(&stats.to_line());
+                prop_assert!(once.is_some());
+                let once = once.unwrap();
+                prop_assert_eq!(WorkerStats::parse(&once.to_line()), Some(once));
+            }
+        }
+    }
+}
