@@ -223,7 +223,6 @@ pub struct State {
     queued_total: u64,
     limits: Limits,
     journal: Option<Journal>,
-    peak_jobs: usize,
     pub metrics: Arc<Metrics>,
 }
 
@@ -242,7 +241,6 @@ impl State {
             queued_total: 0,
             limits,
             journal: None,
-            peak_jobs: 0,
             metrics,
         }
     }
@@ -344,8 +342,10 @@ impl State {
 
     /// Gives memory back after a backlog drains: shrinks tables that are mostly empty.
     pub fn shrink_if_drained(&mut self) -> bool {
-        self.peak_jobs = self.peak_jobs.max(self.jobs.len());
-        if self.peak_jobs < 1024 || self.jobs.len() * 4 > self.peak_jobs {
+        // The table's capacity is its high-water mark (it never shrinks by itself), so a backlog
+        // that came and went between two housekeeping rounds is still seen.
+        let capacity = self.jobs.capacity();
+        if capacity < 1024 || self.jobs.len() * 4 > capacity {
             return false;
         }
         self.jobs.shrink_to_fit();
@@ -358,7 +358,6 @@ impl State {
             f.uniques.shrink_to_fit();
             f.dead.shrink_to_fit();
         }
-        self.peak_jobs = self.jobs.len();
         true
     }
 
