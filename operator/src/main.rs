@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use gearfleet_operator::broker_client::BrokerClient;
+use gearfleet_operator::leader::{self, LeaderConfig};
 use gearfleet_operator::metrics::{self, Metrics};
 use gearfleet_operator::workerpool::reconcile::{self, Context};
 
@@ -25,6 +26,18 @@ struct Args {
     /// Address of the HTTP server with /healthz and /metrics.
     #[arg(long, env = "GEARFLEET_METRICS_ADDRESS", default_value = "0.0.0.0:9740")]
     metrics_address: SocketAddr,
+    /// Run the controllers only while holding a Lease (for more than one operator replica).
+    #[arg(long, env = "GEARFLEET_LEADER_ELECTION", default_value_t = false)]
+    leader_election: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "GEARFLEET_LEASE_NAME", default_value = "gearfleet-operator")]
+    lease_name: String,
+    /// Namespace of the Lease (in a pod: its own namespace, from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Identity written into the Lease (in a pod: the pod name, from the downward API).
+    #[arg(long, env = "POD_NAME")]
+    lease_identity: Option<String>,
     /// Log format: text or json (filter with RUST_LOG).
     #[arg(long, env = "GEARFLEET_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -55,6 +68,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let workers_address = args.workers_broker_address.unwrap_or_else(|| args.broker_address.clone());
     tracing::info!(broker = %args.broker_address, workers_broker = %workers_address, namespace = ?args.namespace, "starting");
     let ctx = Arc::new(Context::new(client.clone(), BrokerClient::new(args.broker_address), workers_address, metrics));
-    reconcile::run(client, args.namespace, ctx).await;
-    Ok(())
+    if !args.leader_election {
+        reconcile::run(client, args.namespace, ctx).await;
+        return Ok(());
+    }
+    let config = LeaderConfig {
+        lease_name: args.lease_name,
+        namespace: args.lease_namespace,
+        identity: args.lease_identity.unwrap_or_else(default_identity),
+        duration_seconds: 15,
+        grace_seconds: 5,
+    };
+    let mut leadership = tokio::select! {
+        held = leader::acquire(client.clone(), &config) => held?,
+        _ = tokio::signal::ctrl_c() => return Ok(()),
+    };
+    tokio::select! {
+        () = reconcile::run(client, args.namespace, ctx) => Ok(()),
+        () = leadership.lost() => {
+            tracing::error!(lease = %config.lease_name, "lost leadership; exiting so that only one replica reconciles");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// The host name, or a fixed name when there is none (outside a pod without POD_NAME).
+fn default_identity() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("gearfleet-operator-{}", std::process::id()))
 }
