@@ -7,7 +7,7 @@
 //!
 //! The crate only defines types, validation and pure helpers; it performs no
 //! I/O. The CRD manifests are generated from these types by the `crdgen`
-//! binary (`cargo run -p gearfleet-crd --bin crdgen -- --out deploy/crds`).
+//! binary (`scripts/generate.sh` writes `charts/gearfleet/crds/` and `deploy/crds.yaml` with it).
 
 #![warn(missing_docs)]
 

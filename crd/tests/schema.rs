@@ -7,10 +7,10 @@ use std::sync::OnceLock;
 use gearfleet_crd::{Job, WorkerPool, rules};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
+use serde::Deserialize;
 use serde_json::Value;
 
-const REGEN: &str = "run `cargo run -p gearfleet-crd --bin crdgen -- --out deploy/crds` \
-                     (and the same with `--out charts/gearfleet/crds`) from the workspace root";
+const REGEN: &str = "run `scripts/generate.sh` from the workspace root";
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -56,32 +56,40 @@ fn job_schema() -> Value {
 fn committed_crds_are_up_to_date() {
     let files = gearfleet_crd::crd_files().unwrap();
     assert_eq!(files.len(), 2);
-    for dir in ["deploy/crds", "charts/gearfleet/crds"] {
-        for (name, expected) in &files {
-            let path = repo_root().join(dir).join(name);
-            let actual = std::fs::read_to_string(&path)
-                .unwrap_or_else(|e| panic!("cannot read {}: {e}; {REGEN}", path.display()));
-            assert!(actual == *expected, "{} is out of date with crd/src; {REGEN}", path.display());
-        }
+    for (name, expected) in &files {
+        let path = repo_root().join("charts/gearfleet/crds").join(name);
+        let actual =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}; {REGEN}", path.display()));
+        assert!(actual == *expected, "{} is out of date with crd/src; {REGEN}", path.display());
     }
 }
 
 #[test]
-fn chart_crds_equal_deploy_crds() {
-    for name in ["workerpools.gearfleet.dev.yaml", "jobs.gearfleet.dev.yaml"] {
-        let a = std::fs::read(repo_root().join("deploy/crds").join(name)).unwrap();
-        let b = std::fs::read(repo_root().join("charts/gearfleet/crds").join(name)).unwrap();
-        assert!(a == b, "charts/gearfleet/crds/{name} differs from deploy/crds/{name}; {REGEN}");
-    }
+fn deploy_crds_equal_chart_crds() {
+    let text = std::fs::read_to_string(repo_root().join("deploy/crds.yaml")).unwrap();
+    let deployed: Vec<CustomResourceDefinition> = serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| CustomResourceDefinition::deserialize(doc).unwrap())
+        .collect();
+    let expected: Vec<CustomResourceDefinition> = gearfleet_crd::crds().into_iter().map(|(_, crd)| crd).collect();
+    assert!(deployed == expected, "deploy/crds.yaml differs from the CRDs of crd/src; {REGEN}");
 }
 
 #[test]
 fn committed_files_have_header_and_parse() {
     for (name, _) in gearfleet_crd::crds() {
-        let text = std::fs::read_to_string(repo_root().join("deploy/crds").join(name)).unwrap();
+        let text = std::fs::read_to_string(repo_root().join("charts/gearfleet/crds").join(name)).unwrap();
         assert!(text.starts_with(gearfleet_crd::GENERATED_HEADER), "{name}");
         let crd: CustomResourceDefinition = serde_yaml::from_str(&text).unwrap();
         assert_eq!(format!("{}.yaml", crd.metadata.name.unwrap()), name);
+    }
+}
+
+/// `kubectl apply` (client-side) keeps the whole object in an annotation limited to 256 KiB.
+#[test]
+fn crds_fit_a_client_side_apply() {
+    for (name, yaml) in gearfleet_crd::crd_files().unwrap() {
+        let json = serde_json::to_vec(&serde_yaml::from_str::<Value>(&yaml).unwrap()).unwrap();
+        assert!(json.len() < 200 * 1024, "{name} is {} bytes of JSON, too close to the 256 KiB limit", json.len());
     }
 }
 

@@ -51,8 +51,9 @@ def layer(args):
         dest, target = spec.split("=", 1)
         entries.append((dest.lstrip("/"), "symlink", target, 0o777))
     for spec in args.dir:
-        dest, _, mode = spec.partition(":")
-        entries.append((dest.strip("/"), "dir", None, int(mode or "755", 8)))
+        dest, _, rest = spec.partition(":")
+        mode, _, owner = rest.partition(":")
+        entries.append((dest.strip("/"), "dir", owner or None, int(mode or "755", 8)))
     entries.sort(key=lambda e: e[0])
 
     buf = io.BytesIO()
@@ -66,7 +67,10 @@ def layer(args):
                     continue
                 seen.add(path)
                 info.type = tarfile.DIRTYPE
-                tar.addfile(reset(info, mode))
+                reset(info, mode)
+                if payload:  # UID:GID
+                    info.uid, info.gid = (int(n) for n in payload.split(":"))
+                tar.addfile(info)
             elif kind == "symlink":
                 info.type = tarfile.SYMTYPE
                 info.linkname = payload
@@ -96,7 +100,7 @@ def main():
     p.add_argument("--file", action="append", default=[], help="HOST_PATH:IMAGE_PATH")
     p.add_argument("--text", action="append", default=[], help="IMAGE_PATH=CONTENT (\\n for newlines)")
     p.add_argument("--symlink", action="append", default=[], help="IMAGE_PATH=TARGET")
-    p.add_argument("--dir", action="append", default=[], help="IMAGE_PATH[:MODE]")
+    p.add_argument("--dir", action="append", default=[], help="IMAGE_PATH[:MODE[:UID:GID]]")
     args = p.parse_args()
 
     layer_tar = layer(args)

@@ -6,13 +6,15 @@
 //! `e2e/images/build` makes (see [`BROKER_IMAGE`] and friends) with `imagePullPolicy: Never`, so the
 //! cluster must have them loaded (`e2e/cluster/up` does; for kind, `kind load image-archive`).
 
+pub mod gearman;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The broker image (`gearfleet-broker`; Gearman on 4730, HTTP on 9730).
-pub const BROKER_IMAGE: &str = "gearfleet/broker:dev";
+pub const BROKER_IMAGE: &str = "gearfleet/gearfleet:dev";
 /// The example worker image (`gearfleet-example-worker`).
 pub const EXAMPLE_WORKERS_IMAGE: &str = "gearfleet/example-workers:dev";
 /// A busybox image for test pods (sh, nc, nslookup, wget).
@@ -85,6 +87,31 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// Runs Helm (`scripts/helm.sh`, which builds it once from the Go module proxy) against this
+    /// cluster.
+    pub fn helm(&self, args: &[&str]) -> Output {
+        Command::new("bash")
+            .arg(repo_root().join("scripts/helm.sh"))
+            .args(args)
+            .envs(self.env())
+            .current_dir(repo_root())
+            .stdin(Stdio::null())
+            .output()
+            .expect("scripts/helm.sh runs")
+    }
+
+    /// Runs Helm and fails the test with its output unless it succeeds.
+    pub fn helm_ok(&self, args: &[&str]) -> String {
+        let out = self.helm(args);
+        assert!(
+            out.status.success(),
+            "helm {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Creates a namespace named `<prefix>-<unique suffix>`, deleted again when the returned guard
     /// is dropped (also when the test panics), unless `GEARFLEET_E2E_KEEP=1`. Waits for its `default`
     /// ServiceAccount, without which no pod can be created in it.
@@ -98,6 +125,25 @@ impl Cluster {
             out.status.success().then_some(())
         });
         ns
+    }
+
+    /// Installs (or updates) the gearfleet CRDs from `deploy/crds.yaml` and waits until both are
+    /// Established.
+    pub fn install_crds(&self) {
+        let crds = repo_root().join("deploy/crds.yaml");
+        self.kubectl_ok(&["apply", "--server-side", "-f", crds.to_str().expect("utf-8 path")], None);
+        // Right after creation a CRD has no status.conditions yet and `kubectl wait` fails outright on
+        // that ("accessor error: <nil> is of the type <nil>") instead of waiting, so retry it.
+        self.eventually(Duration::from_secs(60), "the CRDs to be Established", || {
+            let args = [
+                "wait",
+                "--for=condition=Established",
+                "--timeout=5s",
+                "crd/workerpools.gearfleet.dev",
+                "crd/jobs.gearfleet.dev",
+            ];
+            self.kubectl(&args, None).status.success().then_some(())
+        });
     }
 
     /// Calls `probe` every half second until it returns `Some`, and fails the test with `what` after
@@ -145,6 +191,17 @@ impl Namespace<'_> {
     /// Runs kubectl in this namespace and fails the test with its output unless it succeeds.
     pub fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
         self.cluster.kubectl_ok(&self.args(args), stdin)
+    }
+
+    /// Waits until `deployment` exists (the operator may not have created it yet) and has rolled out.
+    pub fn wait_for_rollout(&self, deployment: &str, timeout: Duration) {
+        let started = Instant::now();
+        self.cluster.eventually(timeout, &format!("deployment {deployment} to be created"), || {
+            self.kubectl(&["get", "deployment", deployment], None).status.success().then_some(())
+        });
+        let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_secs(5));
+        let timeout_arg = format!("--timeout={}s", left.as_secs());
+        self.kubectl_ok(&["rollout", "status", &format!("deployment/{deployment}"), &timeout_arg], None);
     }
 
     /// `kubectl apply -f -` of `manifest` (YAML or JSON) in this namespace.

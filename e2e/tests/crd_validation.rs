@@ -1,7 +1,6 @@
 //! The CRDs on a real apiserver: they install, the examples are accepted, and the schema and CEL
 //! rules refuse bad specs at `kubectl apply` with their readable messages.
 
-use std::time::Duration;
 
 use gearfleet_e2e::{Cluster, repo_root};
 
@@ -20,14 +19,7 @@ fn pool(functions: &str) -> String {
 #[test]
 fn crds_install_and_refuse_bad_specs_with_readable_messages() {
     let Some(cluster) = Cluster::connect() else { return };
-    let crds = repo_root().join("deploy/crds");
-    cluster.kubectl_ok(&["apply", "--server-side", "-f", crds.to_str().unwrap()], None);
-    // Right after creation a CRD has no status.conditions yet and `kubectl wait` fails outright on that
-    // ("accessor error: <nil> is of the type <nil>") instead of waiting, so retry it.
-    cluster.eventually(Duration::from_secs(60), "the CRDs to be Established", || {
-        let args = ["wait", "--for=condition=Established", "crd/workerpools.gearfleet.dev", "crd/jobs.gearfleet.dev"];
-        cluster.kubectl(&args, None).status.success().then_some(())
-    });
+    cluster.install_crds();
 
     for example in ["examples/workerpool.yaml", "examples/job.yaml"] {
         let path = repo_root().join(example);

@@ -6,15 +6,13 @@
 //! Needs the operator binary: `cargo build -p gearfleet-operator` first (or set
 //! `GEARFLEET_OPERATOR_BIN`).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use gearfleet_e2e::gearman::{admin, backlog, submit_background};
 use gearfleet_e2e::{BROKER_IMAGE, Cluster, EXAMPLE_WORKERS_IMAGE, Namespace, repo_root};
-use gearfleet_proto::admin::{FunctionStats, WorkerStats};
-use gearfleet_proto::{Packet, PacketType};
+use gearfleet_proto::admin::WorkerStats;
 
 const POOL: &str = "wp";
 const DEPLOYMENT: &str = "wp-sleep";
@@ -122,65 +120,15 @@ fn start_operator(ns: &Namespace<'_>, broker: &str, log: &PathBuf) -> Operator {
     Operator(child)
 }
 
-/// Sends one admin line and returns the reply up to the closing `.`.
-fn admin(addr: &str, command: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    stream.write_all(format!("{command}\n").as_bytes()).ok()?;
-    let mut reply = String::new();
-    let mut buf = [0u8; 4096];
-    while !reply.ends_with(".\n") {
-        let n = stream.read(&mut buf).ok()?;
-        if n == 0 {
-            return None;
-        }
-        reply.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
-    Some(reply)
-}
-
-/// Submits `count` background jobs and waits for every JOB_CREATED.
-fn submit_background(addr: &str, function: &str, payload: &str, count: usize) {
-    let mut stream = TcpStream::connect(addr).expect("connect to the broker");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    for i in 0..count {
-        let unique = format!("e2e-{i}");
-        let packet =
-            Packet::req(PacketType::SubmitJobBg, &[function.as_bytes(), unique.as_bytes(), payload.as_bytes()]);
-        stream.write_all(&packet.to_bytes()).expect("submit");
-    }
-    for _ in 0..count {
-        let mut header = [0u8; 12];
-        stream.read_exact(&mut header).expect("response header");
-        let ptype = u32::from_be_bytes(header[4..8].try_into().expect("4 bytes"));
-        assert_eq!(ptype, PacketType::JobCreated as u32, "expected JOB_CREATED");
-        let size = u32::from_be_bytes(header[8..12].try_into().expect("4 bytes")) as usize;
-        let mut body = vec![0u8; size];
-        stream.read_exact(&mut body).expect("response body");
-    }
-}
-
 fn replicas(ns: &Namespace<'_>) -> Option<i32> {
     let out = ns.kubectl(&["get", "deployment", DEPLOYMENT, "-o", "jsonpath={.spec.replicas}"], None);
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().parse().ok()).flatten()
 }
 
-/// (queued, running) of `function` from `fleet status`.
-fn backlog(addr: &str, function: &str) -> Option<(u64, u64)> {
-    let reply = admin(addr, "fleet status")?;
-    let stats = reply.lines().filter_map(FunctionStats::parse).find(|s| s.function == function)?;
-    Some((stats.queued_total(), stats.running))
-}
-
 #[test]
 fn workerpool_scales_from_zero_under_backlog_and_back_to_zero() {
     let Some(cluster) = Cluster::connect() else { return };
-    let crds = repo_root().join("deploy/crds");
-    cluster.kubectl_ok(&["apply", "--server-side", "-f", crds.to_str().expect("utf-8 path")], None);
-    cluster.eventually(Duration::from_secs(60), "the WorkerPool CRD to be established", || {
-        let args = ["wait", "--for=condition=established", "--timeout=5s", "crd/workerpools.gearfleet.dev"];
-        cluster.kubectl(&args, None).status.success().then_some(())
-    });
+    cluster.install_crds();
 
     let ns = cluster.namespace("gf-wp");
     ns.apply(&broker_manifests());
@@ -200,7 +148,7 @@ fn workerpool_scales_from_zero_under_backlog_and_back_to_zero() {
         let initial = cluster.eventually(Duration::from_secs(30), "Deployment wp-sleep", || replicas(&ns));
         assert_eq!(initial, 0, "an idle function with minReplicas 0 starts at zero");
 
-        submit_background(&broker, "sleep", "2000", 20);
+        submit_background(&broker, "sleep", "e2e", "2000", 20);
         cluster.eventually(Duration::from_secs(20), "wp-sleep scaled to 3 replicas", || {
             (replicas(&ns) == Some(3)).then_some(())
         });
