@@ -65,8 +65,8 @@ echo "  peak: $peak replicas"
 
 step "the pool and what the operator recorded"
 kubectl -n "$DEMO" get workerpool demo
-kubectl -n "$DEMO" get events --field-selector involvedObject.kind=WorkerPool \
-  -o custom-columns=TIME:.lastTimestamp,REASON:.reason,MESSAGE:.note,NOTE:.message 2>/dev/null | tail -n 12
+kubectl -n "$DEMO" get events --field-selector involvedObject.kind=WorkerPool --sort-by=.eventTime \
+  -o custom-columns=TIME:.eventTime,REASON:.reason,NOTE:.message 2>/dev/null | tail -n 12
 
 cat <<TXT
 

@@ -1,7 +1,6 @@
 //! The CRDs on a real apiserver: they install, the examples are accepted, and the schema and CEL
 //! rules refuse bad specs at `kubectl apply` with their readable messages.
 
-
 use gearfleet_e2e::{Cluster, repo_root};
 
 const BAD_POOLS: &[(&str, &str)] = &[

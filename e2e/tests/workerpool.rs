@@ -183,9 +183,24 @@ fn workerpool_scales_from_zero_under_backlog_and_back_to_zero() {
         let status =
             ns.kubectl_ok(&["get", "workerpool", POOL, "-o", "jsonpath={.status.functions[0].lastScaleReason}"], None);
         assert!(!status.is_empty(), "status.functions[0].lastScaleReason is set");
-        let events =
-            ns.kubectl_ok(&["get", "events", "--field-selector", "involvedObject.kind=WorkerPool", "-o", "name"], None);
-        eprintln!("scaling events: {}", events.lines().count());
+        // One Event per replica change, each with its own numbers (never folded into a series).
+        let events = ns.kubectl_ok(
+            &[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.kind=WorkerPool",
+                "-o",
+                "jsonpath={range .items[*]}{.reason}|{.message}{\"\\n\"}{end}",
+            ],
+            None,
+        );
+        let lines: Vec<&str> = events.lines().collect();
+        assert!(lines.iter().any(|l| l.starts_with("ScaleFromZero|sleep: 0 -> ")), "no ScaleFromZero event: {lines:?}");
+        assert!(
+            lines.iter().any(|l| l.starts_with("ScaleToZero|sleep: ") && l.contains(" -> 0 replicas")),
+            "no ScaleToZero event: {lines:?}"
+        );
     }));
     if result.is_err() {
         dump_log();

@@ -121,10 +121,28 @@ impl Context {
         self.functions.lock().unwrap_or_else(|e| e.into_inner()).insert(key, state);
     }
 
-    async fn publish(&self, pool: &WorkerPool, type_: EventType, reason: &str, note: String) {
+    /// Publishes an Event about `pool`. Repeats of an aggregated event (same reason and action)
+    /// become one Event with a count, keeping the first note; scaling events are never aggregated,
+    /// since each carries different replica numbers.
+    async fn publish(
+        &self,
+        pool: &WorkerPool,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+        aggregate: bool,
+    ) {
         let event =
-            Event { type_, reason: reason.to_string(), note: Some(note), action: "Reconcile".into(), secondary: None };
-        if let Err(e) = self.recorder.publish(&event, &pool.object_ref(&())).await {
+            Event { type_, reason: reason.to_string(), note: Some(note), action: action.into(), secondary: None };
+        let fresh;
+        let recorder = if aggregate {
+            &self.recorder
+        } else {
+            fresh = Recorder::new(self.client.clone(), FIELD_MANAGER.into());
+            &fresh
+        };
+        if let Err(e) = recorder.publish(&event, &pool.object_ref(&())).await {
             tracing::warn!(error = %e, pool = %pool.name_any(), "could not publish event");
         }
     }
@@ -208,7 +226,7 @@ pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Actio
         status.message = Some(message.clone());
         patch_status(&pools, &name, &status).await?;
         if changed {
-            ctx.publish(&pool, EventType::Warning, "InvalidSpec", message).await;
+            ctx.publish(&pool, EventType::Warning, "InvalidSpec", "Validate", message, true).await;
         }
         return Ok(Action::await_change());
     }
@@ -297,7 +315,7 @@ pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Actio
             let kind = ScaleKind::between(decision.current, target);
             tracing::info!(pool = %name, function = %f.name, from = decision.current, to = target, reason = %decision.reason, "scaling");
             let note = format!("{}: {} -> {} replicas: {}", f.name, decision.current, target, decision.reason);
-            ctx.publish(&pool, EventType::Normal, &kind.to_string(), note).await;
+            ctx.publish(&pool, EventType::Normal, &kind.to_string(), "Scale", note, false).await;
         }
         ctx.store(key, state);
 
