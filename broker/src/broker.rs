@@ -67,6 +67,8 @@ impl Broker {
             },
             max_requeues: config.max_requeues,
             dead_letter_limit: config.dead_letter_limit,
+            retained_outcomes: config.retained_outcomes,
+            retained_outcome_ttl: config.retained_outcome_ttl,
         };
         Arc::new(Broker {
             state: Mutex::new(State::new(&host, limits, metrics.clone())),
@@ -137,6 +139,7 @@ impl Broker {
             let mut fx = Effects::default();
             let next = self.with_state(|s| {
                 s.maybe_compact();
+                s.expire_outcomes();
                 if s.shrink_if_drained() {
                     release_free_memory();
                 }

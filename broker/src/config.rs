@@ -83,6 +83,16 @@ pub struct Config {
     #[arg(long, env = "GEARFLEET_DEAD_LETTER_LIMIT", default_value_t = 10_000)]
     pub dead_letter_limit: usize,
 
+    /// Outcomes of finished foreground jobs kept for clients that ask with
+    /// `OPTION_REQ gearfleet-retain-outcomes` (the operator's Job controller), so a resubmission
+    /// after a lost connection gets the result instead of a second run (0 = keep none).
+    #[arg(long, env = "GEARFLEET_RETAINED_OUTCOMES", default_value_t = 100_000)]
+    pub retained_outcomes: usize,
+
+    /// How long a retained outcome is kept.
+    #[arg(long, env = "GEARFLEET_RETAINED_OUTCOME_TTL", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub retained_outcome_ttl: std::time::Duration,
+
     /// Accept the unauthenticated `shutdown` admin command, as gearmand does.
     #[arg(long, env = "GEARFLEET_ALLOW_ADMIN_SHUTDOWN", default_value_t = false)]
     pub allow_admin_shutdown: bool,

@@ -12,6 +12,7 @@ pub mod config;
 pub mod connection;
 pub mod metrics;
 pub mod outbox;
+pub mod outcomes;
 pub mod queue;
 pub mod schedule;
 pub mod server;

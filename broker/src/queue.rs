@@ -15,6 +15,7 @@ use gearfleet_proto::packet::{Magic, PacketType, encode_packet};
 
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
+use crate::outcomes::{Outcomes, Retained};
 use crate::schedule;
 use crate::store::{JobRecord, Journal, Record, Recovered};
 
@@ -76,6 +77,8 @@ struct Job {
     data: Bytes,
     /// Connections waiting for this job's results (foreground submitters).
     clients: Vec<ConnId>,
+    /// Keep the outcome after it finishes (a retaining client submitted or attached to it).
+    retain: bool,
     created: Instant,
     extra: Option<Box<JobExtra>>,
 }
@@ -152,6 +155,8 @@ struct Conn {
     sleeping: bool,
     draining: bool,
     exceptions: bool,
+    /// Sent OPTION_REQ gearfleet-retain-outcomes.
+    retain_outcomes: bool,
     /// Jobs this connection holds as a worker.
     holding: Vec<JobId>,
     /// Foreground jobs this connection waits on as a client.
@@ -210,7 +215,17 @@ pub struct Limits {
     pub max_requeues: u32,
     /// Dead-lettered jobs kept per function (0 = no limit); the oldest beyond it are dropped.
     pub dead_letter_limit: usize,
+    /// Finished-job outcomes kept for retaining clients (0 = none), and for how long.
+    pub retained_outcomes: usize,
+    pub retained_outcome_ttl: Duration,
 }
+
+/// Payload bytes the retained outcomes may hold in all.
+const RETAINED_OUTCOME_BYTES: usize = 256 * 1024 * 1024;
+/// WORK_EXCEPTION text of a job failed by its CAN_DO_TIMEOUT.
+const TIMEOUT_MESSAGE: &[u8] = b"gearfleet: job timed out";
+/// The option a client sends to have its foreground jobs' outcomes retained.
+pub const OPTION_RETAIN_OUTCOMES: &[u8] = b"gearfleet-retain-outcomes";
 
 pub struct State {
     functions: Vec<Function>,
@@ -223,6 +238,7 @@ pub struct State {
     queued_total: u64,
     limits: Limits,
     journal: Option<Journal>,
+    outcomes: Outcomes,
     pub metrics: Arc<Metrics>,
 }
 
@@ -239,6 +255,7 @@ impl State {
             scheduled: BTreeSet::new(),
             handle_prefix: format!("H:{host}:").into_bytes(),
             queued_total: 0,
+            outcomes: Outcomes::new(limits.retained_outcomes, RETAINED_OUTCOME_BYTES, limits.retained_outcome_ttl),
             limits,
             journal: None,
             metrics,
@@ -270,6 +287,7 @@ impl State {
                 unique: r.job.unique.clone(),
                 data: r.job.data,
                 clients: Vec::new(),
+                retain: false,
                 created: Instant::now(),
                 extra,
             };
@@ -375,6 +393,7 @@ impl State {
                 sleeping: false,
                 draining: false,
                 exceptions: false,
+                retain_outcomes: false,
                 holding: Vec::new(),
                 waiting_on: Vec::new(),
                 jobs_done: 0,
@@ -465,6 +484,11 @@ impl State {
                         c.exceptions = true;
                     }
                     self.send(id, PacketType::OptionRes, &[b"exceptions"]);
+                } else if p.arg(0) == OPTION_RETAIN_OUTCOMES && self.limits.retained_outcomes > 0 {
+                    if let Some(c) = self.conns.get_mut(&id) {
+                        c.retain_outcomes = true;
+                    }
+                    self.send(id, PacketType::OptionRes, &[OPTION_RETAIN_OUTCOMES]);
                 } else {
                     self.send_error(id, b"UNKNOWN_OPTION", b"Server does not recognize given option");
                 }
@@ -569,6 +593,13 @@ impl State {
         };
         let fid = self.function_id(&name);
         let mut handle = Vec::with_capacity(32);
+        let retain = !background && !unique.is_empty() && self.conns.get(&id).is_some_and(|c| c.retain_outcomes);
+
+        // A retaining client asking again for a job that already ended gets its outcome, not a rerun.
+        if retain && let Some(outcome) = self.outcomes.get(fid, &unique, Instant::now()).cloned() {
+            self.answer_from_retained(id, outcome);
+            return;
+        }
 
         // Coalesce onto a job with the same (function, unique) that is queued or running.
         if !unique.is_empty()
@@ -578,6 +609,7 @@ impl State {
                 && let Some(job) = self.jobs.get_mut(&existing)
                 && !job.clients.contains(&id)
             {
+                job.retain |= retain;
                 job.clients.push(id);
                 if let Some(c) = self.conns.get_mut(&id) {
                     c.waiting_on.push(existing);
@@ -623,6 +655,7 @@ impl State {
             unique: if unique.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(&unique) },
             data: Bytes::copy_from_slice(&data),
             clients: if background { Vec::new() } else { vec![id] },
+            retain,
             created: Instant::now(),
             extra,
         };
@@ -911,9 +944,46 @@ impl State {
             }
         }
         self.metrics.latency.observe(job.created.elapsed().as_secs_f64());
+        if job.retain {
+            let retained = match (outcome, packet) {
+                (Outcome::Complete, Some(p)) => Retained::Complete(Bytes::copy_from_slice(p.arg(1))),
+                (Outcome::Exception, Some(p)) => Retained::Exception(Bytes::copy_from_slice(p.arg(1))),
+                (Outcome::Timeout, _) => Retained::Exception(Bytes::from_static(TIMEOUT_MESSAGE)),
+                _ => Retained::Fail,
+            };
+            self.outcomes.insert(job.fid, job.unique.clone(), retained, Instant::now());
+        }
         let clients = job.clients;
         self.tell_clients(job_id, &clients, outcome, packet);
         fx.stats_changed = true;
+    }
+
+    /// Answers a submission from a retained outcome: JOB_CREATED with a fresh handle, then the
+    /// outcome as the job's final packet.
+    fn answer_from_retained(&mut self, id: ConnId, outcome: Retained) {
+        let handle_id = self.next_job;
+        self.next_job += 1;
+        let mut handle = Vec::with_capacity(32);
+        self.handle_of(handle_id, &mut handle);
+        let Some(c) = self.conns.get(&id) else { return };
+        let exceptions = c.exceptions;
+        c.outbox.push(|b| {
+            encode_packet(b, Magic::Res, PacketType::JobCreated, &[&handle]);
+            match &outcome {
+                Retained::Complete(result) => {
+                    encode_packet(b, Magic::Res, PacketType::WorkComplete, &[&handle, result])
+                }
+                Retained::Exception(message) if exceptions => {
+                    encode_packet(b, Magic::Res, PacketType::WorkException, &[&handle, message])
+                }
+                _ => encode_packet(b, Magic::Res, PacketType::WorkFail, &[&handle]),
+            }
+        });
+    }
+
+    /// Drops retained outcomes past their time to live (housekeeping).
+    pub fn expire_outcomes(&mut self) {
+        self.outcomes.expire(Instant::now());
     }
 
     /// Sends a try's outcome to the clients attached to the job, and detaches them.
@@ -931,9 +1001,9 @@ impl State {
             match (outcome, packet) {
                 (Outcome::Complete, Some(p)) => c.outbox.push(|b| p.encode_as(b, Magic::Res)),
                 (Outcome::Exception, Some(p)) if c.exceptions => c.outbox.push(|b| p.encode_as(b, Magic::Res)),
-                (Outcome::Timeout, _) if c.exceptions => c.outbox.push(|b| {
-                    encode_packet(b, Magic::Res, PacketType::WorkException, &[&handle, b"gearfleet: job timed out"])
-                }),
+                (Outcome::Timeout, _) if c.exceptions => c
+                    .outbox
+                    .push(|b| encode_packet(b, Magic::Res, PacketType::WorkException, &[&handle, TIMEOUT_MESSAGE])),
                 _ => c.outbox.push(|b| encode_packet(b, Magic::Res, PacketType::WorkFail, &[&handle])),
             }
         }

@@ -337,3 +337,47 @@ async fn responses_sent_as_requests_get_an_error() {
     assert_eq!(peer.expect(T::EchoRes).await.arg(0), b"still alive");
     b.stop().await;
 }
+
+/// A client that asks for retained outcomes and loses its connection while its job runs (the
+/// operator restarting) gets the outcome when it submits the same (function, unique) again; the
+/// job never runs twice. Ordinary clients keep Gearman's semantics: the same unique runs again.
+#[tokio::test]
+async fn retained_outcome_answers_a_resubmission_instead_of_a_second_run() {
+    let b = broker().await;
+    let mut first = Peer::connect(b.gearman_addr).await;
+    first.send(T::OptionReq, &[b"gearfleet-retain-outcomes"]).await;
+    assert_eq!(first.expect(T::OptionRes).await.arg(0), b"gearfleet-retain-outcomes");
+    first.submit(T::SubmitJob, "once", "job-uid-1", b"payload").await;
+    let mut worker = Peer::worker(b.gearman_addr, &["once"]).await;
+    let job = worker.grab().await.expect("assigned");
+    drop(first); // the client is gone while the job runs
+    worker.send(T::WorkComplete, &[job.arg(0), b"the result"]).await;
+    worker.send(T::EchoReq, &[b"sync"]).await;
+    worker.expect(T::EchoRes).await;
+
+    let mut again = Peer::connect(b.gearman_addr).await;
+    again.send(T::OptionReq, &[b"exceptions"]).await;
+    again.expect(T::OptionRes).await;
+    again.send(T::OptionReq, &[b"gearfleet-retain-outcomes"]).await;
+    again.expect(T::OptionRes).await;
+    again.submit(T::SubmitJob, "once", "job-uid-1", b"payload").await;
+    assert_eq!(again.expect(T::WorkComplete).await.arg(1), b"the result");
+    worker.send(T::GrabJobUniq, &[]).await;
+    worker.expect(T::NoJob).await;
+
+    // Failures are retained too (as exceptions for clients that asked for them).
+    again.submit(T::SubmitJob, "once", "job-uid-2", b"").await;
+    let job = worker.grab().await.expect("assigned");
+    worker.send(T::WorkException, &[job.arg(0), b"boom"]).await;
+    assert_eq!(again.expect(T::WorkException).await.arg(1), b"boom");
+    again.submit(T::SubmitJob, "once", "job-uid-2", b"").await;
+    assert_eq!(again.expect(T::WorkException).await.arg(1), b"boom");
+
+    // A plain client submitting a finished unique runs it again.
+    let mut plain = Peer::connect(b.gearman_addr).await;
+    plain.submit(T::SubmitJob, "once", "job-uid-1", b"payload").await;
+    let rerun = worker.grab().await.expect("a plain client's submission runs");
+    worker.send(T::WorkComplete, &[rerun.arg(0), b"second"]).await;
+    assert_eq!(plain.expect(T::WorkComplete).await.arg(1), b"second");
+    b.stop().await;
+}
