@@ -137,9 +137,14 @@ mod tests {
         o.insert(1, b("c"), Retained::Fail, t0);
         assert_eq!(o.len(), 2);
         assert_eq!(o.get(1, &b("a"), t0), None);
-        o.insert(1, b("d"), Retained::Complete(b("0123456789")), t0);
-        assert_eq!(o.len(), 1, "ten bytes leave room for nothing else");
-        assert!(o.get(1, &b("d"), t0).is_some());
+        // Bytes: 5 + 5 fit in 10; one more byte pushes the oldest payload out.
+        let mut o = Outcomes::new(100, 10, Duration::from_secs(60));
+        o.insert(1, b("d"), Retained::Complete(b("01234")), t0);
+        o.insert(1, b("e"), Retained::Complete(b("56789")), t0);
+        assert_eq!(o.len(), 2);
+        o.insert(1, b("f"), Retained::Exception(b("x")), t0);
+        assert_eq!(o.get(1, &b("d"), t0), None);
+        assert!(o.get(1, &b("e"), t0).is_some() && o.get(1, &b("f"), t0).is_some());
         o.insert(1, b("e"), Retained::Complete(b("too large for the store")), t0);
         assert!(o.get(1, &b("e"), t0).is_none(), "an outcome larger than the store is not kept");
     }
