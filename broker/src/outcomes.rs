@@ -145,8 +145,8 @@ mod tests {
         o.insert(1, b("f"), Retained::Exception(b("x")), t0);
         assert_eq!(o.get(1, &b("d"), t0), None);
         assert!(o.get(1, &b("e"), t0).is_some() && o.get(1, &b("f"), t0).is_some());
-        o.insert(1, b("e"), Retained::Complete(b("too large for the store")), t0);
-        assert!(o.get(1, &b("e"), t0).is_none(), "an outcome larger than the store is not kept");
+        o.insert(1, b("g"), Retained::Complete(b("too large for the store")), t0);
+        assert!(o.get(1, &b("g"), t0).is_none(), "an outcome larger than the store is not kept");
     }
 
     #[test]
