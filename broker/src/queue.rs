@@ -870,6 +870,14 @@ impl State {
                 )
             }
         });
+        // Retaining clients (the operator) learn that the job started: a WORK_STATUS of 0/0.
+        if job.retain {
+            for client in &job.clients {
+                if let Some(c) = self.conns.get(client).filter(|c| c.retain_outcomes) {
+                    c.outbox.push(|b| encode_packet(b, Magic::Res, PacketType::WorkStatus, &[&handle, b"0", b"0"]));
+                }
+            }
+        }
         fx.stats_changed = true;
     }
 

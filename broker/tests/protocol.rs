@@ -350,6 +350,9 @@ async fn retained_outcome_answers_a_resubmission_instead_of_a_second_run() {
     first.submit(T::SubmitJob, "once", "job-uid-1", b"payload").await;
     let mut worker = Peer::worker(b.gearman_addr, &["once"]).await;
     let job = worker.grab().await.expect("assigned");
+    // A retaining client is told when its job starts (WORK_STATUS 0/0).
+    let started = first.expect(T::WorkStatus).await;
+    assert_eq!((started.arg(1), started.arg(2)), (&b"0"[..], &b"0"[..]));
     drop(first); // the client is gone while the job runs
     worker.send(T::WorkComplete, &[job.arg(0), b"the result"]).await;
     worker.send(T::EchoReq, &[b"sync"]).await;
@@ -368,6 +371,7 @@ async fn retained_outcome_answers_a_resubmission_instead_of_a_second_run() {
     // Failures are retained too (as exceptions for clients that asked for them).
     again.submit(T::SubmitJob, "once", "job-uid-2", b"").await;
     let job = worker.grab().await.expect("assigned");
+    again.expect(T::WorkStatus).await;
     worker.send(T::WorkException, &[job.arg(0), b"boom"]).await;
     assert_eq!(again.expect(T::WorkException).await.arg(1), b"boom");
     again.submit(T::SubmitJob, "once", "job-uid-2", b"").await;
