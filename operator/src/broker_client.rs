@@ -105,6 +105,11 @@ impl BrokerClient {
         self.ok_command(&format!("fleet undrain {client_id}")).await
     }
 
+    /// `cancel job HANDLE`: removes a job that no worker has taken yet.
+    pub async fn cancel_job(&self, handle: &str) -> Result<(), BrokerError> {
+        self.ok_command(&format!("cancel job {handle}")).await
+    }
+
     async fn ok_command(&self, command: &str) -> Result<(), BrokerError> {
         let reply = self.request(command, false).await?;
         match reply.first() {

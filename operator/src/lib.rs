@@ -11,6 +11,7 @@
 
 pub mod broker_client;
 pub mod error;
+pub mod job;
 pub mod leader;
 pub mod metrics;
 pub mod workerpool;

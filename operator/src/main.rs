@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use clap::Parser;
 use gearfleet_operator::broker_client::BrokerClient;
+use gearfleet_operator::job::reconcile::{self as job_reconcile, JobContext};
+use gearfleet_operator::job::runner::Runner;
 use gearfleet_operator::leader::{self, LeaderConfig};
 use gearfleet_operator::metrics::{self, Metrics};
 use gearfleet_operator::workerpool::reconcile::{self, Context};
@@ -67,9 +69,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let workers_address = args.workers_broker_address.unwrap_or_else(|| args.broker_address.clone());
     tracing::info!(broker = %args.broker_address, workers_broker = %workers_address, namespace = ?args.namespace, "starting");
-    let ctx = Arc::new(Context::new(client.clone(), BrokerClient::new(args.broker_address), workers_address, metrics));
+    let ctx_metrics = metrics.clone();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        BrokerClient::new(args.broker_address.clone()),
+        workers_address,
+        metrics,
+    ));
+    let controllers = {
+        let (client, namespace, job_metrics) = (client.clone(), args.namespace.clone(), ctx_metrics);
+        let broker_address = args.broker_address.clone();
+        async move {
+            let (trigger, triggers) = tokio::sync::mpsc::unbounded_channel();
+            let runner = Runner::start(broker_address.clone(), trigger);
+            let jobs =
+                Arc::new(JobContext::new(client.clone(), runner, BrokerClient::new(broker_address), job_metrics));
+            tokio::join!(
+                reconcile::run(client.clone(), namespace.clone(), ctx),
+                job_reconcile::run(client, namespace, jobs, triggers)
+            );
+        }
+    };
     if !args.leader_election {
-        reconcile::run(client, args.namespace, ctx).await;
+        controllers.await;
         return Ok(());
     }
     let config = LeaderConfig {
@@ -84,7 +106,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ = tokio::signal::ctrl_c() => return Ok(()),
     };
     tokio::select! {
-        () = reconcile::run(client, args.namespace, ctx) => Ok(()),
+        () = controllers => Ok(()),
         () = leadership.lost() => {
             tracing::error!(lease = %config.lease_name, "lost leadership; exiting so that only one replica reconciles");
             std::process::exit(1);

@@ -10,9 +10,14 @@ use axum::routing::get;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
+
+fn new_duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 4.0, 12))
+}
 
 /// The operator's metrics.
 pub struct Metrics {
@@ -23,6 +28,12 @@ pub struct Metrics {
     pub errors: Family<Labels, Counter>,
     /// Scaling decisions by kind (`ScaleUp`, `Hold`, …).
     pub decisions: Family<Labels, Counter>,
+    /// Jobs that reached Succeeded or Failed, by phase.
+    pub jobs_finished: Family<Labels, Counter>,
+    /// Job attempts submitted to the broker (retries and chain steps included).
+    pub job_attempts: Counter,
+    /// Seconds from a Job's first submission to its end, by phase.
+    pub job_duration: Family<Labels, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -34,7 +45,18 @@ impl Default for Metrics {
         registry.register("reconciles", "WorkerPool reconciles started", reconciles.clone());
         registry.register("reconcile_errors", "Failed WorkerPool reconciles by error kind", errors.clone());
         registry.register("scaling_decisions", "Scaling decisions by kind", decisions.clone());
-        Self { registry, reconciles, errors, decisions }
+        let jobs_finished = Family::<Labels, Counter>::default();
+        let job_attempts = Counter::default();
+        let job_duration: Family<Labels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(new_duration_histogram);
+        registry.register("jobs_finished", "Jobs that reached Succeeded or Failed, by phase", jobs_finished.clone());
+        registry.register("job_attempts", "Job attempts submitted to the broker", job_attempts.clone());
+        registry.register(
+            "job_duration_seconds",
+            "From a Job's first submission to its end, by phase",
+            job_duration.clone(),
+        );
+        Self { registry, reconciles, errors, decisions, jobs_finished, job_attempts, job_duration }
     }
 }
 
@@ -47,6 +69,13 @@ impl Metrics {
     /// Count a scaling decision.
     pub fn decision(&self, kind: &str) {
         self.decisions.get_or_create(&vec![("kind".to_string(), kind.to_string())]).inc();
+    }
+
+    /// Count a finished Job that ran for `seconds`.
+    pub fn job_finished(&self, phase: &str, seconds: f64) {
+        let labels = vec![("phase".to_string(), phase.to_string())];
+        self.jobs_finished.get_or_create(&labels).inc();
+        self.job_duration.get_or_create(&labels).observe(seconds);
     }
 
     /// The metrics in the Prometheus text format.

@@ -1,0 +1,295 @@
+//! The Job controller: fetch → validate → plan ([`super::state::plan`], pure) → act (submit /
+//! forget through the [`Runner`], delete after the TTL) → status (server-side apply) → events.
+//!
+//! Reconciles are triggered by Job changes and by the runner whenever the broker reports on an
+//! attempt, so thousands of Jobs cost one watch and one broker connection, not a loop each.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use gearfleet_crd::job::{JobPhase, JobStatus, RESULT_CONFIG_MAP_KEY, result_config_map_name, result_fits_inline};
+use gearfleet_crd::{Job, LABEL_JOB};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::runtime::controller::{self, Action as Requeue, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::runner::Runner;
+use super::state::{self, Action, PayloadFrom, Plan};
+use crate::broker_client::BrokerClient;
+use crate::metrics::Metrics;
+
+const FIELD_MANAGER: &str = "gearfleet-operator";
+/// Cancels the Job's attempt in the broker before the Job goes.
+pub const FINALIZER: &str = "gearfleet.dev/job-cleanup";
+/// A followed attempt is looked at again at least this often (a safety net; the broker's reports
+/// trigger reconciles as they come).
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// Why a Job reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// A Kubernetes API call failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The finalizer helper failed.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    /// The payload could not be read.
+    #[error("payload: {0}")]
+    Payload(String),
+    /// The Job has no namespace or UID.
+    #[error("job has no {0}")]
+    Missing(&'static str),
+}
+
+/// Shared state of the Job controller.
+pub struct JobContext {
+    client: Client,
+    runner: Runner,
+    broker: BrokerClient,
+    metrics: Arc<Metrics>,
+}
+
+impl JobContext {
+    /// A context whose attempts go through `runner`; `broker` is the admin address for cancels.
+    pub fn new(client: Client, runner: Runner, broker: BrokerClient, metrics: Arc<Metrics>) -> Self {
+        Self { client, runner, broker, metrics }
+    }
+}
+
+/// Runs the Job controller until shutdown; `triggers` are the runner's reports.
+pub async fn run(
+    client: Client,
+    namespace: Option<String>,
+    ctx: Arc<JobContext>,
+    mut triggers: mpsc::UnboundedReceiver<ObjectRef<Job>>,
+) {
+    let triggers = futures::stream::poll_fn(move |cx| triggers.poll_recv(cx));
+    let jobs: Api<Job> = match &namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
+    Controller::new(jobs, watcher::Config::default())
+        .reconcile_on(triggers)
+        .with_config(controller::Config::default().debounce(Duration::from_millis(100)))
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "job reconcile failed");
+            }
+        })
+        .await;
+}
+
+fn error_policy(job: Arc<Job>, error: &JobError, ctx: Arc<JobContext>) -> Requeue {
+    ctx.metrics.error("job");
+    tracing::warn!(job = %job.name_any(), error = %error, "job reconcile error");
+    Requeue::requeue(Duration::from_secs(5))
+}
+
+async fn reconcile(job: Arc<Job>, ctx: Arc<JobContext>) -> Result<Requeue, JobError> {
+    let ns = job.namespace().ok_or(JobError::Missing("namespace"))?;
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, job, |event| async {
+        match event {
+            Finalizer::Apply(job) => apply(job, &ctx).await,
+            Finalizer::Cleanup(job) => cleanup(job, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => JobError::Finalizer(other.to_string()),
+    })
+}
+
+/// The unique-key base of a Job: `spec.unique`, else its UID.
+fn unique_base(job: &Job) -> Result<String, JobError> {
+    match &job.spec.unique {
+        Some(u) => Ok(u.clone()),
+        None => job.uid().ok_or(JobError::Missing("uid")),
+    }
+}
+
+async fn apply(job: Arc<Job>, ctx: &JobContext) -> Result<Requeue, JobError> {
+    let ns = job.namespace().ok_or(JobError::Missing("namespace"))?;
+    let name = job.name_any();
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let status = job.status.clone().unwrap_or_default();
+
+    if let Err(e) = job.spec.validate() {
+        if status.phase != JobPhase::Failed {
+            let mut failed = status.clone();
+            failed.phase = JobPhase::Failed;
+            failed.reason = Some(state::reason::INVALID_SPEC.into());
+            failed.message = Some(e.to_string());
+            patch_status(&api, &name, &failed, job.metadata.generation).await?;
+            publish(ctx, &job, true, "InvalidSpec", e.to_string()).await;
+        }
+        return Ok(Requeue::await_change());
+    }
+
+    let base = unique_base(&job)?;
+    let observation = status.unique.as_deref().and_then(|u| ctx.runner.observation(u));
+    let mut plan = state::plan(&job.spec, &status, &base, observation.as_ref(), Timestamp::now());
+
+    for action in &plan.actions {
+        match action {
+            Action::Submit { unique, function, payload } => {
+                let bytes = match payload {
+                    PayloadFrom::Spec => spec_payload(ctx, &job, &ns).await?,
+                    PayloadFrom::PreviousResult => previous_result(ctx, &status, &plan.status, &ns).await?,
+                };
+                if ctx.runner.observation(unique).is_none() {
+                    ctx.metrics.job_attempts.inc();
+                }
+                ctx.runner.submit(ObjectRef::from_obj(&*job), unique, function, bytes, job.spec.priority);
+            }
+            Action::Forget { unique } => ctx.runner.forget(unique),
+            Action::Delete => {
+                tracing::info!(job = %name, namespace = %ns, "deleting finished job (ttlSecondsAfterFinished)");
+                api.delete(&name, &DeleteParams::background()).await?;
+                return Ok(Requeue::await_change());
+            }
+        }
+    }
+
+    store_large_result(ctx, &job, &ns, &mut plan).await?;
+    if plan.status != status {
+        patch_status(&api, &name, &plan.status, job.metadata.generation).await?;
+        if plan.status.phase.is_finished() && !status.phase.is_finished() {
+            let seconds = match (&plan.status.start_time, &plan.status.completion_time) {
+                (Some(s), Some(e)) => e.0.duration_since(s.0).as_secs_f64().max(0.0),
+                _ => 0.0,
+            };
+            ctx.metrics.job_finished(plan.status.phase.as_str(), seconds);
+            tracing::info!(job = %name, namespace = %ns, phase = plan.status.phase.as_str(),
+                attempts = plan.status.attempts, "job finished");
+        }
+    }
+    for e in std::mem::take(&mut plan.events) {
+        publish(ctx, &job, e.warning, e.reason, e.note).await;
+    }
+    let active = matches!(plan.status.phase, JobPhase::Queued | JobPhase::Running);
+    Ok(match plan.requeue {
+        Some(after) => Requeue::requeue(after.max(Duration::from_millis(50))),
+        None if active => Requeue::requeue(RESYNC),
+        None => Requeue::await_change(),
+    })
+}
+
+/// A result too large for `status.result` goes to a ConfigMap owned by the Job.
+async fn store_large_result(ctx: &JobContext, job: &Job, ns: &str, plan: &mut Plan) -> Result<(), JobError> {
+    let Some(result) = plan.status.result.as_ref() else { return Ok(()) };
+    if result_fits_inline(result) {
+        return Ok(());
+    }
+    let name = result_config_map_name(&job.name_any());
+    let owner = job.controller_owner_ref(&()).ok_or(JobError::Missing("uid"))?;
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns.to_string()),
+            owner_references: Some(vec![owner]),
+            labels: Some([(LABEL_JOB.to_string(), job.name_any())].into()),
+            ..Default::default()
+        },
+        data: Some([(RESULT_CONFIG_MAP_KEY.to_string(), result.clone())].into()),
+        ..Default::default()
+    };
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&cm)).await?;
+    plan.status.result = None;
+    plan.status.result_config_map = Some(name);
+    Ok(())
+}
+
+async fn spec_payload(ctx: &JobContext, job: &Job, ns: &str) -> Result<Bytes, JobError> {
+    if let Some(p) = &job.spec.payload {
+        return Ok(Bytes::copy_from_slice(p.as_bytes()));
+    }
+    let Some(from) = &job.spec.payload_from else { return Ok(Bytes::new()) };
+    if let Some(r) = &from.config_map_key_ref {
+        let cm = Api::<ConfigMap>::namespaced(ctx.client.clone(), ns).get(&r.name).await?;
+        if let Some(v) = cm.data.as_ref().and_then(|d| d.get(&r.key)) {
+            return Ok(Bytes::copy_from_slice(v.as_bytes()));
+        }
+        if let Some(v) = cm.binary_data.as_ref().and_then(|d| d.get(&r.key)) {
+            return Ok(Bytes::copy_from_slice(&v.0));
+        }
+        return Err(JobError::Payload(format!("ConfigMap {} has no key {}", r.name, r.key)));
+    }
+    if let Some(r) = &from.secret_key_ref {
+        let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns).get(&r.name).await?;
+        if let Some(v) = secret.data.as_ref().and_then(|d| d.get(&r.key)) {
+            return Ok(Bytes::copy_from_slice(&v.0));
+        }
+        return Err(JobError::Payload(format!("Secret {} has no key {}", r.name, r.key)));
+    }
+    Ok(Bytes::new())
+}
+
+/// The previous step's result: in the planned status, or in its ConfigMap when it was large.
+async fn previous_result(ctx: &JobContext, old: &JobStatus, new: &JobStatus, ns: &str) -> Result<Bytes, JobError> {
+    if let Some(r) = new.result.as_ref() {
+        return Ok(Bytes::copy_from_slice(r.as_bytes()));
+    }
+    let Some(cm) = new.result_config_map.as_ref().or(old.result_config_map.as_ref()) else { return Ok(Bytes::new()) };
+    let cm = Api::<ConfigMap>::namespaced(ctx.client.clone(), ns).get(cm).await?;
+    let value = cm.data.and_then(|mut d| d.remove(RESULT_CONFIG_MAP_KEY)).unwrap_or_default();
+    Ok(Bytes::from(value))
+}
+
+async fn cleanup(job: Arc<Job>, ctx: &JobContext) -> Result<Requeue, JobError> {
+    let status = job.status.clone().unwrap_or_default();
+    if let Some(unique) = status.unique.as_deref()
+        && matches!(status.phase, JobPhase::Queued | JobPhase::Running)
+    {
+        let handle = ctx.runner.handle(unique).or(status.handle.clone());
+        ctx.runner.forget(unique);
+        if let Some(handle) = handle {
+            // Removes the job if no worker has it yet; a running attempt finishes unobserved.
+            match ctx.broker.cancel_job(&handle).await {
+                Ok(()) => tracing::info!(job = %job.name_any(), handle = %handle, "cancelled in the broker"),
+                Err(e) => {
+                    tracing::info!(job = %job.name_any(), handle = %handle, error = %e, "not cancelled (running or gone)")
+                }
+            }
+        }
+    }
+    Ok(Requeue::await_change())
+}
+
+async fn patch_status(api: &Api<Job>, name: &str, status: &JobStatus, generation: Option<i64>) -> Result<(), JobError> {
+    let mut status = status.clone();
+    status.observed_generation = generation;
+    let patch = json!({"apiVersion": Job::api_version(&()), "kind": Job::kind(&()), "status": status});
+    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    Ok(())
+}
+
+async fn publish(ctx: &JobContext, job: &Job, warning: bool, reason: &str, note: String) {
+    let event = Event {
+        type_: if warning { EventType::Warning } else { EventType::Normal },
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "Run".into(),
+        secondary: None,
+    };
+    // A fresh recorder: every Job event carries its own note (no folding into a series).
+    let recorder = Recorder::new(ctx.client.clone(), FIELD_MANAGER.into());
+    if let Err(e) = recorder.publish(&event, &job.object_ref(&())).await {
+        tracing::warn!(job = %job.name_any(), error = %e, "could not publish event");
+    }
+}
