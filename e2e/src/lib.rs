@@ -7,6 +7,7 @@
 //! cluster must have them loaded (`e2e/cluster/up` does; for kind, `kind load image-archive`).
 
 pub mod gearman;
+pub mod local_operator;
 
 use std::io::Write;
 use std::path::PathBuf;

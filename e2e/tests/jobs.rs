@@ -1,0 +1,173 @@
+//! Job resources on a real cluster, with the example workers of a WorkerPool: a Job completes with
+//! its result in status and `kubectl wait` returns; a failing Job is retried and ends Failed after
+//! limit + 1 attempts; a timeout; a chain of three functions; and the operator SIGKILLed while 50
+//! Jobs run: after its restart every Job succeeds and no worker ran any of them twice (the example
+//! worker logs each execution with its unique key, which the operator derives from the Job).
+//!
+//! The operator binary runs on the host against a broker Deployment (so it can be killed alone);
+//! build it first: `cargo build -p gearfleet-operator` (or set `GEARFLEET_OPERATOR_BIN`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use gearfleet_e2e::local_operator::{Operator, deploy_broker};
+use gearfleet_e2e::{Cluster, EXAMPLE_WORKERS_IMAGE, Namespace};
+
+fn worker_pool() -> String {
+    format!(
+        r#"
+apiVersion: gearfleet.dev/v1alpha1
+kind: WorkerPool
+metadata:
+  name: jobs
+spec:
+  template:
+    spec:
+      terminationGracePeriodSeconds: 5
+      containers:
+        - name: worker
+          image: {EXAMPLE_WORKERS_IMAGE}
+          imagePullPolicy: Never
+  functions:
+    - {{name: echo, minReplicas: 1, maxReplicas: 1}}
+    - {{name: reverse, minReplicas: 1, maxReplicas: 1}}
+    - {{name: fail, minReplicas: 1, maxReplicas: 1}}
+    - {{name: sleep, minReplicas: 3, maxReplicas: 3}}
+"#
+    )
+}
+
+fn job(name: &str, spec: &str) -> String {
+    format!("apiVersion: gearfleet.dev/v1alpha1\nkind: Job\nmetadata:\n  name: {name}\nspec:\n{spec}\n")
+}
+
+fn field(ns: &Namespace<'_>, job: &str, path: &str) -> String {
+    ns.kubectl_ok(&["get", "jobs.gearfleet.dev", job, "-o", &format!("jsonpath={{{path}}}")], None)
+}
+
+fn wait_for(ns: &Namespace<'_>, job: &str, condition: &str, timeout: &str) {
+    let out = ns.kubectl(&["wait", &format!("--for=condition={condition}"), &format!("gj/{job}"), timeout], None);
+    assert!(
+        out.status.success(),
+        "kubectl wait --for=condition={condition} gj/{job}: {}{}\nstatus: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        field(ns, job, ".status")
+    );
+}
+
+fn setup(cluster: &Cluster) -> (Namespace<'_>, Operator) {
+    cluster.install_crds();
+    let ns = cluster.namespace("gf-jobs");
+    let broker = deploy_broker(&ns);
+    let operator = Operator::start(&ns, &broker);
+    ns.apply(&worker_pool());
+    for d in ["jobs-echo", "jobs-reverse", "jobs-fail", "jobs-sleep"] {
+        ns.wait_for_rollout(d, Duration::from_secs(180));
+    }
+    (ns, operator)
+}
+
+#[test]
+fn jobs_complete_retry_time_out_and_chain() {
+    let Some(cluster) = Cluster::connect() else { return };
+    let (ns, operator) = setup(&cluster);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ns.apply(&job("reverse-one", "  function: reverse\n  payload: hello gearfleet"));
+        ns.apply(&job(
+            "fails",
+            "  function: fail\n  payload: exception\n  retries: {limit: 2, backoff: {initial: 1s, max: 2s}}",
+        ));
+        ns.apply(&job("too-slow", "  function: sleep\n  payload: \"8000\"\n  timeout: 2s"));
+        ns.apply(&job("chain", "  function: reverse\n  payload: abc\n  next: [echo, reverse]\n  priority: High"));
+
+        wait_for(&ns, "reverse-one", "Complete", "--timeout=120s");
+        assert_eq!(field(&ns, "reverse-one", ".status.result"), "teelfraeg olleh");
+        assert_eq!(field(&ns, "reverse-one", ".status.phase"), "Succeeded");
+        assert_eq!(field(&ns, "reverse-one", ".status.attempts"), "1");
+        assert!(!field(&ns, "reverse-one", ".status.completionTime").is_empty());
+
+        wait_for(&ns, "fails", "Failed", "--timeout=120s");
+        assert_eq!(field(&ns, "fails", ".status.attempts"), "3", "limit 2 → 3 attempts");
+        assert_eq!(field(&ns, "fails", ".status.reason"), "WorkException");
+        assert_eq!(field(&ns, "fails", ".status.message"), "requested exception");
+
+        wait_for(&ns, "too-slow", "Failed", "--timeout=60s");
+        assert_eq!(field(&ns, "too-slow", ".status.reason"), "Timeout");
+
+        wait_for(&ns, "chain", "Complete", "--timeout=120s");
+        assert_eq!(field(&ns, "chain", ".status.result"), "abc", "reverse, echo, reverse");
+        assert_eq!(
+            field(&ns, "chain", ".status.steps[*].phase"),
+            "Succeeded Succeeded Succeeded",
+            "{}",
+            field(&ns, "chain", ".status")
+        );
+
+        // Events tell the story: the failing Job's retries and its end.
+        let events = ns.kubectl_ok(
+            &["get", "events", "--field-selector", "involvedObject.name=fails", "-o", "jsonpath={.items[*].reason}"],
+            None,
+        );
+        for reason in ["Submitted", "Retrying", "Failed"] {
+            assert!(events.contains(reason), "no {reason} event for the failing Job: {events}");
+        }
+
+        // Deleting a finished Job releases its finalizer.
+        ns.kubectl_ok(&["delete", "gj", "reverse-one", "--timeout=30s"], None);
+    }));
+    if result.is_err() {
+        operator.dump_log();
+    }
+    drop(operator);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[test]
+fn operator_killed_while_50_jobs_run_loses_none_and_runs_none_twice() {
+    let Some(cluster) = Cluster::connect() else { return };
+    let (ns, operator) = setup(&cluster);
+    let jobs: String =
+        (0..50).map(|i| job(&format!("batch-{i}"), "  function: sleep\n  payload: \"1500\"") + "---\n").collect();
+    ns.apply(&jobs);
+    // Let the first jobs start, then kill the operator without warning.
+    cluster.eventually(Duration::from_secs(60), "some Jobs to be Running", || {
+        let phases = ns.kubectl_ok(&["get", "gj", "-o", "jsonpath={.items[*].status.phase}"], None);
+        (phases.split_whitespace().filter(|p| *p == "Running").count() >= 2).then_some(())
+    });
+    operator.kill();
+    std::thread::sleep(Duration::from_secs(4));
+    let broker = ns.kubectl_ok(&["get", "service", "gearfleet-broker", "-o", "jsonpath={.spec.clusterIP}"], None);
+    let operator = Operator::start(&ns, &format!("{}:4730", broker.trim()));
+
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cluster.eventually(Duration::from_secs(180), "all 50 Jobs to succeed", || {
+            let phases = ns.kubectl_ok(&["get", "gj", "-o", "jsonpath={.items[*].status.phase}"], None);
+            let done = phases.split_whitespace().filter(|p| *p == "Succeeded").count();
+            assert!(!phases.contains("Failed"), "a Job failed: {phases}");
+            (done == 50).then_some(())
+        });
+        // Every Job ran exactly once: one `exec` line per unique key across all sleep workers.
+        let logs =
+            ns.kubectl_ok(&["logs", "-l", "gearfleet.dev/function=sleep", "--tail=-1", "--max-log-requests=10"], None);
+        let mut runs: HashMap<&str, usize> = HashMap::new();
+        for line in logs.lines().filter(|l| l.starts_with("exec function=sleep ")) {
+            let unique = line.split_whitespace().find_map(|w| w.strip_prefix("unique=")).unwrap_or_default();
+            *runs.entry(unique).or_default() += 1;
+        }
+        let uids = ns.kubectl_ok(&["get", "gj", "-o", "jsonpath={.items[*].metadata.uid}"], None);
+        for uid in uids.split_whitespace() {
+            assert_eq!(runs.get(uid), Some(&1), "Job {uid} ran {:?} times", runs.get(uid));
+        }
+        assert_eq!(runs.len(), 50, "executions of unknown uniques: {runs:?}");
+    }));
+    if result.is_err() {
+        operator.dump_log();
+    }
+    drop(operator);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
