@@ -63,6 +63,13 @@ for _ in $(seq 150); do
 done
 echo "  peak: $peak replicas"
 
+step "a Job resource routed through the broker (examples/job.yaml), waited for with kubectl"
+kubectl -n "$DEMO" delete -f examples/job.yaml --ignore-not-found >/dev/null
+kubectl -n "$DEMO" apply -f examples/job.yaml
+kubectl -n "$DEMO" wait --for=condition=Complete gj/reverse-hello --timeout=120s
+echo "  result: $(kubectl -n "$DEMO" get gj reverse-hello -o jsonpath='{.status.result}')"
+kubectl -n "$DEMO" get gj
+
 step "the pool and what the operator recorded"
 kubectl -n "$DEMO" get workerpool demo
 kubectl -n "$DEMO" get events --field-selector involvedObject.kind=WorkerPool --sort-by=.eventTime \
@@ -74,6 +81,7 @@ Done in $((SECONDS - t0)) s. The cluster is still up; look around:
   export KUBECONFIG=$KUBECONFIG PATH=$(dirname "$(command -v kubectl)"):\$PATH
   kubectl -n $DEMO get wp,deploy,pods
   kubectl -n $DEMO describe wp demo
+  kubectl -n $DEMO describe gj reverse-hello
   kubectl -n $SYSTEM logs deploy/gearfleet -c operator
   gearman -h $broker_ip -p 4730 -f reverse hello        # any Gearman client works
   gearadmin -h $broker_ip -p 4730 --status
