@@ -110,6 +110,11 @@ impl BrokerClient {
         self.ok_command(&format!("cancel job {handle}")).await
     }
 
+    /// Sends an admin command whose reply is `OK` (e.g. `fleet retries f 3 1s 5m`).
+    pub async fn ok(&self, command: &str) -> Result<(), BrokerError> {
+        self.ok_command(command).await
+    }
+
     async fn ok_command(&self, command: &str) -> Result<(), BrokerError> {
         let reply = self.request(command, false).await?;
         match reply.first() {

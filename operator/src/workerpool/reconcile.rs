@@ -80,7 +80,12 @@ struct Drain {
 struct FunctionState {
     history: ScaleHistory,
     drain: Option<Drain>,
+    /// The `fleet retries` command last sent for the function, and when (since the epoch).
+    retries_sent: Option<(String, Duration)>,
 }
+
+/// A retry policy is sent again this often, so a restarted broker gets it back.
+const RETRIES_RESEND: Duration = Duration::from_secs(60);
 
 type FunctionKey = (String, String, String);
 
@@ -197,6 +202,11 @@ pub fn error_policy(pool: Arc<WorkerPool>, error: &Error, ctx: Arc<Context>) -> 
     Action::requeue(Duration::from_secs(5))
 }
 
+/// The broker admin command that applies a function's retry policy to its background jobs.
+fn retries_command(function: &str, r: &gearfleet_crd::RetryPolicy) -> String {
+    format!("fleet retries {function} {} {} {}", r.limit, r.backoff.initial, r.backoff.max)
+}
+
 fn now_time() -> Time {
     Time(Timestamp::now())
 }
@@ -257,6 +267,18 @@ pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Actio
             m.get(&f.name).cloned().unwrap_or_else(|| FunctionStats { function: f.name.clone(), ..Default::default() })
         });
         let mut state = ctx.state(&key);
+        if let Some(r) = &f.retries
+            && stats.is_some()
+        {
+            let command = retries_command(&f.name, r);
+            let fresh = state.retries_sent.as_ref().is_some_and(|(c, at)| *c == command && now < *at + RETRIES_RESEND);
+            if !fresh {
+                match ctx.broker.ok(&command).await {
+                    Ok(()) => state.retries_sent = Some((command, now)),
+                    Err(e) => tracing::warn!(pool = %name, function = %f.name, error = %e, "could not set the retry policy"),
+                }
+            }
+        }
         let (decision, history) = decide(f, &pool.spec.scaling, fstats.as_ref(), current, &state.history, now);
         state.history = history;
         decisions.push(decision);
@@ -454,4 +476,29 @@ async fn prepare_scale_in(
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod retries_tests {
+    use gearfleet_crd::{Backoff, RetryPolicy};
+    use gearfleet_proto::admin::AdminCommand;
+
+    use super::retries_command;
+
+    /// What the operator sends is what the broker's admin parser accepts.
+    #[test]
+    fn retries_command_parses_as_the_broker_reads_it() {
+        let policy = RetryPolicy { limit: 3, backoff: Backoff { initial: "500ms".into(), max: "2m".into() } };
+        let line = retries_command("resize", &policy);
+        assert_eq!(line, "fleet retries resize 3 500ms 2m");
+        assert_eq!(
+            AdminCommand::parse(line.as_bytes()),
+            Ok(AdminCommand::FleetRetries {
+                function: "resize".into(),
+                limit: 3,
+                initial: Some("500ms".into()),
+                max: Some("2m".into())
+            })
+        );
+    }
 }
