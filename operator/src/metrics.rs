@@ -28,6 +28,8 @@ pub struct Metrics {
     pub errors: Family<Labels, Counter>,
     /// Scaling decisions by kind (`ScaleUp`, `Hold`, …).
     pub decisions: Family<Labels, Counter>,
+    /// Seconds a WorkerPool reconcile takes (from a trigger to the decision applied).
+    pub reconcile_duration: Histogram,
     /// Jobs that reached Succeeded or Failed, by phase.
     pub jobs_finished: Family<Labels, Counter>,
     /// Job attempts submitted to the broker (retries and chain steps included).
@@ -45,6 +47,12 @@ impl Default for Metrics {
         registry.register("reconciles", "WorkerPool reconciles started", reconciles.clone());
         registry.register("reconcile_errors", "Failed WorkerPool reconciles by error kind", errors.clone());
         registry.register("scaling_decisions", "Scaling decisions by kind", decisions.clone());
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register(
+            "reconcile_duration_seconds",
+            "WorkerPool reconcile time: broker stats to scaling decision applied",
+            reconcile_duration.clone(),
+        );
         let jobs_finished = Family::<Labels, Counter>::default();
         let job_attempts = Counter::default();
         let job_duration: Family<Labels, Histogram, fn() -> Histogram> =
@@ -56,7 +64,7 @@ impl Default for Metrics {
             "From a Job's first submission to its end, by phase",
             job_duration.clone(),
         );
-        Self { registry, reconciles, errors, decisions, jobs_finished, job_attempts, job_duration }
+        Self { registry, reconciles, errors, decisions, reconcile_duration, jobs_finished, job_attempts, job_duration }
     }
 }
 
@@ -120,5 +128,18 @@ mod tests {
         assert!(text.contains("gearfleet_operator_reconciles_total 1"), "{text}");
         assert!(text.contains("gearfleet_operator_reconcile_errors_total{kind=\"kube\"} 1"), "{text}");
         assert!(text.contains("gearfleet_operator_scaling_decisions_total{kind=\"ScaleUp\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn renders_latency_and_job_metrics() {
+        let m = Metrics::default();
+        m.reconcile_duration.observe(0.003);
+        m.job_attempts.inc();
+        m.job_finished("Succeeded", 1.5);
+        let text = m.render();
+        assert!(text.contains("gearfleet_operator_reconcile_duration_seconds_count 1"), "{text}");
+        assert!(text.contains("gearfleet_operator_job_attempts_total 1"), "{text}");
+        assert!(text.contains("gearfleet_operator_jobs_finished_total{phase=\"Succeeded\"} 1"), "{text}");
+        assert!(text.contains("gearfleet_operator_job_duration_seconds_sum{phase=\"Succeeded\"} 1.5"), "{text}");
     }
 }

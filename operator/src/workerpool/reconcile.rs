@@ -219,6 +219,13 @@ async fn patch_status(api: &Api<WorkerPool>, name: &str, status: &WorkerPoolStat
 
 /// Reconciles one WorkerPool.
 pub async fn reconcile(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_pool(pool, ctx.clone()).await;
+    ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_pool(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciles.inc();
     let ns = pool.namespace().ok_or(Error::NoNamespace)?;
     let name = pool.name_any();
