@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use gearfleet_e2e::gearman::{admin, backlog, submit_background};
 use gearfleet_e2e::local_operator::{Operator, deploy_broker};
-use gearfleet_e2e::{Cluster, EXAMPLE_WORKERS_IMAGE, Namespace};
+use gearfleet_e2e::{BUSYBOX_IMAGE, Cluster, EXAMPLE_WORKERS_IMAGE, Namespace};
 use gearfleet_proto::admin::WorkerStats;
 
 const POOL: &str = "wp";
@@ -122,6 +122,65 @@ fn workerpool_scales_from_zero_under_backlog_and_back_to_zero() {
     }));
     if result.is_err() {
         dump_log();
+    }
+    drop(operator);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// A worker image that exits at once: the pool turns Degraded (reason CrashLoopBackOff) within a
+/// minute or so, with a Warning Event and the crashing pods counted in the function's status.
+#[test]
+fn crash_looping_workers_make_the_pool_degraded() {
+    let Some(cluster) = Cluster::connect() else { return };
+    cluster.install_crds();
+    let ns = cluster.namespace("gf-crash");
+    let broker = deploy_broker(&ns);
+    let operator = Operator::start(&ns, &broker);
+    ns.apply(&format!(
+        r#"
+apiVersion: gearfleet.dev/v1alpha1
+kind: WorkerPool
+metadata:
+  name: crashy
+spec:
+  crashLoopLimit: 0
+  template:
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: worker
+          image: {BUSYBOX_IMAGE}
+          imagePullPolicy: Never
+          command: ["sh", "-c", "echo cannot start; exit 3"]
+  functions:
+    - {{name: boom, minReplicas: 1, maxReplicas: 3}}
+  scaling: {{pollInterval: 2s}}
+"#
+    ));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let condition = r#"jsonpath={.status.conditions[?(@.type=="Degraded")].status} {.status.conditions[?(@.type=="Degraded")].reason}"#;
+        cluster.eventually(Duration::from_secs(120), "the pool to be Degraded (CrashLoopBackOff)", || {
+            let out = ns.kubectl_ok(&["get", "workerpool", "crashy", "-o", condition], None);
+            (out.trim() == "True CrashLoopBackOff").then_some(())
+        });
+        let crashing =
+            ns.kubectl_ok(&["get", "workerpool", "crashy", "-o", "jsonpath={.status.functions[0].crashLooping}"], None);
+        assert_eq!(crashing.trim(), "1", "one crashing pod counted");
+        let events = ns.kubectl_ok(
+            &["get", "events", "--field-selector", "involvedObject.kind=WorkerPool,reason=Degraded", "-o", "name"],
+            None,
+        );
+        assert!(!events.trim().is_empty(), "no Degraded event");
+        // crashLoopLimit 0: a backlog does not add pods that would only crash too.
+        gearfleet_e2e::gearman::submit_background(&broker, "boom", "crash", "x", 10);
+        std::thread::sleep(Duration::from_secs(6));
+        let replicas = ns.kubectl_ok(&["get", "deployment", "crashy-boom", "-o", "jsonpath={.spec.replicas}"], None);
+        assert_eq!(replicas.trim(), "1", "scaled up a crash-looping function");
+    }));
+    if result.is_err() {
+        operator.dump_log();
     }
     drop(operator);
     if let Err(panic) = result {

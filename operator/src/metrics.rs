@@ -10,6 +10,7 @@ use axum::routing::get;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -30,6 +31,8 @@ pub struct Metrics {
     pub decisions: Family<Labels, Counter>,
     /// Seconds a WorkerPool reconcile takes (from a trigger to the decision applied).
     pub reconcile_duration: Histogram,
+    /// Pods in CrashLoopBackOff, repeatedly OOMKilled or failing to pull, per function.
+    pub troubled_pods: Family<Labels, Gauge>,
     /// Jobs that reached Succeeded or Failed, by phase.
     pub jobs_finished: Family<Labels, Counter>,
     /// Job attempts submitted to the broker (retries and chain steps included).
@@ -53,6 +56,12 @@ impl Default for Metrics {
             "WorkerPool reconcile time: broker stats to scaling decision applied",
             reconcile_duration.clone(),
         );
+        let troubled_pods = Family::<Labels, Gauge>::default();
+        registry.register(
+            "troubled_pods",
+            "Worker pods in CrashLoopBackOff, repeatedly OOMKilled or failing to pull their image",
+            troubled_pods.clone(),
+        );
         let jobs_finished = Family::<Labels, Counter>::default();
         let job_attempts = Counter::default();
         let job_duration: Family<Labels, Histogram, fn() -> Histogram> =
@@ -64,7 +73,17 @@ impl Default for Metrics {
             "From a Job's first submission to its end, by phase",
             job_duration.clone(),
         );
-        Self { registry, reconciles, errors, decisions, reconcile_duration, jobs_finished, job_attempts, job_duration }
+        Self {
+            registry,
+            reconciles,
+            errors,
+            decisions,
+            reconcile_duration,
+            troubled_pods,
+            jobs_finished,
+            job_attempts,
+            job_duration,
+        }
     }
 }
 
@@ -77,6 +96,16 @@ impl Metrics {
     /// Count a scaling decision.
     pub fn decision(&self, kind: &str) {
         self.decisions.get_or_create(&vec![("kind".to_string(), kind.to_string())]).inc();
+    }
+
+    /// Set the troubled-pod gauge of one function.
+    pub fn set_troubled_pods(&self, namespace: &str, pool: &str, function: &str, n: i32) {
+        let labels = vec![
+            ("namespace".to_string(), namespace.to_string()),
+            ("pool".to_string(), pool.to_string()),
+            ("function".to_string(), function.to_string()),
+        ];
+        self.troubled_pods.get_or_create(&labels).set(i64::from(n));
     }
 
     /// Count a finished Job that ran for `seconds`.

@@ -1,6 +1,7 @@
 //! Everything the operator decides for a `WorkerPool`.
 
 pub mod desired;
+pub mod health;
 pub mod reconcile;
 pub mod scale_in;
 pub mod scaling;

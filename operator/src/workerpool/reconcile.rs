@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::channel::mpsc;
 use gearfleet_crd::{
-    API_VERSION, FunctionSpec, FunctionStatus, LABEL_FUNCTION, LABEL_POOL, WorkerPool, WorkerPoolStatus, new_condition,
-    pool_condition, set_condition,
+    API_VERSION, FunctionSpec, FunctionStatus, LABEL_FUNCTION, LABEL_POOL, WorkerPool, WorkerPoolStatus,
+    is_condition_true, new_condition, pool_condition, set_condition,
 };
 use gearfleet_proto::admin::{FunctionStats, WorkerStats};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -35,6 +35,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use super::desired::desired_deployment;
+use super::health;
 use super::scale_in::{POD_DELETION_COST, PodView, scale_in_plan};
 use super::scaling::{ScaleHistory, ScaleKind, ScalingDecision, decide, share_pool_cap};
 use crate::broker_client::BrokerClient;
@@ -261,6 +262,12 @@ async fn reconcile_pool(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Acti
     };
 
     let existing = deployments.list(&ListParams::default().labels(&format!("{LABEL_POOL}={name}"))).await?;
+    let pool_pods = pods.list(&ListParams::default().labels(&format!("{LABEL_POOL}={name}"))).await?;
+    let health_of = |function: &str| {
+        health::function_health(
+            pool_pods.items.iter().filter(|p| p.labels().get(LABEL_FUNCTION).map(String::as_str) == Some(function)),
+        )
+    };
     let by_name: HashMap<String, &Deployment> = existing.items.iter().map(|d| (d.name_any(), d)).collect();
 
     // Decide.
@@ -282,7 +289,9 @@ async fn reconcile_pool(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Acti
             if !fresh {
                 match ctx.broker.ok(&command).await {
                     Ok(()) => state.retries_sent = Some((command, now)),
-                    Err(e) => tracing::warn!(pool = %name, function = %f.name, error = %e, "could not set the retry policy"),
+                    Err(e) => {
+                        tracing::warn!(pool = %name, function = %f.name, error = %e, "could not set the retry policy")
+                    }
                 }
             }
         }
@@ -310,11 +319,23 @@ async fn reconcile_pool(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Acti
     let mut requeue = pool.spec.scaling.poll_interval();
     let mut functions = Vec::new();
     let mut scaling = Vec::new();
+    let mut degraded: Vec<String> = Vec::new();
+    let mut degraded_reason: Option<&'static str> = None;
     for ((f, decision), (key, mut state, fstats)) in pool.spec.functions.iter().zip(&decisions).zip(states) {
         ctx.metrics.decision(&decision.kind.to_string());
         let dep_name = pool.deployment_name(&f.name);
-        let mut target = decision.desired;
-        if decision.desired < decision.current {
+        let fhealth = health_of(&f.name);
+        ctx.metrics.set_troubled_pods(&ns, &name, &f.name, fhealth.troubled);
+        if let Some((trouble, line)) = &fhealth.first {
+            degraded.push(format!("{}: {} pod(s) {} ({line})", f.name, fhealth.troubled, trouble.reason()));
+            degraded_reason.get_or_insert(trouble.reason());
+        }
+        let (mut target, held) =
+            health::cap_for_crashes(decision.desired, decision.current, fhealth.troubled, pool.spec.crash_loop_limit);
+        if let Some(why) = held {
+            scaling.push(format!("{}: {why}", f.name));
+        }
+        if target < decision.current {
             let wait = prepare_scale_in(&ctx, &pods, &pool, f, decision, workers.as_deref(), &mut state).await?;
             if let Some(why) = wait {
                 target = decision.current;
@@ -359,7 +380,7 @@ async fn reconcile_pool(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Acti
             desired_replicas: decision.desired,
             busy_workers: clamp_i32(busy),
             idle_workers: clamp_i32(fstats.idle_workers),
-            crash_looping: previous.map_or(0, |p| p.crash_looping),
+            crash_looping: fhealth.troubled,
             queued: clamp_i64(fstats.queued_total()),
             running: clamp_i64(fstats.running),
             last_scale_time,
@@ -398,6 +419,18 @@ async fn reconcile_pool(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Acti
     set_condition(&mut status.conditions, ready_cond);
     set_condition(&mut status.conditions, scaling_cond);
     set_condition(&mut status.conditions, broker_cond);
+    let degraded_cond = match degraded_reason {
+        Some(reason) => {
+            new_condition(pool_condition::DEGRADED, true, reason, degraded.join("; "), generation, now_time())
+        }
+        None => new_condition(pool_condition::DEGRADED, false, "Healthy", "", generation, now_time()),
+    };
+    let newly_degraded = degraded_reason.is_some() && !is_condition_true(&status.conditions, pool_condition::DEGRADED);
+    set_condition(&mut status.conditions, degraded_cond);
+    if newly_degraded {
+        tracing::warn!(pool = %name, problems = %degraded.join("; "), "pool degraded");
+        ctx.publish(&pool, EventType::Warning, "Degraded", "Health", degraded.join("; "), true).await;
+    }
     status.observed_generation = generation;
     status.message = None;
     status.functions = functions;
