@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use gearfleet_e2e::gearman::{admin, backlog, submit_background};
+use gearfleet_e2e::gearman::{admin, backlog, call, submit_background};
 use gearfleet_e2e::local_operator::{Operator, deploy_broker};
 use gearfleet_e2e::{BUSYBOX_IMAGE, Cluster, EXAMPLE_WORKERS_IMAGE, Namespace};
 use gearfleet_proto::admin::WorkerStats;
@@ -47,8 +47,7 @@ spec:
 }
 
 fn replicas(ns: &Namespace<'_>) -> Option<i32> {
-    let out = ns.kubectl(&["get", "deployment", DEPLOYMENT, "-o", "jsonpath={.spec.replicas}"], None);
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().parse().ok()).flatten()
+    replicas_of(ns, DEPLOYMENT)
 }
 
 #[test]
@@ -186,4 +185,91 @@ spec:
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// Scale-in while a worker is busy: three workers, one running a 25 s job and two idle after their
+/// short jobs; the operator scales 3 → 1 by removing the two idle pods, the busy pod stays, and the
+/// long job's client gets its result.
+#[test]
+fn scale_in_removes_idle_pods_and_the_busy_worker_finishes_its_job() {
+    let Some(cluster) = Cluster::connect() else { return };
+    cluster.install_crds();
+    let ns = cluster.namespace("gf-busy");
+    let broker = deploy_broker(&ns);
+    let operator = Operator::start(&ns, &broker);
+    ns.apply(&format!(
+        r#"
+apiVersion: gearfleet.dev/v1alpha1
+kind: WorkerPool
+metadata:
+  name: busy
+spec:
+  template:
+    spec:
+      terminationGracePeriodSeconds: 60
+      containers:
+        - name: worker
+          image: {EXAMPLE_WORKERS_IMAGE}
+          imagePullPolicy: Never
+  functions:
+    - {{name: sleep, minReplicas: 0, maxReplicas: 3}}
+  scaling:
+    pollInterval: 2s
+    cooldown: 3s
+    drainTimeout: 2m
+    scaleDown: {{stabilizationWindow: 1s}}
+"#
+    ));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let long = {
+            let broker = broker.clone();
+            std::thread::spawn(move || call(&broker, "sleep", b"25000", Duration::from_secs(180)))
+        };
+        let short: Vec<_> = (0..2)
+            .map(|_| {
+                let broker = broker.clone();
+                std::thread::spawn(move || call(&broker, "sleep", b"1000", Duration::from_secs(180)))
+            })
+            .collect();
+        cluster.eventually(Duration::from_secs(120), "three sleep workers", || {
+            (replicas_of(&ns, "busy-sleep") == Some(3)).then_some(())
+        });
+        for s in short {
+            assert_eq!(s.join().expect("thread").expect("short job"), b"slept 1000ms");
+        }
+        // The worker holding the long job.
+        let busy_pod = cluster.eventually(Duration::from_secs(60), "the long job to be running", || {
+            let workers = admin(&broker, "fleet workers")?;
+            workers
+                .lines()
+                .filter_map(WorkerStats::parse)
+                .find(|w| w.client_id.starts_with("busy-sleep-") && !w.current_jobs.is_empty())
+                .map(|w| w.client_id)
+        });
+        cluster.eventually(Duration::from_secs(60), "scale-in to one replica", || {
+            (replicas_of(&ns, "busy-sleep") == Some(1)).then_some(())
+        });
+        cluster.eventually(Duration::from_secs(60), "only the busy pod to remain", || {
+            let pods = ns.kubectl_ok(
+                &["get", "pods", "-l", "gearfleet.dev/function=sleep", "-o", "jsonpath={.items[*].metadata.name}"],
+                None,
+            );
+            let names: Vec<&str> = pods.split_whitespace().collect();
+            assert!(names.contains(&busy_pod.as_str()), "the busy pod {busy_pod} was removed: {names:?}");
+            (names == [busy_pod.as_str()]).then_some(())
+        });
+        assert_eq!(long.join().expect("thread").expect("the long job completes"), b"slept 25000ms");
+    }));
+    if result.is_err() {
+        operator.dump_log();
+    }
+    drop(operator);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn replicas_of(ns: &Namespace<'_>, deployment: &str) -> Option<i32> {
+    let out = ns.kubectl(&["get", "deployment", deployment, "-o", "jsonpath={.spec.replicas}"], None);
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().parse().ok()).flatten()
 }
