@@ -89,6 +89,11 @@ impl Operator {
         Operator { child, log }
     }
 
+    /// The operator's process id (to read its memory from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILLs the operator (no graceful shutdown) and waits for it to be gone.
     pub fn kill(mut self) {
         let _ = self.child.kill();

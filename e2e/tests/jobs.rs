@@ -119,6 +119,8 @@ fn jobs_complete_retry_time_out_and_chain() {
     if result.is_err() {
         operator.dump_log();
     }
+    // While the operator still runs: it removes the Jobs' finalizers, so the namespace can go.
+    ns.kubectl(&["delete", "gj", "--all", "--wait=true", "--timeout=60s"], None);
     drop(operator);
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
@@ -166,6 +168,8 @@ fn operator_killed_while_50_jobs_run_loses_none_and_runs_none_twice() {
     if result.is_err() {
         operator.dump_log();
     }
+    // While the operator still runs: it removes the Jobs' finalizers, so the namespace can go.
+    ns.kubectl(&["delete", "gj", "--all", "--wait=true", "--timeout=60s"], None);
     drop(operator);
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
