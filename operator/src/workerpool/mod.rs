@@ -3,6 +3,7 @@
 pub mod desired;
 pub mod health;
 pub mod reconcile;
+pub mod recycle;
 pub mod scale_in;
 pub mod scaling;
 

@@ -19,15 +19,15 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::channel::mpsc;
 use gearfleet_crd::{
-    API_VERSION, FunctionSpec, FunctionStatus, LABEL_FUNCTION, LABEL_POOL, WorkerPool, WorkerPoolStatus,
-    is_condition_true, new_condition, pool_condition, set_condition,
+    ANNOTATION_RESTART, API_VERSION, FunctionSpec, FunctionStatus, LABEL_FUNCTION, LABEL_POOL, WorkerPool,
+    WorkerPoolStatus, is_condition_true, new_condition, pool_condition, set_condition,
 };
 use gearfleet_proto::admin::{FunctionStats, WorkerStats};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::watcher;
@@ -36,6 +36,7 @@ use serde_json::json;
 
 use super::desired::desired_deployment;
 use super::health;
+use super::recycle::{RecycleAction, RecyclePod, RecyclePolicy, due, recycle_plan};
 use super::scale_in::{POD_DELETION_COST, PodView, scale_in_plan};
 use super::scaling::{ScaleHistory, ScaleKind, ScalingDecision, decide, share_pool_cap};
 use crate::broker_client::BrokerClient;
@@ -83,6 +84,8 @@ struct FunctionState {
     drain: Option<Drain>,
     /// The `fleet retries` command last sent for the function, and when (since the epoch).
     retries_sent: Option<(String, Duration)>,
+    /// Pods drained for recycling, and when (since the epoch).
+    recycle_drained: HashMap<String, Duration>,
 }
 
 /// A retry policy is sent again this often, so a restarted broker gets it back.
@@ -203,6 +206,111 @@ pub fn error_policy(pool: Arc<WorkerPool>, error: &Error, ctx: Arc<Context>) -> 
     Action::requeue(Duration::from_secs(5))
 }
 
+/// The WorkerPool's recycle policy, if it has a trigger (recycle spec or a restart request).
+fn recycle_policy(pool: &WorkerPool) -> Option<RecyclePolicy> {
+    let restart_before_unix = pool
+        .annotations()
+        .get(ANNOTATION_RESTART)
+        .and_then(|v| {
+            v.parse::<Timestamp>().map_err(|e| tracing::warn!(value = %v, error = %e, "bad restart annotation")).ok()
+        })
+        .map(|t| t.as_second());
+    let spec = pool.spec.recycle.clone().unwrap_or_default();
+    let policy = RecyclePolicy {
+        max_age: spec.max_age.as_ref().and_then(|d| d.to_duration().ok()),
+        max_jobs: spec.max_jobs.and_then(|n| u64::try_from(n).ok()),
+        restart_before_unix,
+        max_unavailable: usize::try_from(spec.max_unavailable).unwrap_or(1).max(1),
+        drain_timeout: pool.spec.scaling.drain_timeout(),
+    };
+    let active = policy.max_age.is_some() || policy.max_jobs.is_some() || policy.restart_before_unix.is_some();
+    (active && !pool.spec.paused).then_some(policy)
+}
+
+fn pod_age(pod: &Pod) -> (Duration, i64) {
+    let created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    let now = Timestamp::now();
+    let age = created.map_or(Duration::ZERO, |c| now.duration_since(c).unsigned_abs());
+    (age, created.map_or(0, |c| c.as_second()))
+}
+
+/// The time until the next pod of a function reaches maxAge.
+fn next_due(pods: &[&Pod], policy: &RecyclePolicy) -> Option<Duration> {
+    let max_age = policy.max_age?;
+    pods.iter().map(|p| max_age.saturating_sub(pod_age(p).0)).min()
+}
+
+/// Runs one step of the recycling plan of a function. Returns whether recycling is in progress.
+#[allow(clippy::too_many_arguments)]
+async fn recycle(
+    ctx: &Context,
+    pods: &Api<Pod>,
+    pool: &WorkerPool,
+    f: &FunctionSpec,
+    function_pods: &[&Pod],
+    workers: Option<&[WorkerStats]>,
+    policy: &RecyclePolicy,
+    state: &mut FunctionState,
+    now: Duration,
+) -> bool {
+    let Some(workers) = workers else { return false };
+    let views: Vec<RecyclePod> = function_pods
+        .iter()
+        .map(|p| {
+            let name = p.name_any();
+            let (age, created_unix) = pod_age(p);
+            let conns: Vec<&WorkerStats> = workers.iter().filter(|w| w.client_id == name).collect();
+            RecyclePod {
+                busy: conns.iter().any(|w| !w.current_jobs.is_empty()),
+                jobs_done: conns.iter().map(|w| w.jobs_done).sum(),
+                ready: is_pod_ready(p),
+                terminating: p.metadata.deletion_timestamp.is_some(),
+                drained_for: state.recycle_drained.get(&name).map(|at| now.saturating_sub(*at)),
+                name,
+                age,
+                created_unix,
+            }
+        })
+        .collect();
+    // Forget drains of pods that are gone.
+    state.recycle_drained.retain(|name, _| views.iter().any(|v| &v.name == name));
+    let plan = recycle_plan(&views, policy);
+    for action in &plan {
+        match action {
+            RecycleAction::Drain { pod, reason } => {
+                if let Err(e) = ctx.broker.drain(pod).await {
+                    tracing::warn!(pod = %pod, error = %e, "recycle: drain failed");
+                    continue;
+                }
+                tracing::info!(pool = %pool.name_any(), function = %f.name, pod = %pod, reason = reason.as_str(), "recycle: draining busy pod");
+                state.recycle_drained.insert(pod.clone(), now);
+            }
+            RecycleAction::Evict { pod, reason } => match pods.evict(pod, &EvictParams::default()).await {
+                Ok(_) => {
+                    tracing::info!(pool = %pool.name_any(), function = %f.name, pod = %pod, reason = reason.as_str(), "recycle: evicted");
+                    let note = format!("{}: replacing pod {pod} ({})", f.name, reason.as_str());
+                    ctx.publish(pool, EventType::Normal, "Recycle", "Recycle", note, false).await;
+                }
+                Err(kube::Error::Api(s)) if s.code == 429 => {
+                    tracing::info!(pod = %pod, "recycle: eviction refused by a PodDisruptionBudget; retrying");
+                }
+                Err(kube::Error::Api(s)) if s.is_not_found() => {}
+                Err(e) => tracing::warn!(pod = %pod, error = %e, "recycle: eviction failed"),
+            },
+        }
+    }
+    let replacing = views.iter().any(|v| v.terminating || !v.ready);
+    let more_due = views.iter().any(|v| due(v, policy).is_some());
+    !plan.is_empty() || !state.recycle_drained.is_empty() || (replacing && more_due)
+}
+
+fn is_pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// The broker admin command that applies a function's retry policy to its background jobs.
 fn retries_command(function: &str, r: &gearfleet_crd::RetryPolicy) -> String {
     format!("fleet retries {function} {} {} {}", r.limit, r.backoff.initial, r.backoff.max)
@@ -309,8 +417,9 @@ async fn reconcile_pool(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Acti
         }
     }
 
-    // Worker connections, needed only to scale in.
-    let workers = if decisions.iter().any(|d| d.desired < d.current) {
+    let recycle_policy = recycle_policy(&pool);
+    // Worker connections, needed only to scale in and to recycle.
+    let workers = if decisions.iter().any(|d| d.desired < d.current) || recycle_policy.is_some() {
         ctx.broker.fleet_workers().await.map_err(|e| tracing::warn!(error = %e, "fleet workers failed")).ok()
     } else {
         None
@@ -366,6 +475,24 @@ async fn reconcile_pool(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Acti
             tracing::info!(pool = %name, function = %f.name, from = decision.current, to = target, reason = %decision.reason, "scaling");
             let note = format!("{}: {} -> {} replicas: {}", f.name, decision.current, target, decision.reason);
             ctx.publish(&pool, EventType::Normal, &kind.to_string(), "Scale", note, false).await;
+        }
+        if let Some(policy) = &recycle_policy
+            && state.drain.is_none()
+            && target == decision.current
+        {
+            let function_pods: Vec<&Pod> = pool_pods
+                .items
+                .iter()
+                .filter(|p| p.labels().get(LABEL_FUNCTION).map(String::as_str) == Some(f.name.as_str()))
+                .collect();
+            let busy =
+                recycle(&ctx, &pods, &pool, f, &function_pods, workers.as_deref(), policy, &mut state, now).await;
+            if busy {
+                requeue = requeue.min(Duration::from_secs(2));
+                scaling.push(format!("{}: recycling pods", f.name));
+            } else if let Some(next) = next_due(&function_pods, policy) {
+                requeue = requeue.min(next.max(Duration::from_secs(1)));
+            }
         }
         ctx.store(key, state);
 
