@@ -140,3 +140,40 @@ fn restart_annotation_replaces_every_pod() {
         });
     });
 }
+
+/// `paused: true` drains the pool (busy workers finish, then zero replicas) with the queue intact;
+/// `paused: false` resumes and the queue drains.
+#[test]
+fn pause_drains_keeps_the_queue_and_resume_drains_it() {
+    let Some(cluster) = Cluster::connect() else { return };
+    with_operator(&cluster, "gf-pause", |ns, broker| {
+        ns.apply(&pool("maint", "    - {name: sleep, minReplicas: 1, maxReplicas: 1}", ""));
+        ns.wait_for_rollout("maint-sleep", Duration::from_secs(120));
+        cluster.eventually(Duration::from_secs(60), "a ready sleep worker", || {
+            (ready(ns, "maint-sleep") == 1).then_some(())
+        });
+        gearfleet_e2e::gearman::submit_background(broker, "sleep", "pause", "3000", 6);
+        cluster.eventually(Duration::from_secs(30), "a job running", || {
+            (gearfleet_e2e::gearman::backlog(broker, "sleep")?.1 == 1).then_some(())
+        });
+        ns.kubectl_ok(&["patch", "workerpool", "maint", "--type=merge", "-p", r#"{"spec":{"paused":true}}"#], None);
+        let phase =
+            |ns: &Namespace<'_>| ns.kubectl_ok(&["get", "workerpool", "maint", "-o", "jsonpath={.status.phase}"], None);
+        cluster.eventually(Duration::from_secs(30), "phase Draining", || (phase(ns) == "Draining").then_some(()));
+        cluster.eventually(Duration::from_secs(90), "phase Drained", || (phase(ns) == "Drained").then_some(()));
+        let (queued, running) = gearfleet_e2e::gearman::backlog(broker, "sleep").expect("fleet status");
+        assert_eq!(running, 0, "no job runs on a drained pool");
+        assert!((1..=5).contains(&queued), "the queue keeps the jobs not started: {queued}");
+        let drained = ns.kubectl_ok(
+            &["get", "workerpool", "maint", "-o", r#"jsonpath={.status.conditions[?(@.type=="Drained")].status}"#],
+            None,
+        );
+        assert_eq!(drained, "True");
+
+        ns.kubectl_ok(&["patch", "workerpool", "maint", "--type=merge", "-p", r#"{"spec":{"paused":false}}"#], None);
+        cluster.eventually(Duration::from_secs(120), "the queue to drain after resume", || {
+            (gearfleet_e2e::gearman::backlog(broker, "sleep")? == (0, 0)).then_some(())
+        });
+        assert_eq!(phase(ns), "Running");
+    });
+}

@@ -2,6 +2,7 @@
 
 pub mod desired;
 pub mod health;
+pub mod phase;
 pub mod reconcile;
 pub mod recycle;
 pub mod scale_in;

@@ -36,6 +36,7 @@ use serde_json::json;
 
 use super::desired::desired_deployment;
 use super::health;
+use super::phase::{PhaseInput, pool_phase};
 use super::recycle::{RecycleAction, RecyclePod, RecyclePolicy, due, recycle_plan};
 use super::scale_in::{POD_DELETION_COST, PodView, scale_in_plan};
 use super::scaling::{ScaleHistory, ScaleKind, ScalingDecision, decide, share_pool_cap};
@@ -558,6 +559,41 @@ async fn reconcile_pool(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Acti
         tracing::warn!(pool = %name, problems = %degraded.join("; "), "pool degraded");
         ctx.publish(&pool, EventType::Warning, "Degraded", "Health", degraded.join("; "), true).await;
     }
+    let (phase, draining, drained) = pool_phase(PhaseInput {
+        paused: pool.spec.paused,
+        pods: pool_pods.items.len(),
+        degraded: degraded_reason.is_some(),
+        scaling: !scaling.is_empty(),
+    });
+    let was_drained = is_condition_true(&status.conditions, pool_condition::DRAINED);
+    let t = now_time();
+    let (draining_reason, drained_reason) =
+        if pool.spec.paused { ("Paused", "Paused") } else { ("NotPaused", "NotPaused") };
+    let message =
+        if draining { format!("{} worker pod(s) finishing their jobs", pool_pods.items.len()) } else { String::new() };
+    set_condition(
+        &mut status.conditions,
+        new_condition(pool_condition::DRAINING, draining, draining_reason, message, generation, t.clone()),
+    );
+    set_condition(
+        &mut status.conditions,
+        new_condition(pool_condition::DRAINED, drained, drained_reason, "", generation, t),
+    );
+    if drained && !was_drained {
+        ctx.publish(
+            &pool,
+            EventType::Normal,
+            "Drained",
+            "Pause",
+            "paused: no worker pods left; queued jobs wait in the broker".into(),
+            true,
+        )
+        .await;
+    }
+    if draining {
+        requeue = requeue.min(Duration::from_secs(2));
+    }
+    status.phase = Some(phase);
     status.observed_generation = generation;
     status.message = None;
     status.functions = functions;
