@@ -209,6 +209,111 @@ pub const CRON_EXAMPLES: &[(&str, bool)] = &[
     ("100 * * * *", false),
 ];
 
+/// A parsed cron schedule: which minutes, hours, days, months and weekdays match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CronSchedule {
+    minutes: u64,
+    hours: u32,
+    days_of_month: u32,
+    months: u16,
+    days_of_week: u8,
+    /// The day-of-month field is `*` (then only the weekday restricts the day, and vice versa).
+    dom_any: bool,
+    dow_any: bool,
+}
+
+impl CronSchedule {
+    /// Parses a schedule that [`is_valid_cron`] accepts; `None` otherwise.
+    pub fn parse(schedule: &str) -> Option<CronSchedule> {
+        if !is_valid_cron(schedule) {
+            return None;
+        }
+        let expanded = match schedule {
+            "@yearly" | "@annually" => "0 0 1 1 *",
+            "@monthly" => "0 0 1 * *",
+            "@weekly" => "0 0 * * 0",
+            "@daily" | "@midnight" => "0 0 * * *",
+            "@hourly" => "0 * * * *",
+            s => s,
+        };
+        let f: Vec<&str> = expanded.split(' ').filter(|f| !f.is_empty()).collect();
+        let dow = bits(f[4], Field::DayOfWeek, 0, 7)?;
+        Some(CronSchedule {
+            minutes: bits(f[0], Field::Minute, 0, 59)?,
+            hours: u32::try_from(bits(f[1], Field::Hour, 0, 23)?).ok()?,
+            days_of_month: u32::try_from(bits(f[2], Field::DayOfMonth, 1, 31)?).ok()?,
+            months: u16::try_from(bits(f[3], Field::Month, 1, 12)?).ok()?,
+            // 7 is Sunday too.
+            days_of_week: u8::try_from((dow | (dow >> 7)) & 0x7f).ok()?,
+            dom_any: f[2].starts_with('*'),
+            dow_any: f[4].starts_with('*'),
+        })
+    }
+
+    /// Whether the day (1-based day of month and month, weekday 0 = Sunday) matches. As in cron,
+    /// when both day fields are restricted, either may match.
+    pub fn matches_day(&self, day_of_month: u32, month: u32, weekday: u32) -> bool {
+        let month_ok = self.months & (1 << month) != 0;
+        let dom_ok = self.days_of_month & (1 << day_of_month) != 0;
+        let dow_ok = self.days_of_week & (1 << (weekday % 7)) != 0;
+        let day_ok = match (self.dom_any, self.dow_any) {
+            (true, true) => true,
+            (true, false) => dow_ok,
+            (false, true) => dom_ok,
+            (false, false) => dom_ok || dow_ok,
+        };
+        month_ok && day_ok
+    }
+
+    /// The latest matching (hour, minute) at or before `(hour, minute)` on a matching day.
+    pub fn latest_time_until(&self, hour: u32, minute: u32) -> Option<(u32, u32)> {
+        (0..=hour.min(23)).rev().filter(|h| self.hours & (1 << h) != 0).find_map(|h| {
+            let last_minute = if h == hour { minute.min(59) } else { 59 };
+            (0..=last_minute).rev().find(|m| self.minutes & (1 << m) != 0).map(|m| (h, m))
+        })
+    }
+}
+
+fn value(v: &str, field: Field) -> Option<u32> {
+    if let Ok(n) = v.parse::<u32>() {
+        return Some(n);
+    }
+    let upper = v.to_ascii_uppercase();
+    let names: &[&str] = match field {
+        Field::Month => &MONTHS,
+        Field::DayOfWeek => &DAYS,
+        _ => return None,
+    };
+    let index = u32::try_from(names.iter().position(|n| *n == upper)?).ok()?;
+    Some(if matches!(field, Field::Month) { index + 1 } else { index })
+}
+
+/// The bit set of one field (bit n = value n).
+fn bits(field: &str, kind: Field, min: u32, max: u32) -> Option<u64> {
+    let mut set = 0u64;
+    for element in field.split(',') {
+        let (base, step) = match element.split_once('/') {
+            Some((b, s)) => (b, s.parse::<u32>().ok()?),
+            None => (element, 1),
+        };
+        let (lo, hi) = if base == "*" {
+            (min, max)
+        } else if let Some((a, b)) = base.split_once('-') {
+            (value(a, kind)?, value(b, kind)?)
+        } else {
+            let v = value(base, kind)?;
+            // "N/STEP" means N, N+STEP, ... up to the maximum.
+            (v, if element.contains('/') { max } else { v })
+        };
+        let mut v = lo;
+        while v <= hi {
+            set |= 1 << v;
+            v += step.max(1);
+        }
+    }
+    Some(set)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,5 +340,30 @@ mod tests {
         for bad in ["", "/UTC", "UTC/", "Europe//Berlin", "1UTC", "Europe Berlin"] {
             assert!(!is_valid_time_zone(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn schedules_match_the_right_days_and_times() {
+        let daily3 = CronSchedule::parse("0 3 * * *").unwrap();
+        assert!(daily3.matches_day(15, 6, 2));
+        assert_eq!(daily3.latest_time_until(2, 59), None);
+        assert_eq!(daily3.latest_time_until(23, 59), Some((3, 0)));
+        assert_eq!(daily3.latest_time_until(3, 0), Some((3, 0)));
+
+        let weekdays = CronSchedule::parse("*/15 9-17 * * MON-FRI").unwrap();
+        assert!(weekdays.matches_day(1, 1, 1) && !weekdays.matches_day(1, 1, 0) && !weekdays.matches_day(1, 1, 6));
+        assert_eq!(weekdays.latest_time_until(12, 44), Some((12, 30)));
+        assert_eq!(weekdays.latest_time_until(20, 0), Some((17, 45)));
+
+        // Both day fields restricted: either matches (the 1st, or any Sunday).
+        let either = CronSchedule::parse("0 0 1 * 0").unwrap();
+        assert!(either.matches_day(1, 5, 3) && either.matches_day(12, 5, 0) && !either.matches_day(12, 5, 3));
+        // 7 is Sunday as well; names in lower case; months by name.
+        assert!(CronSchedule::parse("0 0 * * 7").unwrap().matches_day(3, 3, 0));
+        let feb = CronSchedule::parse("30 6 29 feb *").unwrap();
+        assert!(feb.matches_day(29, 2, 4) && !feb.matches_day(29, 3, 4));
+        assert_eq!(CronSchedule::parse("@hourly").unwrap().latest_time_until(7, 10), Some((7, 0)));
+        assert_eq!(CronSchedule::parse("5/20 * * * *").unwrap().latest_time_until(0, 59), Some((0, 45)));
+        assert_eq!(CronSchedule::parse("not cron"), None);
     }
 }

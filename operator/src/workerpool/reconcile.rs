@@ -37,7 +37,7 @@ use serde_json::json;
 use super::desired::desired_deployment;
 use super::health;
 use super::phase::{PhaseInput, pool_phase};
-use super::recycle::{RecycleAction, RecyclePod, RecyclePolicy, due, recycle_plan};
+use super::recycle::{RecycleAction, RecyclePod, RecyclePolicy, due, last_scheduled_restart, recycle_plan};
 use super::scale_in::{POD_DELETION_COST, PodView, scale_in_plan};
 use super::scaling::{ScaleHistory, ScaleKind, ScalingDecision, decide, share_pool_cap};
 use crate::broker_client::BrokerClient;
@@ -217,6 +217,10 @@ fn recycle_policy(pool: &WorkerPool) -> Option<RecyclePolicy> {
         })
         .map(|t| t.as_second());
     let spec = pool.spec.recycle.clone().unwrap_or_default();
+    // A scheduled restart is a restart request at the schedule's latest firing.
+    let scheduled =
+        spec.schedule.as_deref().and_then(|s| last_scheduled_restart(s, spec.time_zone.as_deref(), Timestamp::now()));
+    let restart_before_unix = restart_before_unix.max(scheduled);
     let policy = RecyclePolicy {
         max_age: spec.max_age.as_ref().and_then(|d| d.to_duration().ok()),
         max_jobs: spec.max_jobs.and_then(|n| u64::try_from(n).ok()),

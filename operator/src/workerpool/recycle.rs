@@ -140,6 +140,34 @@ pub fn recycle_plan(pods: &[RecyclePod], policy: &RecyclePolicy) -> Vec<RecycleA
     plan
 }
 
+/// The latest time at or before `now` that `schedule` (cron, in `time_zone` or UTC) fired, as Unix
+/// seconds: pods created before it are due. `None` if the schedule or zone is invalid or it did not
+/// fire in the last four years.
+pub fn last_scheduled_restart(schedule: &str, time_zone: Option<&str>, now: jiff::Timestamp) -> Option<i64> {
+    let cron = gearfleet_crd::cron::CronSchedule::parse(schedule)?;
+    let tz = match time_zone {
+        Some(name) => jiff::tz::TimeZone::get(name).ok()?,
+        None => jiff::tz::TimeZone::UTC,
+    };
+    let local = now.to_zoned(tz.clone()).datetime();
+    let mut day = local.date();
+    let (mut hour, mut minute) = (u32::try_from(local.hour()).ok()?, u32::try_from(local.minute()).ok()?);
+    // Leap-day schedules fire every four years.
+    for _ in 0..(4 * 366 + 1) {
+        let weekday = u32::try_from(day.weekday().to_sunday_zero_offset()).ok()?;
+        let (dom, month) = (u32::try_from(day.day()).ok()?, u32::try_from(day.month()).ok()?);
+        if cron.matches_day(dom, month, weekday)
+            && let Some((h, m)) = cron.latest_time_until(hour, minute)
+        {
+            let at = day.at(i8::try_from(h).ok()?, i8::try_from(m).ok()?, 0, 0);
+            return Some(at.to_zoned(tz).ok()?.timestamp().as_second());
+        }
+        day = day.yesterday().ok()?;
+        (hour, minute) = (23, 59);
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,5 +260,25 @@ mod tests {
         let pods = [pod("aged", 100), pod("young", 10)];
         // Both due: "aged" by restart too (created before the request); oldest first within a reason.
         assert_eq!(recycle_plan(&pods, &p), [evict("aged", RecycleReason::Restart)]);
+    }
+
+    fn ts(s: &str) -> jiff::Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn last_scheduled_restart_finds_the_previous_firing() {
+        let now = ts("2026-12-01T20:30:00Z"); // a Tuesday
+        let at = |s: &str| Some(ts(s).as_second());
+        assert_eq!(last_scheduled_restart("0 3 * * *", None, now), at("2026-12-01T03:00:00Z"));
+        assert_eq!(last_scheduled_restart("30 20 * * *", None, now), at("2026-12-01T20:30:00Z"), "inclusive");
+        assert_eq!(last_scheduled_restart("31 20 * * *", None, now), at("2026-11-30T20:31:00Z"));
+        assert_eq!(last_scheduled_restart("0 0 * * SUN", None, now), at("2026-11-29T00:00:00Z"));
+        assert_eq!(last_scheduled_restart("@monthly", None, now), at("2026-12-01T00:00:00Z"));
+        assert_eq!(last_scheduled_restart("0 0 29 2 *", None, now), at("2024-02-29T00:00:00Z"));
+        // 03:00 in Berlin (UTC+1 in winter) is 02:00 UTC.
+        assert_eq!(last_scheduled_restart("0 3 * * *", Some("Europe/Berlin"), now), at("2026-12-01T02:00:00Z"));
+        assert_eq!(last_scheduled_restart("0 3 * * *", Some("No/Such_Zone"), now), None);
+        assert_eq!(last_scheduled_restart("bad", None, now), None);
     }
 }
