@@ -36,18 +36,43 @@ fn fleet_workers_block(rows: Vec<WorkerStats>) -> String {
     out
 }
 
+/// How a connection stands towards the admin token.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminAuth<'a> {
+    /// The broker's admin token, if it has one.
+    pub token: Option<&'a str>,
+    /// Whether this connection sent the right `auth TOKEN`.
+    pub authenticated: bool,
+}
+
 /// Runs one admin line against the state.
 pub fn run(
     state: &mut State,
     conn: ConnId,
     line: &[u8],
     allow_shutdown: bool,
+    auth: &mut AdminAuth<'_>,
     fx: &mut Effects,
 ) -> (String, AdminAction) {
     let cmd = match AdminCommand::parse(line) {
         Ok(cmd) => cmd,
         Err(e) => return (e.reply(), AdminAction::None),
     };
+    if let AdminCommand::Auth(given) = &cmd {
+        return match auth.token {
+            Some(expected) if !crate::config::token_matches(given, expected) => {
+                auth.authenticated = false;
+                ("ERR AUTH_FAILED wrong+admin+token\r\n".into(), AdminAction::None)
+            }
+            _ => {
+                auth.authenticated = true;
+                ("OK\r\n".into(), AdminAction::None)
+            }
+        };
+    }
+    if cmd.mutates() && auth.token.is_some() && !auth.authenticated {
+        return ("ERR AUTH_REQUIRED send+auth+TOKEN+first\r\n".into(), AdminAction::None);
+    }
     let mut out = String::new();
     let mut action = AdminAction::None;
     match cmd {
@@ -121,6 +146,8 @@ pub fn run(
         AdminCommand::PurgeDead { function, handle } => {
             out = format!("OK {}\n", state.admin_purge_dead(&function, handle.as_deref(), fx));
         }
+        // Answered above, before the token check.
+        AdminCommand::Auth(_) => out = "OK\r\n".into(),
     }
     (out, action)
 }

@@ -93,6 +93,25 @@ pub struct Config {
     #[arg(long, env = "GEARFLEET_RETAINED_OUTCOME_TTL", default_value = "15m", value_parser = humantime::parse_duration)]
     pub retained_outcome_ttl: std::time::Duration,
 
+    /// Admin token: when set, admin commands that change state (cancel job, maxqueue, fleet drain,
+    /// retries, dead letters, shutdown, …) need `auth TOKEN` first on the connection; read-only
+    /// ones stay open. Mount it from a Kubernetes Secret.
+    #[arg(long, env = "GEARFLEET_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Read the admin token from this file instead (e.g. a mounted Secret key).
+    #[arg(long, env = "GEARFLEET_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    pub admin_token_file: Option<std::path::PathBuf>,
+
+    /// Metrics token: when set, `/metrics` needs `Authorization: Bearer TOKEN` (the health
+    /// endpoints stay open for probes).
+    #[arg(long, env = "GEARFLEET_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
+    /// Read the metrics token from this file instead.
+    #[arg(long, env = "GEARFLEET_METRICS_TOKEN_FILE", conflicts_with = "metrics_token")]
+    pub metrics_token_file: Option<std::path::PathBuf>,
+
     /// Accept the unauthenticated `shutdown` admin command, as gearmand does.
     #[arg(long, env = "GEARFLEET_ALLOW_ADMIN_SHUTDOWN", default_value_t = false)]
     pub allow_admin_shutdown: bool,
@@ -115,4 +134,24 @@ impl Config {
         c.handle_host = Some("test".into());
         c
     }
+}
+
+/// Reads a token given inline or in a file (trailing whitespace trimmed); an empty token is none.
+pub fn resolve_token(inline: &Option<String>, file: &Option<std::path::PathBuf>) -> std::io::Result<Option<String>> {
+    let token = match (inline, file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(path)) => Some(std::fs::read_to_string(path)?),
+        (None, None) => None,
+    };
+    Ok(token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()))
+}
+
+/// Compares two secrets in time independent of where they differ.
+pub fn token_matches(given: &str, expected: &str) -> bool {
+    let (a, b) = (given.as_bytes(), expected.as_bytes());
+    let mut diff = a.len() ^ b.len();
+    for (i, &x) in b.iter().enumerate() {
+        diff |= usize::from(x ^ a.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
 }

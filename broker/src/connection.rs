@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 
-use crate::admin::{self, AdminAction};
+use crate::admin::{self, AdminAction, AdminAuth};
 use crate::broker::Broker;
 use crate::outbox::Outbox;
 use crate::queue::Effects;
@@ -52,6 +52,8 @@ async fn read_loop(
     outbox: &Outbox,
     watching: &mut bool,
 ) -> &'static str {
+    let mut authenticated = false;
+    let admin_authenticated = &mut authenticated;
     let codec = Codec::server().with_max_packet(broker.config.max_packet_bytes);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let hold_for_disk = broker.acks_wait_for_disk();
@@ -68,7 +70,13 @@ async fn read_loop(
                 match codec.decode_frame(&mut buf) {
                     Ok(Some(Frame::Packet(p))) => state.handle(id, &p, &mut fx),
                     Ok(Some(Frame::Admin(line))) => {
-                        let (reply, action) = admin::run(state, id, &line, broker.config.allow_admin_shutdown, &mut fx);
+                        let mut auth = AdminAuth {
+                            token: broker.config.admin_token.as_deref(),
+                            authenticated: *admin_authenticated,
+                        };
+                        let (reply, action) =
+                            admin::run(state, id, &line, broker.config.allow_admin_shutdown, &mut auth, &mut fx);
+                        *admin_authenticated = auth.authenticated;
                         outbox.push(|b| b.extend_from_slice(reply.as_bytes()));
                         match action {
                             AdminAction::None => {}

@@ -40,7 +40,10 @@ impl Running {
 }
 
 /// Binds the ports and starts serving in the background.
-pub async fn start(config: Config) -> std::io::Result<Running> {
+pub async fn start(mut config: Config) -> std::io::Result<Running> {
+    // Tokens from files (mounted Secrets) are read once, at start.
+    config.admin_token = crate::config::resolve_token(&config.admin_token, &config.admin_token_file)?;
+    config.metrics_token = crate::config::resolve_token(&config.metrics_token, &config.metrics_token_file)?;
     let broker = Broker::open(config)?;
     let listener = TcpListener::bind(broker.config.listen).await?;
     let gearman_addr = listener.local_addr()?;
@@ -108,13 +111,16 @@ async fn accept_loop(broker: Arc<Broker>, listener: TcpListener) {
 struct HttpState {
     registry: Arc<Registry>,
     ready: Arc<AtomicBool>,
+    /// `/metrics` needs `Authorization: Bearer <token>` when set.
+    token: Option<Arc<str>>,
 }
 
 async fn serve_http(broker: Arc<Broker>, listener: TcpListener, ready: Arc<AtomicBool>) {
     let mut registry = Registry::default();
     broker.metrics.register(&mut registry);
     registry.register_collector(Box::new(StateCollector(broker.clone())));
-    let state = HttpState { registry: Arc::new(registry), ready };
+    let state =
+        HttpState { registry: Arc::new(registry), ready, token: broker.config.metrics_token.clone().map(Arc::from) };
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -126,7 +132,21 @@ async fn serve_http(broker: Arc<Broker>, listener: TcpListener, ready: Arc<Atomi
     }
 }
 
-async fn metrics(AxumState(state): AxumState<HttpState>) -> impl IntoResponse {
+async fn metrics(AxumState(state): AxumState<HttpState>, headers: axum::http::HeaderMap) -> impl IntoResponse {
+    if let Some(token) = &state.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !crate::config::token_matches(given.trim(), token) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::CONTENT_TYPE, "text/plain")],
+                "metrics token required\n".into(),
+            );
+        }
+    }
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
         Ok(()) => (

@@ -26,6 +26,22 @@ pub fn admin(addr: &str, command: &str) -> Option<String> {
     Some(reply)
 }
 
+/// Sends one admin line whose reply is a single line (`OK …`, `ERR …`) and returns that line.
+pub fn admin_line(addr: &str, command: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(format!("{command}\n").as_bytes()).ok()?;
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while !reply.ends_with(b"\n") {
+        if stream.read(&mut byte).ok()? == 0 {
+            break;
+        }
+        reply.push(byte[0]);
+    }
+    Some(String::from_utf8_lossy(&reply).trim_end().to_string())
+}
+
 /// Reads one binary response packet: (type, body).
 fn read_packet(stream: &mut TcpStream) -> std::io::Result<(u32, Vec<u8>)> {
     let mut header = [0u8; 12];

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use gearfleet_e2e::gearman::{admin, backlog, call, submit_background};
+use gearfleet_e2e::gearman::{admin, admin_line, backlog, call, submit_background};
 use gearfleet_e2e::{Cluster, Namespace, repo_root};
 
 const CHART: &str = "charts/gearfleet";
@@ -85,9 +85,14 @@ fn helm_install_serves_the_example_pool_keeps_jobs_and_uninstalls_cleanly() {
     cluster.install_crds();
     let ns = cluster.namespace("gf-helm");
     let watch = format!("operator.watchNamespace={}", ns.name());
-    cluster.helm_ok(&["install", "gf", CHART, "--namespace", ns.name(), "--set", &watch, "--wait", "--timeout", "3m"]);
+    let install = ["install", "gf", CHART, "--namespace", ns.name(), "--set", &watch];
+    cluster
+        .helm_ok(&[&install[..], &["--set", "security.adminToken.enabled=true", "--wait", "--timeout", "3m"]].concat());
     let broker = broker_address(&ns, "gf-gearfleet-broker");
     wait_for_broker(&ns, &broker);
+    // The admin token is on: state changes need it, read-only commands do not.
+    let refused = admin_line(&broker, "fleet drain someone").unwrap_or_default();
+    assert!(refused.starts_with("ERR AUTH_REQUIRED"), "the admin token is not enforced: {refused:?}");
 
     // The operator holds the chart's Lease under its pod name.
     let pod = ns.kubectl_ok(

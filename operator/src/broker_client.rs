@@ -45,12 +45,20 @@ pub enum BrokerError {
 pub struct BrokerClient {
     addr: String,
     timeout: Duration,
+    /// Sent as `auth TOKEN` on every connection (brokers started with an admin token).
+    token: Option<String>,
 }
 
 impl BrokerClient {
     /// A client for `addr` (`host:port`), with a 5 s request timeout.
     pub fn new(addr: impl Into<String>) -> Self {
-        Self { addr: addr.into(), timeout: Duration::from_secs(5) }
+        Self { addr: addr.into(), timeout: Duration::from_secs(5), token: None }
+    }
+
+    /// Authenticate every connection with the broker's admin token.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token.filter(|t| !t.is_empty());
+        self
     }
 
     /// The broker address.
@@ -66,8 +74,17 @@ impl BrokerClient {
         let stream = TcpStream::connect(&self.addr).await.map_err(|e| self.io(e))?;
         let _ = stream.set_nodelay(true);
         let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        if let Some(token) = &self.token {
+            write.write_all(format!("auth {token}\n").as_bytes()).await.map_err(|e| self.io(e))?;
+            match lines.next_line().await.map_err(|e| self.io(e))? {
+                Some(line) if line.starts_with("OK") => {}
+                Some(line) => return Err(self.bad_reply(&line)),
+                None => return Err(BrokerError::Closed(self.addr.clone())),
+            }
+        }
         write.write_all(format!("{command}\n").as_bytes()).await.map_err(|e| self.io(e))?;
-        Ok(Conn { lines: BufReader::new(read).lines(), _write: write })
+        Ok(Conn { lines, _write: write })
     }
 
     async fn request(&self, command: &str, list: bool) -> Result<Vec<String>, BrokerError> {
@@ -269,5 +286,25 @@ mod tests {
         assert_eq!(watch.next().await, Some(Some(vec![stats("a", 0)])));
         // The fake closes the connection after its reply.
         assert_eq!(watch.next().await, Some(None));
+    }
+
+    /// Against a real broker started with an admin token: drain needs the token, status does not.
+    #[tokio::test]
+    async fn admin_token_is_sent_before_state_changing_commands() {
+        let mut config = gearfleet_broker::Config::for_tests();
+        config.admin_token = Some("s3cret".into());
+        let broker = gearfleet_broker::start(config).await.unwrap();
+        let addr = broker.gearman_addr.to_string();
+        let anonymous = BrokerClient::new(addr.clone());
+        assert!(anonymous.fleet_status().await.is_ok(), "read-only stays open");
+        let refused = anonymous.drain("pod-1").await;
+        assert!(matches!(&refused, Err(BrokerError::Reply { reply, .. }) if reply.starts_with("ERR AUTH_REQUIRED")));
+        let wrong = BrokerClient::new(addr.clone()).with_token(Some("nope".into()));
+        assert!(matches!(wrong.fleet_status().await, Err(BrokerError::Reply { .. })), "a wrong token is an error");
+        let client = BrokerClient::new(addr).with_token(Some("s3cret".into()));
+        client.drain("pod-1").await.unwrap();
+        client.undrain("pod-1").await.unwrap();
+        assert!(client.fleet_status().await.is_ok());
+        broker.stop().await;
     }
 }

@@ -40,6 +40,12 @@ struct Args {
     /// Identity written into the Lease (in a pod: the pod name, from the downward API).
     #[arg(long, env = "POD_NAME")]
     lease_identity: Option<String>,
+    /// The broker's admin token (`auth TOKEN` before drain, retries and cancel commands).
+    #[arg(long, env = "GEARFLEET_ADMIN_TOKEN", hide_env_values = true)]
+    broker_admin_token: Option<String>,
+    /// Read the broker's admin token from this file instead (a mounted Secret key).
+    #[arg(long, env = "GEARFLEET_ADMIN_TOKEN_FILE", conflicts_with = "broker_admin_token")]
+    broker_admin_token_file: Option<std::path::PathBuf>,
     /// Log format: text or json (filter with RUST_LOG).
     #[arg(long, env = "GEARFLEET_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -70,6 +76,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let workers_address = args.workers_broker_address.unwrap_or_else(|| args.broker_address.clone());
     tracing::info!(broker = %args.broker_address, workers_broker = %workers_address, namespace = ?args.namespace, "starting");
     let ctx_metrics = metrics.clone();
+    let token = match (&args.broker_admin_token, &args.broker_admin_token_file) {
+        (Some(t), _) => Some(t.trim().to_string()),
+        (None, Some(path)) => Some(std::fs::read_to_string(path)?.trim().to_string()),
+        (None, None) => None,
+    };
+    let admin = BrokerClient::new(args.broker_address.clone()).with_token(token);
     let ctx = Arc::new(Context::new(
         client.clone(),
         BrokerClient::new(args.broker_address.clone()),
@@ -82,8 +94,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         async move {
             let (trigger, triggers) = tokio::sync::mpsc::unbounded_channel();
             let runner = Runner::start(broker_address.clone(), trigger);
-            let jobs =
-                Arc::new(JobContext::new(client.clone(), runner, BrokerClient::new(broker_address), job_metrics));
+            let jobs = Arc::new(JobContext::new(client.clone(), runner, admin, job_metrics));
             tokio::join!(
                 reconcile::run(client.clone(), namespace.clone(), ctx),
                 job_reconcile::run(client, namespace, jobs, triggers)

@@ -57,6 +57,30 @@ pub enum AdminCommand {
     RetryDead { function: String, handle: Option<String> },
     /// `purge dead FUNCTION [HANDLE]`: forget dead-lettered jobs.
     PurgeDead { function: String, handle: Option<String> },
+    /// `auth TOKEN`: unlocks the commands that change state on a broker started with an admin
+    /// token (a gearfleet extension).
+    Auth(String),
+}
+
+impl AdminCommand {
+    /// Whether the command changes the broker's state (jobs, queues, workers, the process), so that
+    /// a broker with an admin token answers it only on an authenticated connection. Read-only
+    /// commands (`status`, `workers`, `fleet status`, `show …`) stay open for monitoring tools.
+    pub fn mutates(&self) -> bool {
+        matches!(
+            self,
+            AdminCommand::CancelJob(_)
+                | AdminCommand::CreateFunction(_)
+                | AdminCommand::DropFunction(_)
+                | AdminCommand::MaxQueue { .. }
+                | AdminCommand::Shutdown { .. }
+                | AdminCommand::FleetDrain(_)
+                | AdminCommand::FleetUndrain(_)
+                | AdminCommand::FleetRetries { .. }
+                | AdminCommand::RetryDead { .. }
+                | AdminCommand::PurgeDead { .. }
+        )
+    }
 }
 
 /// An admin line that is not a command.
@@ -167,6 +191,8 @@ impl AdminCommand {
                 }),
                 _ => Err(args_err()),
             },
+            "auth" if words.len() == 2 => Ok(AdminCommand::Auth(words[1].to_string())),
+            "auth" => Err(args_err()),
             _ => Err(AdminError::Unknown(first.to_string())),
         }
     }
@@ -386,6 +412,12 @@ mod tests {
     #[test]
     fn parses_gearmand_commands() {
         assert_eq!(AdminCommand::parse(b"status"), Ok(AdminCommand::Status));
+        assert_eq!(AdminCommand::parse(b"auth s3cret"), Ok(AdminCommand::Auth("s3cret".into())));
+        assert!(matches!(AdminCommand::parse(b"auth"), Err(AdminError::Arguments(_))));
+        assert!(AdminCommand::parse(b"cancel job H:a:1").unwrap().mutates());
+        assert!(AdminCommand::parse(b"fleet drain pod-1").unwrap().mutates());
+        assert!(!AdminCommand::parse(b"fleet status").unwrap().mutates());
+        assert!(!AdminCommand::parse(b"status").unwrap().mutates());
         assert_eq!(AdminCommand::parse(b"STATUS "), Ok(AdminCommand::Status));
         assert_eq!(AdminCommand::parse(b"show jobs"), Ok(AdminCommand::ShowJobs));
         assert_eq!(AdminCommand::parse(b"show unique jobs"), Ok(AdminCommand::ShowUniqueJobs));

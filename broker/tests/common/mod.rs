@@ -105,7 +105,8 @@ impl Peer {
             || line.starts_with("fleet undrain")
             || line.starts_with("fleet retries")
             || line.starts_with("retry dead")
-            || line.starts_with("purge dead"));
+            || line.starts_with("purge dead")
+            || line.starts_with("auth"));
         self.read_text(list).await
     }
 

@@ -54,3 +54,8 @@ app.kubernetes.io/part-of: gearfleet
 {{- define "gearfleet.claimName" -}}
 {{- default (printf "%s-data" (include "gearfleet.fullname" .)) .Values.persistence.existingClaim -}}
 {{- end -}}
+
+{{/* Secret holding a token: its existingSecret or the chart's "<fullname>-tokens". */}}
+{{- define "gearfleet.tokenSecret" -}}
+{{- .token.existingSecret | default (printf "%s-tokens" (include "gearfleet.fullname" .root)) -}}
+{{- end -}}

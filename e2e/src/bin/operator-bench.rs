@@ -4,7 +4,10 @@
 //!    the last JOB_CREATED to the moment its Deployment's `spec.replicas` changes (seen through a
 //!    `kubectl get --watch`), repeated `--rounds` times on fresh functions;
 //! 2. memory: the operator's RSS with no pools, then with `--pools` WorkerPools (one function each,
-//!    zero replicas) once every pool has a status.
+//!    zero replicas) once every pool has a status;
+//! 3. Jobs: `--jobs` Job resources for an `echo` pool of 2 example workers, created 16 at a time,
+//!    from the first create to the last Succeeded; beside it, the apiserver's raw rate for the same
+//!    objects without the operator (create, then one status write each, 16 at a time) — the limit.
 //!
 //!   eval "$(e2e/cluster/up)"; cargo build --release -p gearfleet-operator
 //!   GEARFLEET_OPERATOR_BIN=$CARGO_TARGET_DIR/release/gearfleet-operator \
@@ -16,9 +19,13 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use gearfleet_crd::Job;
+use gearfleet_crd::job::JobSpec;
 use gearfleet_e2e::gearman::submit_background;
 use gearfleet_e2e::local_operator::{Operator, deploy_broker};
-use gearfleet_e2e::{BUSYBOX_IMAGE, Cluster, Namespace, repo_root};
+use gearfleet_e2e::{BUSYBOX_IMAGE, Cluster, EXAMPLE_WORKERS_IMAGE, Namespace, repo_root};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -80,6 +87,58 @@ fn scale_up_latency(ns: &Namespace<'_>, broker: &str, round: usize) -> f64 {
     changed.saturating_duration_since(sent).as_secs_f64()
 }
 
+const JOB_CONCURRENCY: usize = 16;
+
+fn job(name: String) -> Job {
+    Job::new(&name, JobSpec::new("echo").with_payload(name.clone()))
+}
+
+/// Create+status-write pairs per second the apiserver sustains for Jobs, without the operator.
+async fn raw_job_rate(client: kube::Client, ns: &str, n: usize) -> f64 {
+    let api: Api<Job> = Api::namespaced(client, ns);
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let name = format!("raw-{i}");
+                api.create(&PostParams::default(), &job(name.clone())).await.expect("create");
+                let status = serde_json::json!({"apiVersion": "gearfleet.dev/v1alpha1", "kind": "Job",
+                    "status": {"phase": "Succeeded", "result": name}});
+                api.patch_status(&name, &PatchParams::apply("bench").force(), &Patch::Apply(&status))
+                    .await
+                    .expect("status");
+            }
+        })
+        .buffer_unordered(JOB_CONCURRENCY)
+        .collect::<Vec<()>>()
+        .await;
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Jobs per second through the operator, broker and workers: first create to last Succeeded.
+async fn operator_job_rate(client: kube::Client, ns: &str, n: usize) -> f64 {
+    let api: Api<Job> = Api::namespaced(client, ns);
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            async move { api.create(&PostParams::default(), &job(format!("bench-{i}"))).await.expect("create") }
+        })
+        .buffer_unordered(JOB_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+    loop {
+        let list = api.list(&ListParams::default()).await.expect("list");
+        let done = list.items.iter().filter(|j| j.status.as_ref().is_some_and(|s| s.phase.is_finished())).count();
+        if done >= n {
+            return n as f64 / started.elapsed().as_secs_f64();
+        }
+        assert!(started.elapsed() < Duration::from_secs(600), "{done}/{n} Jobs finished after 10 minutes");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn main() {
     let rounds = arg("--rounds", 5);
     let pools = arg("--pools", 1000);
@@ -108,19 +167,51 @@ fn main() {
     std::thread::sleep(Duration::from_secs(5));
     let loaded_rss = rss_kib(operator.pid());
 
+    // Jobs.
+    let jobs = arg("--jobs", 500);
+    let (raw_rate, job_rate) = {
+        let jobs_ns = cluster.namespace("gf-bench-jobs");
+        let raw_ns = cluster.namespace("gf-bench-raw");
+        let jobs_broker = deploy_broker(&jobs_ns);
+        let jobs_operator = Operator::start(&jobs_ns, &jobs_broker);
+        jobs_ns.apply(&format!(
+            "apiVersion: gearfleet.dev/v1alpha1\nkind: WorkerPool\nmetadata:\n  name: bench\nspec:\n  template:\n    spec:\n      \
+             containers:\n        - name: worker\n          image: {EXAMPLE_WORKERS_IMAGE}\n          imagePullPolicy: Never\n  \
+             functions:\n    - {{name: echo, minReplicas: 2, maxReplicas: 2}}\n"
+        ));
+        jobs_ns.wait_for_rollout("bench-echo", Duration::from_secs(120));
+        let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+        let rates = runtime.block_on(async {
+            let client = kube::Client::try_default().await.expect("kube client");
+            let raw = raw_job_rate(client.clone(), raw_ns.name(), jobs).await;
+            let through = operator_job_rate(client, jobs_ns.name(), jobs).await;
+            (raw, through)
+        });
+        // Delete the Jobs while the operator runs (their finalizers need it).
+        jobs_ns.kubectl(&["delete", "gj", "--all", "--wait=true", "--timeout=300s"], None);
+        drop(jobs_operator);
+        rates
+    };
+    eprintln!("jobs: raw {raw_rate:.0}/s, through the operator {job_rate:.0}/s");
+
     let median = latencies[latencies.len() / 2];
     let table = format!(
         "| measure | value |\n|---|---|\n\
          | scale-up latency, 100-job burst → Deployment replicas changed (median of {rounds}) | {:.0} ms (min {:.0}, max {:.0}) |\n\
          | operator RSS, no pools | {:.1} MiB |\n\
          | operator RSS, {pools} WorkerPools reconciled | {:.1} MiB |\n\
-         | time to reconcile {pools} new WorkerPools (Deployments created, status written) | {:.0} s |\n",
+         | time to reconcile {pools} new WorkerPools (Deployments created, status written) | {:.0} s |\n\
+         | {jobs} Jobs (echo, 2 workers) created → all Succeeded, through operator, broker and workers | {:.0} Jobs/s |\n\
+         | the apiserver's raw rate for the same Jobs without the operator (create + one status write) | {:.0} Jobs/s ({:.0}%) |\n",
         median * 1000.0,
         latencies[0] * 1000.0,
         latencies[latencies.len() - 1] * 1000.0,
         idle_rss as f64 / 1024.0,
         loaded_rss as f64 / 1024.0,
-        reconciled_in
+        reconciled_in,
+        job_rate,
+        raw_rate,
+        job_rate / raw_rate * 100.0
     );
     println!("{table}");
     if std::env::args().any(|a| a == "--write") {
