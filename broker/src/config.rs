@@ -93,6 +93,19 @@ pub struct Config {
     #[arg(long, env = "GEARFLEET_RETAINED_OUTCOME_TTL", default_value = "15m", value_parser = humantime::parse_duration)]
     pub retained_outcome_ttl: std::time::Duration,
 
+    /// Also serve the Gearman protocol over TLS on this address (for clients that support it,
+    /// e.g. libgearman's and python-gear's SSL options); needs --tls-cert and --tls-key.
+    #[arg(long, env = "GEARFLEET_TLS_LISTEN", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_listen: Option<SocketAddr>,
+
+    /// PEM certificate chain for --tls-listen.
+    #[arg(long, env = "GEARFLEET_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key for --tls-listen.
+    #[arg(long, env = "GEARFLEET_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
+
     /// Admin token: when set, admin commands that change state (cancel job, maxqueue, fleet drain,
     /// retries, dead letters, shutdown, …) need `auth TOKEN` first on the connection; read-only
     /// ones stay open. Mount it from a Kubernetes Secret.

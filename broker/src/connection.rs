@@ -7,9 +7,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use gearfleet_proto::{Codec, Frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::admin::{self, AdminAction, AdminAuth};
 use crate::broker::Broker;
@@ -18,17 +17,34 @@ use crate::queue::Effects;
 
 const READ_CHUNK: usize = 16 * 1024;
 
+/// Serves a plain TCP connection.
 pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
-    let id = broker.next_conn_id();
-    let outbox = Arc::new(Outbox::new());
     let fd = i64::from(stream.as_raw_fd());
     let _ = stream.set_nodelay(true);
+    let (reader, writer) = stream.into_split();
+    run(broker, reader, writer, peer, fd).await;
+}
+
+/// Serves a TLS connection (after its handshake).
+pub async fn serve_tls(broker: Arc<Broker>, stream: tokio_rustls::server::TlsStream<TcpStream>, peer: SocketAddr) {
+    let fd = i64::from(stream.get_ref().0.as_raw_fd());
+    let _ = stream.get_ref().0.set_nodelay(true);
+    let (reader, writer) = tokio::io::split(stream);
+    run(broker, reader, writer, peer, fd).await;
+}
+
+async fn run<R, W>(broker: Arc<Broker>, mut reader: R, writer: W, peer: SocketAddr, fd: i64)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let id = broker.next_conn_id();
+    let outbox = Arc::new(Outbox::new());
     broker.with_state(|s| s.add_conn(id, outbox.clone(), peer.to_string(), fd));
     broker.metrics.connections.inc();
     broker.metrics.connections_total.inc();
     tracing::debug!(conn = id, %peer, "connection opened");
 
-    let (mut reader, writer) = stream.into_split();
     let writer_task = tokio::spawn(write_loop(writer, outbox.clone()));
     let mut watching = false;
     let reason = read_loop(&broker, id, &mut reader, &outbox, &mut watching).await;
@@ -48,7 +64,7 @@ pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
 async fn read_loop(
     broker: &Arc<Broker>,
     id: u64,
-    reader: &mut tokio::net::tcp::OwnedReadHalf,
+    reader: &mut (impl AsyncRead + Unpin),
     outbox: &Outbox,
     watching: &mut bool,
 ) -> &'static str {
@@ -168,7 +184,7 @@ async fn read_loop(
     }
 }
 
-async fn write_loop(mut writer: OwnedWriteHalf, outbox: Arc<Outbox>) {
+async fn write_loop(mut writer: impl AsyncWrite + Unpin, outbox: Arc<Outbox>) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     loop {
         outbox.wait_ready().await;

@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
 use crate::broker::Broker;
 use crate::config::Config;
@@ -26,6 +27,8 @@ pub struct Running {
     pub broker: Arc<Broker>,
     pub gearman_addr: SocketAddr,
     pub http_addr: Option<SocketAddr>,
+    /// The TLS Gearman listener, with --tls-listen.
+    pub tls_addr: Option<SocketAddr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -59,14 +62,49 @@ pub async fn start(mut config: Config) -> std::io::Result<Running> {
         None => None,
     };
     broker.spawn_background();
-    tasks.push(tokio::spawn(accept_loop(broker.clone(), listener)));
+    let permits = Arc::new(Semaphore::new(broker.config.max_connections));
+    let mut tls_addr = None;
+    if let Some(addr) = broker.config.tls_listen {
+        let acceptor = tls_acceptor(&broker.config)?;
+        let tls = TcpListener::bind(addr).await?;
+        tls_addr = Some(tls.local_addr()?);
+        tasks.push(tokio::spawn(accept_loop(broker.clone(), tls, Some(acceptor), permits.clone())));
+    }
+    tasks.push(tokio::spawn(accept_loop(broker.clone(), listener, None, permits)));
     ready.store(true, Ordering::Release);
-    tracing::info!(%gearman_addr, http = ?http_addr, "gearfleet-broker listening");
-    Ok(Running { broker, gearman_addr, http_addr, tasks })
+    tracing::info!(%gearman_addr, http = ?http_addr, tls = ?tls_addr, "gearfleet-broker listening");
+    Ok(Running { broker, gearman_addr, http_addr, tls_addr, tasks })
 }
 
-async fn accept_loop(broker: Arc<Broker>, listener: TcpListener) {
-    let permits = Arc::new(Semaphore::new(broker.config.max_connections));
+/// The TLS acceptor for --tls-listen, from the PEM files of --tls-cert and --tls-key.
+fn tls_acceptor(config: &crate::Config) -> std::io::Result<TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &str, e: &dyn std::fmt::Display| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{what}: {e}"))
+    };
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Err(bad("--tls-listen", &"needs --tls-cert and --tls-key"));
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad(&format!("--tls-cert {}", cert.display()), &e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(&format!("--tls-cert {}", cert.display()), &e))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(&format!("--tls-key {}", key.display()), &e))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let server = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("tls", &e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad("--tls-cert/--tls-key", &e))?;
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
+/// How long a TLS handshake may take.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn accept_loop(broker: Arc<Broker>, listener: TcpListener, tls: Option<TlsAcceptor>, permits: Arc<Semaphore>) {
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -95,8 +133,16 @@ async fn accept_loop(broker: Arc<Broker>, listener: TcpListener) {
             continue;
         };
         let broker = broker.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            connection::serve(broker, stream, peer).await;
+            match tls {
+                None => connection::serve(broker, stream, peer).await,
+                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => connection::serve_tls(broker, stream, peer).await,
+                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                },
+            }
             drop(permit);
         });
     }

@@ -63,3 +63,83 @@ async fn admin_token_guards_state_changes_and_metrics_token_guards_metrics() {
     b.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--tls-listen`: a client speaks Gearman over TLS to the same queues plain workers serve.
+#[tokio::test]
+async fn tls_listener_serves_gearman_over_tls() {
+    use gearfleet_proto::{Codec, Frame, Packet, PacketType as T};
+    use rustls_pki_types::pem::PemObject;
+    use tokio_rustls::rustls;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=gearfleet-broker", "-addext", "subjectAltName=DNS:gearfleet-broker,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(made.status.success(), "openssl: {}", String::from_utf8_lossy(&made.stderr));
+
+    let mut config = gearfleet_broker::Config::for_tests();
+    config.tls_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.tls_cert = Some(cert.clone());
+    config.tls_key = Some(key);
+    let b = gearfleet_broker::start(config).await.expect("broker starts with TLS");
+    let tls_addr = b.tls_addr.expect("TLS listener");
+
+    // A plain worker.
+    let mut worker = Peer::worker(b.gearman_addr, &["secure"]).await;
+
+    // A TLS client that trusts the self-signed certificate.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pki_types::CertificateDer::from_pem_file(&cert).unwrap()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let client_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client_config));
+    let tcp = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("gearfleet-broker").unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    tls.write_all(&Packet::req(T::SubmitJob, &[b"secure", b"", b"over tls"]).to_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+
+    let codec = Codec::client();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = Vec::new();
+    while seen.is_empty() {
+        tokio::time::timeout(common::WAIT, tls.read_buf(&mut buf)).await.expect("JOB_CREATED in time").unwrap();
+        while let Some(Frame::Packet(p)) = codec.decode_frame(&mut buf).unwrap() {
+            seen.push(p.ptype);
+        }
+    }
+    let job = worker.grab().await.expect("the job reaches the plain worker");
+    assert_eq!(job.arg(job.len() - 1), b"over tls");
+    worker.send(T::WorkComplete, &[job.arg(0), b"done"]).await;
+
+    while !seen.contains(&T::WorkComplete) {
+        tokio::time::timeout(common::WAIT, tls.read_buf(&mut buf)).await.expect("reply in time").unwrap();
+        while let Some(Frame::Packet(p)) = codec.decode_frame(&mut buf).unwrap() {
+            if p.ptype == T::WorkComplete {
+                assert_eq!(p.arg(1), b"done");
+            }
+            seen.push(p.ptype);
+        }
+    }
+    assert_eq!(seen.first(), Some(&T::JobCreated));
+
+    // A plain-text client on the TLS port gets no Gearman service.
+    let mut plain = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+    plain.write_all(&Packet::req(T::EchoReq, &[b"x"]).to_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), plain.read_to_end(&mut reply)).await;
+    assert!(!reply.starts_with(b"\0RES"), "the TLS port answered plain Gearman");
+    b.stop().await;
+}
