@@ -194,7 +194,6 @@ fn main() {
     std::thread::sleep(Duration::from_secs(5));
     let loaded_rss = rss_kib(operator.pid());
 
-
     let median = latencies[latencies.len() / 2];
     let table = format!(
         "| measure | value |\n|---|---|\n\
