@@ -113,6 +113,8 @@ fn max_age_replaces_pods_in_turn_and_a_busy_pod_finishes_its_job() {
             None,
         );
         assert!(events.lines().count() >= 3, "Recycle events: {events}");
+        let last = ns.kubectl_ok(&["get", "workerpool", "aging", "-o", "jsonpath={.status.lastRecycleTime}"], None);
+        assert!(!last.trim().is_empty(), "status.lastRecycleTime is not set");
     });
 }
 

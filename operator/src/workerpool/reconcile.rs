@@ -87,6 +87,9 @@ struct FunctionState {
     retries_sent: Option<(String, Duration)>,
     /// Pods drained for recycling, and when (since the epoch).
     recycle_drained: HashMap<String, Duration>,
+    /// When a pod of the function was last evicted for recycling (kept here too: the pool read
+    /// from the cache may not show the status written a moment ago).
+    last_recycled: Option<Time>,
 }
 
 /// A retry policy is sent again this often, so a restarted broker gets it back.
@@ -245,7 +248,8 @@ fn next_due(pods: &[&Pod], policy: &RecyclePolicy) -> Option<Duration> {
     pods.iter().map(|p| max_age.saturating_sub(pod_age(p).0)).min()
 }
 
-/// Runs one step of the recycling plan of a function. Returns whether recycling is in progress.
+/// Runs one step of the recycling plan of a function. Returns whether recycling is in progress and
+/// whether a pod was evicted now.
 #[allow(clippy::too_many_arguments)]
 async fn recycle(
     ctx: &Context,
@@ -257,8 +261,8 @@ async fn recycle(
     policy: &RecyclePolicy,
     state: &mut FunctionState,
     now: Duration,
-) -> bool {
-    let Some(workers) = workers else { return false };
+) -> (bool, bool) {
+    let Some(workers) = workers else { return (false, false) };
     let views: Vec<RecyclePod> = function_pods
         .iter()
         .map(|p| {
@@ -280,6 +284,7 @@ async fn recycle(
     // Forget drains of pods that are gone.
     state.recycle_drained.retain(|name, _| views.iter().any(|v| &v.name == name));
     let plan = recycle_plan(&views, policy);
+    let mut evicted = false;
     for action in &plan {
         match action {
             RecycleAction::Drain { pod, reason } => {
@@ -292,6 +297,7 @@ async fn recycle(
             }
             RecycleAction::Evict { pod, reason } => match pods.evict(pod, &EvictParams::default()).await {
                 Ok(_) => {
+                    evicted = true;
                     tracing::info!(pool = %pool.name_any(), function = %f.name, pod = %pod, reason = reason.as_str(), "recycle: evicted");
                     let note = format!("{}: replacing pod {pod} ({})", f.name, reason.as_str());
                     ctx.publish(pool, EventType::Normal, "Recycle", "Recycle", note, false).await;
@@ -306,7 +312,7 @@ async fn recycle(
     }
     let replacing = views.iter().any(|v| v.terminating || !v.ready);
     let more_due = views.iter().any(|v| due(v, policy).is_some());
-    !plan.is_empty() || !state.recycle_drained.is_empty() || (replacing && more_due)
+    (!plan.is_empty() || !state.recycle_drained.is_empty() || (replacing && more_due), evicted)
 }
 
 fn is_pod_ready(pod: &Pod) -> bool {
@@ -433,6 +439,7 @@ async fn reconcile_pool(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Acti
     let mut requeue = pool.spec.scaling.poll_interval();
     let mut functions = Vec::new();
     let mut scaling = Vec::new();
+    let mut latest_recycle: Option<Time> = None;
     let mut degraded: Vec<String> = Vec::new();
     let mut degraded_reason: Option<&'static str> = None;
     for ((f, decision), (key, mut state, fstats)) in pool.spec.functions.iter().zip(&decisions).zip(states) {
@@ -490,14 +497,22 @@ async fn reconcile_pool(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Acti
                 .iter()
                 .filter(|p| p.labels().get(LABEL_FUNCTION).map(String::as_str) == Some(f.name.as_str()))
                 .collect();
-            let busy =
+            let (busy, evicted) =
                 recycle(&ctx, &pods, &pool, f, &function_pods, workers.as_deref(), policy, &mut state, now).await;
+            if evicted {
+                state.last_recycled = Some(now_time());
+            }
             if busy {
                 requeue = requeue.min(Duration::from_secs(2));
                 scaling.push(format!("{}: recycling pods", f.name));
             } else if let Some(next) = next_due(&function_pods, policy) {
                 requeue = requeue.min(next.max(Duration::from_secs(1)));
             }
+        }
+        if let Some(t) = &state.last_recycled
+            && latest_recycle.as_ref().is_none_or(|l: &Time| l.0 < t.0)
+        {
+            latest_recycle = Some(t.clone());
         }
         ctx.store(key, state);
 
@@ -596,6 +611,11 @@ async fn reconcile_pool(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Acti
     }
     if draining {
         requeue = requeue.min(Duration::from_secs(2));
+    }
+    if let Some(t) = latest_recycle
+        && status.last_recycle_time.as_ref().is_none_or(|old| old.0 < t.0)
+    {
+        status.last_recycle_time = Some(t);
     }
     status.phase = Some(phase);
     status.observed_generation = generation;
