@@ -17,6 +17,8 @@ fn color(kind: ServerKind) -> RGBColor {
         ServerKind::Gearmand => RGBColor(140, 140, 140),
         ServerKind::GearmandTuned => RGBColor(70, 120, 180),
         ServerKind::Gearfleet => RGBColor(230, 120, 30),
+        ServerKind::GearfleetFsync => RGBColor(150, 60, 20),
+        ServerKind::GearfleetAsync => RGBColor(240, 170, 90),
     }
 }
 

@@ -23,8 +23,12 @@ pub enum ServerKind {
     Gearmand,
     /// gearmand with `--hashtable-buckets` sized for deep queues.
     GearmandTuned,
-    /// gearfleet-broker.
+    /// gearfleet-broker, in memory.
     Gearfleet,
+    /// gearfleet-broker with `--durability fsync` (background jobs acknowledged once on disk).
+    GearfleetFsync,
+    /// gearfleet-broker with `--durability async` (journal flushed every 100 ms).
+    GearfleetAsync,
 }
 
 impl ServerKind {
@@ -35,6 +39,8 @@ impl ServerKind {
             ServerKind::Gearmand => "gearmand",
             ServerKind::GearmandTuned => "gearmand-tuned",
             ServerKind::Gearfleet => "gearfleet",
+            ServerKind::GearfleetFsync => "gearfleet-fsync",
+            ServerKind::GearfleetAsync => "gearfleet-async",
         }
     }
 
@@ -80,6 +86,8 @@ impl ServerOptions {
         match kind {
             ServerKind::Gearmand | ServerKind::GearmandTuned => is_executable(&self.gearmand_bin),
             ServerKind::Gearfleet => self.gearfleet_in_process || is_executable(&self.broker_bin),
+            // The durable modes need the binary (a data directory per run).
+            ServerKind::GearfleetFsync | ServerKind::GearfleetAsync => is_executable(&self.broker_bin),
         }
     }
 
@@ -95,6 +103,10 @@ impl ServerOptions {
                 self.gearmand_threads,
                 self.hashtable_buckets
             ),
+            ServerKind::GearfleetFsync | ServerKind::GearfleetAsync => {
+                let mode = if self_kind_is_fsync(kind) { "fsync" } else { "async" };
+                format!("gearfleet-broker release binary, `--durability {mode}` (journal on this machine's disk)")
+            }
             ServerKind::Gearfleet => {
                 let threads = if self.gearfleet_threads == 0 {
                     "default threads (one per core)".to_string()
@@ -181,8 +193,12 @@ impl Server {
                 }
                 c
             }
-            ServerKind::Gearfleet => {
+            ServerKind::Gearfleet | ServerKind::GearfleetFsync | ServerKind::GearfleetAsync => {
                 let mut c = Command::new(&opts.broker_bin);
+                if kind != ServerKind::Gearfleet {
+                    let mode = if self_kind_is_fsync(kind) { "fsync" } else { "async" };
+                    c.arg("--durability").arg(mode).arg("--data-dir").arg(dir.join("data"));
+                }
                 c.arg("--listen")
                     .arg(addr.to_string())
                     .arg("--http-listen")
@@ -334,4 +350,8 @@ impl Drop for Server {
 fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
     Ok(l.local_addr()?.port())
+}
+
+fn self_kind_is_fsync(kind: ServerKind) -> bool {
+    kind == ServerKind::GearfleetFsync
 }
