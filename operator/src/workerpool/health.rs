@@ -30,10 +30,30 @@ impl Trouble {
 /// Restarts after which repeated OOM kills count as trouble.
 const OOM_RESTARTS: i32 = 2;
 
-/// The trouble of one pod, with the container's message, if any.
-pub fn pod_trouble(pod: &Pod) -> Option<(Trouble, String)> {
+/// A container restarted after a failure in the last few minutes counts as crash-looping even in
+/// the moments between its back-offs (when it is briefly running or just terminated).
+const CRASH_RESTARTS: i32 = 1;
+/// How recent that last failure must be.
+const CRASH_RECENT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The trouble of one pod at `now`, with the container's message, if any.
+pub fn pod_trouble(pod: &Pod, now: jiff::Timestamp) -> Option<(Trouble, String)> {
     let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
     for c in statuses {
+        let last_failure = c
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .filter(|t| t.exit_code != 0)
+            .and_then(|t| t.finished_at.as_ref())
+            .map(|t| now.duration_since(t.0).unsigned_abs());
+        if c.restart_count >= CRASH_RESTARTS && last_failure.is_some_and(|ago| ago < CRASH_RECENT) {
+            let message = format!("container {} failed {} times, the last time recently", c.name, c.restart_count);
+            let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.as_deref());
+            if waiting != Some("CrashLoopBackOff") {
+                return Some((Trouble::CrashLoopBackOff, message));
+            }
+        }
         let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref());
         let waiting_reason = waiting.and_then(|w| w.reason.as_deref()).unwrap_or_default();
         let message = waiting.and_then(|w| w.message.clone()).unwrap_or_default();
@@ -63,10 +83,10 @@ pub struct FunctionHealth {
 }
 
 /// Sums up the pods of a function.
-pub fn function_health<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> FunctionHealth {
+pub fn function_health<'a>(pods: impl IntoIterator<Item = &'a Pod>, now: jiff::Timestamp) -> FunctionHealth {
     let mut health = FunctionHealth::default();
     for pod in pods {
-        if let Some((trouble, message)) = pod_trouble(pod) {
+        if let Some((trouble, message)) = pod_trouble(pod, now) {
             health.troubled += 1;
             if health.first.is_none() {
                 let name = pod.metadata.name.clone().unwrap_or_default();
@@ -97,7 +117,7 @@ mod tests {
     use k8s_openapi::api::core::v1::{
         ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, PodStatus,
     };
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
     use super::*;
 
@@ -132,24 +152,54 @@ mod tests {
         }
     }
 
+    fn now() -> jiff::Timestamp {
+        jiff::Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    /// Between two back-offs a crash-looping container is briefly running: still trouble.
+    #[test]
+    fn a_crash_looping_container_between_back_offs_is_still_trouble() {
+        let failed = |restarts: i32, exit: i32, ago: i64| ContainerStatus {
+            name: "worker".into(),
+            restart_count: restarts,
+            state: Some(ContainerState { running: Some(Default::default()), ..Default::default() }),
+            last_state: Some(ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code: exit,
+                    finished_at: Some(Time(now().checked_sub(jiff::SignedDuration::from_secs(ago)).unwrap())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(pod_trouble(&pod("a", failed(3, 1, 10)), now()).map(|t| t.0), Some(Trouble::CrashLoopBackOff));
+        assert_eq!(pod_trouble(&pod("a", failed(0, 1, 10)), now()), None, "never restarted");
+        assert_eq!(pod_trouble(&pod("a", failed(5, 0, 10)), now()), None, "clean exits are not crashes");
+        assert_eq!(pod_trouble(&pod("a", failed(5, 1, 600)), now()), None, "recovered ten minutes ago");
+    }
+
     #[test]
     fn recognises_crash_loops_ooms_and_pull_failures() {
-        assert_eq!(pod_trouble(&pod("a", waiting("CrashLoopBackOff"))).map(|t| t.0), Some(Trouble::CrashLoopBackOff));
-        assert_eq!(pod_trouble(&pod("a", waiting("ErrImageNeverPull"))).map(|t| t.0), Some(Trouble::ImagePull));
-        assert_eq!(pod_trouble(&pod("a", waiting("ContainerCreating"))), None);
-        assert_eq!(pod_trouble(&pod("a", oom(1))), None, "one OOM kill is not yet a pattern");
-        assert_eq!(pod_trouble(&pod("a", oom(2))).map(|t| t.0), Some(Trouble::OomKilled));
-        assert_eq!(pod_trouble(&Pod::default()), None);
+        assert_eq!(
+            pod_trouble(&pod("a", waiting("CrashLoopBackOff")), now()).map(|t| t.0),
+            Some(Trouble::CrashLoopBackOff)
+        );
+        assert_eq!(pod_trouble(&pod("a", waiting("ErrImageNeverPull")), now()).map(|t| t.0), Some(Trouble::ImagePull));
+        assert_eq!(pod_trouble(&pod("a", waiting("ContainerCreating")), now()), None);
+        assert_eq!(pod_trouble(&pod("a", oom(1)), now()), None, "one OOM kill is not yet a pattern");
+        assert_eq!(pod_trouble(&pod("a", oom(2)), now()).map(|t| t.0), Some(Trouble::OomKilled));
+        assert_eq!(pod_trouble(&Pod::default(), now()), None);
     }
 
     #[test]
     fn sums_up_a_function() {
         let pods =
             [pod("ok", waiting("ContainerCreating")), pod("bad-1", waiting("CrashLoopBackOff")), pod("bad-2", oom(5))];
-        let h = function_health(&pods);
+        let h = function_health(&pods, now());
         assert_eq!(h.troubled, 2);
         assert_eq!(h.first, Some((Trouble::CrashLoopBackOff, "bad-1: boom".into())));
-        assert_eq!(function_health(&[]), FunctionHealth::default());
+        assert_eq!(function_health(&[], now()), FunctionHealth::default());
     }
 
     #[test]

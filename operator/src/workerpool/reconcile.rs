@@ -385,6 +385,7 @@ async fn reconcile_pool(pool: Arc<WorkerPool>, ctx: Arc<Context>) -> Result<Acti
     let health_of = |function: &str| {
         health::function_health(
             pool_pods.items.iter().filter(|p| p.labels().get(LABEL_FUNCTION).map(String::as_str) == Some(function)),
+            Timestamp::now(),
         )
     };
     let by_name: HashMap<String, &Deployment> = existing.items.iter().map(|d| (d.name_any(), d)).collect();
