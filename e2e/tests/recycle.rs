@@ -62,14 +62,7 @@ fn with_operator(cluster: &Cluster, prefix: &str, test: impl FnOnce(&Namespace<'
     let ns = cluster.namespace(prefix);
     let broker = deploy_broker(&ns);
     let operator = Operator::start(&ns, &broker);
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(&ns, &broker)));
-    if result.is_err() {
-        operator.dump_log();
-    }
-    drop(operator);
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+    operator.run(|| test(&ns, &broker));
 }
 
 #[test]

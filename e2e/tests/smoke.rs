@@ -4,46 +4,14 @@
 
 use std::time::Duration;
 
-use gearfleet_e2e::{BROKER_IMAGE, BUSYBOX_IMAGE, Cluster, EXAMPLE_WORKERS_IMAGE};
+use gearfleet_e2e::local_operator::broker_manifests;
+use gearfleet_e2e::{BUSYBOX_IMAGE, Cluster, EXAMPLE_WORKERS_IMAGE};
 
 /// The broker Deployment and Service, and a busybox pod `client` to probe them from.
 fn manifests() -> String {
+    let broker = broker_manifests();
     format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: gearfleet-broker
-  labels: {{app: gearfleet-broker}}
-spec:
-  replicas: 1
-  selector:
-    matchLabels: {{app: gearfleet-broker}}
-  template:
-    metadata:
-      labels: {{app: gearfleet-broker}}
-    spec:
-      terminationGracePeriodSeconds: 5
-      containers:
-        - name: broker
-          image: {BROKER_IMAGE}
-          imagePullPolicy: Never
-          ports:
-            - {{name: gearman, containerPort: 4730}}
-            - {{name: http, containerPort: 9730}}
-          readinessProbe:
-            httpGet: {{path: /readyz, port: http}}
-            periodSeconds: 1
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: gearfleet-broker
-spec:
-  selector: {{app: gearfleet-broker}}
-  ports:
-    - {{name: gearman, port: 4730, targetPort: gearman}}
-    - {{name: http, port: 9730, targetPort: http}}
+        r#"{broker}
 ---
 apiVersion: v1
 kind: Pod

@@ -58,10 +58,9 @@ fn workerpool_scales_from_zero_under_backlog_and_back_to_zero() {
     let ns = cluster.namespace("gf-wp");
     let broker = deploy_broker(&ns);
     let operator = Operator::start(&ns, &broker);
-    let dump_log = || operator.dump_log();
 
     ns.apply(&worker_pool());
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    operator.run(|| {
         let initial = cluster.eventually(Duration::from_secs(30), "Deployment wp-sleep", || replicas(&ns));
         assert_eq!(initial, 0, "an idle function with minReplicas 0 starts at zero");
 
@@ -118,14 +117,7 @@ fn workerpool_scales_from_zero_under_backlog_and_back_to_zero() {
             lines.iter().any(|l| l.starts_with("ScaleToZero|sleep: ") && l.contains(" -> 0 replicas")),
             "no ScaleToZero event: {lines:?}"
         );
-    }));
-    if result.is_err() {
-        dump_log();
-    }
-    drop(operator);
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+    });
 }
 
 /// A worker image that exits at once: the pool turns Degraded (reason CrashLoopBackOff) within a
@@ -158,7 +150,7 @@ spec:
   scaling: {{pollInterval: 2s}}
 "#
     ));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    operator.run(|| {
         let condition = r#"jsonpath={.status.conditions[?(@.type=="Degraded")].status} {.status.conditions[?(@.type=="Degraded")].reason}"#;
         cluster.eventually(Duration::from_secs(120), "the pool to be Degraded (CrashLoopBackOff)", || {
             let out = ns.kubectl_ok(&["get", "workerpool", "crashy", "-o", condition], None);
@@ -177,14 +169,7 @@ spec:
         std::thread::sleep(Duration::from_secs(6));
         let replicas = ns.kubectl_ok(&["get", "deployment", "crashy-boom", "-o", "jsonpath={.spec.replicas}"], None);
         assert_eq!(replicas.trim(), "1", "scaled up a crash-looping function");
-    }));
-    if result.is_err() {
-        operator.dump_log();
-    }
-    drop(operator);
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+    });
 }
 
 /// Scale-in while a worker is busy: three workers, one running a 25 s job and two idle after their
@@ -220,7 +205,7 @@ spec:
     scaleDown: {{stabilizationWindow: 1s}}
 "#
     ));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    operator.run(|| {
         let long = {
             let broker = broker.clone();
             std::thread::spawn(move || call(&broker, "sleep", b"25000", Duration::from_secs(180)))
@@ -259,14 +244,7 @@ spec:
             (names == [busy_pod.as_str()]).then_some(())
         });
         assert_eq!(long.join().expect("thread").expect("the long job completes"), b"slept 25000ms");
-    }));
-    if result.is_err() {
-        operator.dump_log();
-    }
-    drop(operator);
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+    });
 }
 
 fn replicas_of(ns: &Namespace<'_>, deployment: &str) -> Option<i32> {
