@@ -19,6 +19,7 @@ fn color(kind: ServerKind) -> RGBColor {
         ServerKind::Gearfleet => RGBColor(230, 120, 30),
         ServerKind::GearfleetFsync => RGBColor(150, 60, 20),
         ServerKind::GearfleetAsync => RGBColor(240, 170, 90),
+        ServerKind::Floor => RGBColor(60, 60, 60),
     }
 }
 

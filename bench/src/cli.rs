@@ -36,6 +36,12 @@ pub struct Cli {
 pub enum Command {
     /// One workload with custom sizes against one server (started here, or already running).
     Run(RunArgs),
+    /// Serves the floor server (started by the comparison for `--servers floor`).
+    #[command(hide = true)]
+    FloorServer {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
 }
 
 /// How to find and start the servers.
@@ -58,7 +64,7 @@ pub struct ServerArgs {
     /// is then this process's).
     #[arg(long)]
     pub gearfleet_in_process: bool,
-    /// gearfleet-broker `--threads` (0: its default, one per core).
+    /// gearfleet-broker `--threads` (0: its default, one fewer than the cores, at least one).
     #[arg(long, default_value_t = 0)]
     pub gearfleet_threads: usize,
 }
@@ -172,6 +178,7 @@ pub fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Run(args)) => run_one(&args),
+        Some(Command::FloorServer { listen }) => Ok(crate::floor::serve(listen)?),
         None => compare(&cli.compare).map(|_| ()),
     }
 }

@@ -299,6 +299,35 @@ fn mark(ok: bool) -> &'static str {
     if ok { "holds" } else { "**fails**" }
 }
 
+/// The floor's CPU per job against the CPU goal: where a third of gearmand's cost is below what
+/// the kernel alone costs, no server can meet the goal on this machine.
+fn floor_lines(r: &Results) -> Option<String> {
+    let mut out = String::new();
+    for (wi, w) in r.workloads.iter().enumerate() {
+        let Some(floor) = r.cell(wi, ServerKind::Floor).and_then(Cell::server_us) else { continue };
+        let best_gearmand =
+            r.cells[wi].iter().filter(|c| c.server.is_gearmand()).filter_map(Cell::server_us).fold(f64::NAN, f64::min);
+        let ours = r.cell(wi, ServerKind::Gearfleet).and_then(Cell::server_us);
+        if !best_gearmand.is_finite() {
+            continue;
+        }
+        let goal = best_gearmand * targets::CPU;
+        let reachable = if floor <= goal { "reachable" } else { "**out of reach on this machine**" };
+        let _ = write!(
+            out,
+            "  - {}: the floor (a server that keeps nothing) spends {} µs/job, a third of gearmand's is {} µs/job: {reachable}",
+            w.label,
+            fmt_us(Some(floor)),
+            fmt_us(Some(goal)),
+        );
+        if let Some(ours) = ours {
+            let _ = write!(out, "; gearfleet spends {} µs/job ({:.2}× the floor)", fmt_us(Some(ours)), ours / floor);
+        }
+        out.push('\n');
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 /// Which goals hold, when gearfleet and gearmand were both measured.
 pub fn goals(r: &Results) -> Option<String> {
     let ratios: Vec<(usize, Ratios)> = (0..r.workloads.len()).filter_map(|w| r.ratios(w).map(|x| (w, x))).collect();
@@ -339,6 +368,9 @@ pub fn goals(r: &Results) -> Option<String> {
             mark(max_cpu <= targets::CPU + 1e-9),
             list(&|x| x.cpu)
         );
+    }
+    if let Some(floor) = floor_lines(r) {
+        out.push_str(&floor);
     }
     if let Some(c) = r.memory_workload().and_then(|w| r.cell(w, ServerKind::Gearfleet)) {
         let payload = r.memory_workload().map_or(0, |w| r.workloads[w].payload);

@@ -171,6 +171,9 @@ pub fn compare(
     for (wi, w) in workloads.iter().enumerate() {
         for rep in 0..repeat {
             for (si, &kind) in servers.iter().enumerate() {
+                if !kind.runs(w.shape) {
+                    continue;
+                }
                 let outcome = Server::start(kind, opts).and_then(|server| {
                     let r = rt.block_on(workload::run(w, &server));
                     let r = r.map_err(|e| {

@@ -1,0 +1,104 @@
+//! The floor: the cheapest server that can answer a background submission, to show what the
+//! kernel alone costs per job on this machine.
+//!
+//! It keeps nothing: every `SUBMIT_JOB*` gets a `JOB_CREATED` with a made-up handle and is
+//! forgotten. One thread per connection with blocking reads and writes (two system calls per
+//! job, no readiness polling). No real job server can spend less CPU per background submission
+//! than this, so its figure bounds every ratio measured on the same machine: a server that must
+//! beat gearmand's CPU per job by 3× cannot, where gearmand's cost divided by 3 is below this.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+
+use gearfleet_proto::{Codec, Frame, Packet, PacketType};
+
+/// Serves on `addr` until the process is killed.
+pub fn serve(addr: SocketAddr) -> io::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    for stream in listener.incoming() {
+        let stream = stream?;
+        std::thread::spawn(move || {
+            let _ = connection(stream);
+        });
+    }
+    Ok(())
+}
+
+fn connection(mut stream: TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let codec = Codec::server();
+    let mut buf = bytes::BytesMut::with_capacity(64 * 1024);
+    let mut out = bytes::BytesMut::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut next: u64 = 0;
+    loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            match codec.decode_frame(&mut buf) {
+                Ok(Some(Frame::Packet(p))) if is_submit(p.ptype) => {
+                    next += 1;
+                    let handle = format!("H:floor:{next}");
+                    Packet::res(PacketType::JobCreated, &[handle.as_bytes()]).encode(&mut out);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+            }
+        }
+        if !out.is_empty() {
+            stream.write_all(&out)?;
+            out.clear();
+        }
+    }
+}
+
+fn is_submit(kind: PacketType) -> bool {
+    matches!(
+        kind,
+        PacketType::SubmitJob
+            | PacketType::SubmitJobBg
+            | PacketType::SubmitJobHigh
+            | PacketType::SubmitJobHighBg
+            | PacketType::SubmitJobLow
+            | PacketType::SubmitJobLowBg
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_every_background_submission_in_order() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let _ = connection(s);
+        });
+        let mut c = TcpStream::connect(addr).unwrap();
+        let mut req = bytes::BytesMut::new();
+        for _ in 0..3 {
+            Packet::req(PacketType::SubmitJobBg, &[b"f", b"", b"data"]).encode(&mut req);
+        }
+        c.write_all(&req).unwrap();
+        let codec = Codec::client();
+        let mut buf = bytes::BytesMut::new();
+        let mut handles = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while handles.len() < 3 {
+            let n = c.read(&mut chunk).unwrap();
+            assert!(n > 0, "floor server closed early");
+            buf.extend_from_slice(&chunk[..n]);
+            while let Some(Frame::Packet(p)) = codec.decode_frame(&mut buf).unwrap() {
+                assert_eq!(p.ptype, PacketType::JobCreated);
+                handles.push(String::from_utf8(p.arg_bytes(0).to_vec()).unwrap());
+            }
+        }
+        assert_eq!(handles, ["H:floor:1", "H:floor:2", "H:floor:3"]);
+    }
+}
