@@ -29,6 +29,9 @@ pub enum ServerKind {
     GearfleetFsync,
     /// gearfleet-broker with `--durability async` (journal flushed every 100 ms).
     GearfleetAsync,
+    /// The floor ([`crate::floor`]): answers background submissions and keeps nothing, to show
+    /// what the kernel alone costs per job. Background-submit workloads only.
+    Floor,
 }
 
 impl ServerKind {
@@ -41,7 +44,13 @@ impl ServerKind {
             ServerKind::Gearfleet => "gearfleet",
             ServerKind::GearfleetFsync => "gearfleet-fsync",
             ServerKind::GearfleetAsync => "gearfleet-async",
+            ServerKind::Floor => "floor",
         }
+    }
+
+    /// Whether this server can run workloads of `shape` (the floor only answers submissions).
+    pub fn runs(self, shape: crate::workload::Shape) -> bool {
+        self != ServerKind::Floor || shape == crate::workload::Shape::Bg
     }
 
     pub fn is_gearmand(self) -> bool {
@@ -66,7 +75,7 @@ pub struct ServerOptions {
     /// Run gearfleet-broker inside this process (its own runtime and threads) instead of the
     /// binary: for smoke tests, where no release build exists. RSS then includes the generator.
     pub gearfleet_in_process: bool,
-    /// `--threads` of gearfleet-broker (0: its default, one per core).
+    /// `--threads` of gearfleet-broker (0: its default, one fewer than the cores, at least one).
     pub gearfleet_threads: usize,
 }
 
@@ -88,12 +97,17 @@ impl ServerOptions {
             ServerKind::Gearfleet => self.gearfleet_in_process || is_executable(&self.broker_bin),
             // The durable modes need the binary (a data directory per run).
             ServerKind::GearfleetFsync | ServerKind::GearfleetAsync => is_executable(&self.broker_bin),
+            ServerKind::Floor => true,
         }
     }
 
     /// One line describing the servers' versions and flags, for the report.
     pub fn describe(&self, kind: ServerKind) -> String {
         match kind {
+            ServerKind::Floor => "no job server: answers each background submission with JOB_CREATED and keeps \
+                                  nothing (one thread per connection, blocking read and write); the least CPU \
+                                  per submission any server can spend on this machine"
+                .to_string(),
             ServerKind::Gearmand => {
                 format!("{} `--threads={}`", gearmand_version(&self.gearmand_bin), self.gearmand_threads)
             }
@@ -109,7 +123,7 @@ impl ServerOptions {
             }
             ServerKind::Gearfleet => {
                 let threads = if self.gearfleet_threads == 0 {
-                    "default threads (one per core)".to_string()
+                    format!("default threads ({})", default_threads())
                 } else {
                     format!("`--threads={}`", self.gearfleet_threads)
                 };
@@ -209,6 +223,11 @@ impl Server {
                 if opts.gearfleet_threads > 0 {
                     c.arg("--threads").arg(opts.gearfleet_threads.to_string());
                 }
+                c
+            }
+            ServerKind::Floor => {
+                let mut c = Command::new(std::env::current_exe().context("finding gearfleet-bench itself")?);
+                c.arg("floor-server").arg("--listen").arg(addr.to_string());
                 c
             }
         };
@@ -354,4 +373,10 @@ fn free_port() -> Result<u16> {
 
 fn self_kind_is_fsync(kind: ServerKind) -> bool {
     kind == ServerKind::GearfleetFsync
+}
+
+/// What the broker's default `--threads` comes to here (its rule: one fewer than the cores, at
+/// least one).
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).saturating_sub(1).max(1)
 }

@@ -83,9 +83,12 @@ impl Broker {
     }
 
     /// Runs `f` with the state locked. Never hold it across an await.
+    /// Sockets the section wrote to are written once it has released the lock.
     pub fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
-        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut guard)
+        crate::outbox::deferring(|| {
+            let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut guard)
+        })
     }
 
     pub fn next_conn_id(&self) -> u64 {

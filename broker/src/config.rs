@@ -133,12 +133,25 @@ pub struct Config {
     #[arg(long, env = "GEARFLEET_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
 
-    /// Worker threads of the async runtime (0 = one per core).
+    /// Threads of the async runtime (0 = one fewer than the cores, at least one). One thread is a
+    /// plain event loop: the lowest latency and CPU per job (the job state is behind one lock
+    /// anyway); more threads add parallel socket I/O for many busy connections. See
+    /// docs/performance.md.
     #[arg(long, env = "GEARFLEET_THREADS", default_value_t = 0)]
     pub threads: usize,
 }
 
 impl Config {
+    /// The runtime's thread count: `--threads`, or one fewer than the cores (at least one), which
+    /// leaves a core for the kernel's network processing and everything else on the node.
+    pub fn runtime_threads(&self) -> usize {
+        if self.threads > 0 {
+            return self.threads;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        cores.saturating_sub(1).max(1)
+    }
+
     /// Defaults for tests and embedding: loopback, OS-assigned ports.
     pub fn for_tests() -> Config {
         let mut c = Config::parse_from(["gearfleet-broker"]);

@@ -1,5 +1,7 @@
 //! One task pair per connection: the reader decodes frames and applies them to the state under
-//! the lock (a whole batch of buffered frames per lock), the writer drains the outbox.
+//! the lock (a whole batch of buffered frames per lock); replies go out through the connections'
+//! outboxes (written directly after the lock is released, or by the writer task when a socket is
+//! full, and always by it for TLS).
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -17,35 +19,46 @@ use crate::queue::Effects;
 
 const READ_CHUNK: usize = 16 * 1024;
 
-/// Serves a plain TCP connection.
+/// Serves a plain TCP connection. Replies are written straight to the socket by the task that
+/// produced them; the writer task only steps in when the socket's buffer is full.
 pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     let fd = i64::from(stream.as_raw_fd());
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.into_split();
-    run(broker, reader, writer, peer, fd).await;
+    let outbox = Arc::new(Outbox::with_sink(Arc::new(writer)));
+    let writer_task = tokio::spawn({
+        let outbox = outbox.clone();
+        async move { outbox.write_blocked().await }
+    });
+    run(broker, reader, outbox, writer_task, peer, fd).await;
 }
 
-/// Serves a TLS connection (after its handshake).
+/// Serves a TLS connection (after its handshake): every write goes through the writer task.
 pub async fn serve_tls(broker: Arc<Broker>, stream: tokio_rustls::server::TlsStream<TcpStream>, peer: SocketAddr) {
     let fd = i64::from(stream.get_ref().0.as_raw_fd());
     let _ = stream.get_ref().0.set_nodelay(true);
     let (reader, writer) = tokio::io::split(stream);
-    run(broker, reader, writer, peer, fd).await;
+    let outbox = Arc::new(Outbox::new());
+    let writer_task = tokio::spawn(write_loop(writer, outbox.clone()));
+    run(broker, reader, outbox, writer_task, peer, fd).await;
 }
 
-async fn run<R, W>(broker: Arc<Broker>, mut reader: R, writer: W, peer: SocketAddr, fd: i64)
-where
+async fn run<R>(
+    broker: Arc<Broker>,
+    mut reader: R,
+    outbox: Arc<Outbox>,
+    writer_task: tokio::task::JoinHandle<()>,
+    peer: SocketAddr,
+    fd: i64,
+) where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin + Send + 'static,
 {
     let id = broker.next_conn_id();
-    let outbox = Arc::new(Outbox::new());
     broker.with_state(|s| s.add_conn(id, outbox.clone(), peer.to_string(), fd));
     broker.metrics.connections.inc();
     broker.metrics.connections_total.inc();
     tracing::debug!(conn = id, %peer, "connection opened");
 
-    let writer_task = tokio::spawn(write_loop(writer, outbox.clone()));
     let mut watching = false;
     let reason = read_loop(&broker, id, &mut reader, &outbox, &mut watching).await;
 
@@ -65,7 +78,7 @@ async fn read_loop(
     broker: &Arc<Broker>,
     id: u64,
     reader: &mut (impl AsyncRead + Unpin),
-    outbox: &Outbox,
+    outbox: &Arc<Outbox>,
     watching: &mut bool,
 ) -> &'static str {
     let mut authenticated = false;

@@ -149,3 +149,42 @@ async fn a_client_that_never_reads_does_not_grow_the_broker() {
     let after = b.rss_kib();
     assert!(after < before + 48 * 1024, "RSS grew from {before} KiB to {after} KiB");
 }
+
+#[tokio::test]
+async fn a_reader_that_pauses_gets_every_reply_in_order() {
+    // More replies than the socket buffers hold: the broker's direct writes are refused, its
+    // writer task must wait for the socket and send the rest, in order, once the peer reads.
+    let b = BrokerProcess::start(&[]);
+    let stream = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    let (mut r, mut w) = stream.into_split();
+    const N: u32 = 300;
+    const SIZE: usize = 40_000;
+    let writer = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        for i in 0..N {
+            let mut body = vec![(i % 251) as u8; SIZE];
+            body[..4].copy_from_slice(&i.to_be_bytes());
+            let p = gearfleet_proto::Packet::req(T::EchoReq, &[&body]).to_bytes();
+            w.write_all(&p).await.unwrap();
+        }
+        w
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let codec = gearfleet_proto::Codec::client();
+    let mut buf = bytes::BytesMut::new();
+    let mut next = 0u32;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while next < N {
+        let n = tokio::time::timeout_at(deadline, r.read_buf(&mut buf)).await.expect("replies in time").unwrap();
+        assert!(n > 0, "broker closed the connection after {next} replies");
+        while let Some(gearfleet_proto::Frame::Packet(p)) = codec.decode_frame(&mut buf).unwrap() {
+            assert_eq!(p.ptype, T::EchoRes);
+            let body = p.arg(0);
+            assert_eq!(body.len(), SIZE);
+            assert_eq!(u32::from_be_bytes([body[0], body[1], body[2], body[3]]), next, "reply out of order");
+            assert!(body[4..].iter().all(|&x| x == (next % 251) as u8), "reply {next} corrupted");
+            next += 1;
+        }
+    }
+    let _w = writer.await.unwrap();
+}
