@@ -67,6 +67,9 @@ pub struct ServerArgs {
     /// gearfleet-broker `--threads` (0: its default, one fewer than the cores, at least one).
     #[arg(long, default_value_t = 0)]
     pub gearfleet_threads: usize,
+    /// The gearfleet-bench binary serving `--servers floor` [default: this program].
+    #[arg(long, hide = true)]
+    pub floor_bin: Option<PathBuf>,
 }
 
 impl ServerArgs {
@@ -78,6 +81,7 @@ impl ServerArgs {
             broker_bin: self.broker_bin.clone().unwrap_or_else(ServerOptions::default_broker_bin),
             gearfleet_in_process: self.gearfleet_in_process,
             gearfleet_threads: self.gearfleet_threads,
+            floor_bin: self.floor_bin.clone(),
         }
     }
 }
@@ -115,7 +119,7 @@ pub struct CompareArgs {
     /// Servers to compare, comma-separated [default: all].
     #[arg(long, value_enum, value_delimiter = ',')]
     pub servers: Vec<ServerKind>,
-    /// Only these workloads (keys: fg-1-1, fg-4-4, fg-16-4, fg-4-4-x100, bg-1, bg-4, drain, memory).
+    /// Only these workloads (keys: fg-1-1, fg-4-4, fg-16-4, fg-4-4-x100, bg-1, bg-4, bg-4-x100, drain, memory).
     #[arg(long, value_delimiter = ',')]
     pub workloads: Vec<String>,
     /// Threads of the load generator's runtime.

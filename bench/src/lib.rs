@@ -4,6 +4,7 @@
 //! * [`conn`]: a client-side connection with batched writes.
 //! * [`load`]: client connections (K jobs in flight) and workers (GRAB_JOB_UNIQ, PRE_SLEEP, NOOP).
 //! * [`workload`]: the workload shapes and what one run measures (jobs/s, CPU, RSS).
+//! * [`disk`]: this disk's sync latency, the floor of an fsync-acknowledged submission.
 //! * [`floor`]: the cheapest possible answer to a background submission (what the kernel costs).
 //! * [`server`]: starting gearmand and gearfleet-broker on loopback ports, one at a time.
 //! * [`suite`]: the standard workloads and the comparison loop.
@@ -12,6 +13,7 @@
 pub mod chart;
 pub mod cli;
 pub mod conn;
+pub mod disk;
 pub mod floor;
 pub mod load;
 pub mod procstat;

@@ -328,6 +328,57 @@ fn floor_lines(r: &Results) -> Option<String> {
     (!out.is_empty()).then_some(out)
 }
 
+/// The disk's sync latency against the durable server's one-in-flight workloads: a client that
+/// waits for each acknowledgement cannot get more than one per sync.
+fn disk_lines(r: &Results) -> Option<String> {
+    let d = r.disk_sync?;
+    let per_client = d.max_per_second();
+    let mut out = format!(
+        "- this disk makes a 100-byte write durable (write + fdatasync into preallocated space) in {} µs \
+         (median of {}, p90 {} µs): at most {} acknowledgements per second to a client that waits for each\n",
+        fmt_us(Some(d.median.as_secs_f64() * 1e6)),
+        d.samples,
+        fmt_us(Some(d.p90.as_secs_f64() * 1e6)),
+        thousands(per_client)
+    );
+    for (wi, w) in r.workloads.iter().enumerate() {
+        if w.shape != Shape::Bg || w.in_flight != 1 {
+            continue;
+        }
+        let best = r.cells[wi]
+            .iter()
+            .filter(|c| c.server.is_gearmand())
+            .filter_map(|c| c.rate())
+            .map(|s| s.median)
+            .fold(f64::NAN, f64::max);
+        if !best.is_finite() {
+            continue;
+        }
+        let ceiling = per_client * w.clients as f64;
+        let reach = if ceiling >= best { "reachable" } else { "**out of reach on this disk**" };
+        let _ = write!(
+            out,
+            "  - {}: `fsync` can acknowledge at most {} jobs/s here ({} client{} × one sync each), gearmand in \
+             memory does {}: {reach}",
+            w.label,
+            thousands(ceiling),
+            w.clients,
+            if w.clients == 1 { "" } else { "s" },
+            thousands(best)
+        );
+        if let Some(fs) = r.cell(wi, ServerKind::GearfleetFsync).and_then(Cell::rate) {
+            let _ = write!(
+                out,
+                "; gearfleet-fsync did {} ({:.0}% of that ceiling)",
+                thousands(fs.median),
+                fs.median / ceiling * 100.0
+            );
+        }
+        out.push('\n');
+    }
+    Some(out)
+}
+
 /// Which goals hold, when gearfleet and gearmand were both measured.
 pub fn goals(r: &Results) -> Option<String> {
     let ratios: Vec<(usize, Ratios)> = (0..r.workloads.len()).filter_map(|w| r.ratios(w).map(|x| (w, x))).collect();
@@ -371,6 +422,9 @@ pub fn goals(r: &Results) -> Option<String> {
     }
     if let Some(floor) = floor_lines(r) {
         out.push_str(&floor);
+    }
+    if let Some(disk) = disk_lines(r) {
+        out.push_str(&disk);
     }
     if let Some(c) = r.memory_workload().and_then(|w| r.cell(w, ServerKind::Gearfleet)) {
         let payload = r.memory_workload().map_or(0, |w| r.workloads[w].payload);

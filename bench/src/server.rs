@@ -77,6 +77,8 @@ pub struct ServerOptions {
     pub gearfleet_in_process: bool,
     /// `--threads` of gearfleet-broker (0: its default, one fewer than the cores, at least one).
     pub gearfleet_threads: usize,
+    /// The gearfleet-bench binary that serves the floor [default: this program].
+    pub floor_bin: Option<PathBuf>,
 }
 
 impl ServerOptions {
@@ -226,7 +228,12 @@ impl Server {
                 c
             }
             ServerKind::Floor => {
-                let mut c = Command::new(std::env::current_exe().context("finding gearfleet-bench itself")?);
+                // This program serves the floor (unless told where gearfleet-bench is: tests).
+                let bin = match &opts.floor_bin {
+                    Some(b) => b.clone(),
+                    None => std::env::current_exe().context("finding gearfleet-bench itself")?,
+                };
+                let mut c = Command::new(bin);
                 c.arg("floor-server").arg("--listen").arg(addr.to_string());
                 c
             }

@@ -86,6 +86,7 @@ pub fn standard_workloads(o: &SuiteOptions) -> Vec<Workload> {
         ),
         w("bg-1", "bg submit, 1 client, 1 in flight".into(), "bg 1", Shape::Bg, 1, 0, 1, p, amount),
         w("bg-4", "bg submit, 4 clients, 1 in flight".into(), "bg 4", Shape::Bg, 4, 0, 1, p, amount),
+        w("bg-4-x100", "bg submit, 4 clients, 100 in flight each".into(), "bg 4 ×100", Shape::Bg, 4, 0, 100, p, amount),
         w(
             "drain",
             format!("drain of {} queued bg jobs by 4 workers", thousands(q as f64)),
@@ -139,6 +140,8 @@ pub struct Results {
     pub load_after: Option<String>,
     pub server_notes: Vec<(ServerKind, String)>,
     pub gen_threads: usize,
+    /// When a durable server was measured: this disk's write + fdatasync latency.
+    pub disk_sync: Option<crate::disk::SyncLatency>,
 }
 
 impl Results {
@@ -158,6 +161,18 @@ pub fn compare(
     gen_threads: usize,
     mut progress: impl FnMut(&str),
 ) -> Result<Results> {
+    // The durable servers' floor: how long this disk takes to make a small write durable.
+    let disk_sync = if servers.contains(&ServerKind::GearfleetFsync) {
+        match crate::disk::sync_latency(&std::env::temp_dir(), 300) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                progress(&format!("could not measure the disk's sync latency: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let rt = crate::load::generator_runtime(gen_threads)?;
     let started = std::time::SystemTime::now();
     let t0 = std::time::Instant::now();
@@ -235,6 +250,7 @@ pub fn compare(
         load_after: crate::procstat::load_average(),
         server_notes,
         gen_threads,
+        disk_sync,
     })
 }
 
@@ -266,10 +282,13 @@ mod tests {
     }
 
     #[test]
-    fn standard_suite_has_the_eight_workloads() {
+    fn standard_suite_has_the_nine_workloads() {
         let ws = standard_workloads(&SuiteOptions::full());
         let keys: Vec<_> = ws.iter().map(|w| w.key.as_str()).collect();
-        assert_eq!(keys, ["fg-1-1", "fg-4-4", "fg-16-4", "fg-4-4-x100", "bg-1", "bg-4", "drain", "memory"]);
+        assert_eq!(
+            keys,
+            ["fg-1-1", "fg-4-4", "fg-16-4", "fg-4-4-x100", "bg-1", "bg-4", "bg-4-x100", "drain", "memory"]
+        );
         assert!(ws.iter().all(|w| w.shape != Shape::Drain || w.amount == Amount::Jobs(200_000)));
     }
 }

@@ -55,7 +55,7 @@ fn smoke_mode_measures_every_workload_and_writes_table_and_chart() {
     let written = cli::compare(&cli.compare).expect("smoke comparison runs");
 
     let results = &written.results;
-    assert_eq!(results.workloads.len(), 8);
+    assert_eq!(results.workloads.len(), 9);
     assert!(results.servers.contains(&ServerKind::Gearfleet));
     if gearmand_installed() {
         assert_eq!(results.servers, ServerKind::ALL);
@@ -99,4 +99,48 @@ fn the_binary_runs_one_custom_workload() {
     assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("run 1: 200 jobs in"), "{stdout}");
     assert!(stdout.contains("jobs/s"), "{stdout}");
+}
+
+#[test]
+fn the_floor_runs_background_submissions_only_and_bounds_the_cpu_goal() {
+    let dir = scratch_dir("floor");
+    let out = dir.join("results.md");
+    let mut servers = "gearfleet,floor".to_string();
+    if gearmand_installed() {
+        servers.push_str(",gearmand-tuned");
+    }
+    let args = [
+        "gearfleet-bench",
+        "--smoke",
+        "--gearfleet-in-process",
+        "--servers",
+        &servers,
+        "--workloads",
+        "fg-1-1,bg-1",
+        "--out",
+        &out.display().to_string(),
+        // The floor is served by the gearfleet-bench binary (this test binary is not it).
+        "--floor-bin",
+        env!("CARGO_BIN_EXE_gearfleet-bench"),
+    ];
+    let cli = Cli::try_parse_from(args).unwrap();
+    let written = cli::compare(&cli.compare).expect("comparison with the floor runs");
+    let r = &written.results;
+    let fg = r.workloads.iter().position(|w| w.key == "fg-1-1").unwrap();
+    let bg = r.workloads.iter().position(|w| w.key == "bg-1").unwrap();
+    let floor_fg = r.cell(fg, ServerKind::Floor).unwrap();
+    assert!(floor_fg.samples.is_empty() && floor_fg.errors.is_empty(), "the floor does not run fg: {floor_fg:?}");
+    let floor_bg = r.cell(bg, ServerKind::Floor).unwrap();
+    assert!(floor_bg.errors.is_empty(), "{:?}", floor_bg.errors);
+    assert!(!floor_bg.samples.is_empty());
+    // Its CPU time is read from /proc (a separate process), in clock ticks: present, maybe 0 in so
+    // short a run.
+    assert!(floor_bg.samples.iter().all(|s| s.jobs > 0 && s.server_us_per_job().is_some()));
+    let table = std::fs::read_to_string(&written.markdown).unwrap();
+    let fg_cells = row_cells(&table, &r.workloads[fg].title);
+    assert!(fg_cells.iter().any(|(h, v)| *h == "floor jobs/s" && *v == "–"), "{table}");
+    if gearmand_installed() {
+        assert!(table.contains("bg 1: the floor (a server that keeps nothing) spends"), "{table}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
