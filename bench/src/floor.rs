@@ -1,11 +1,13 @@
-//! The floor: the cheapest server that can answer a background submission, to show what the
-//! kernel alone costs per job on this machine.
+//! The floor: the cheapest server that can answer a background submission or hand a worker a
+//! job, to show what the kernel alone costs per job on this machine.
 //!
 //! It keeps nothing: every `SUBMIT_JOB*` gets a `JOB_CREATED` with a made-up handle and is
-//! forgotten. One thread per connection with blocking reads and writes (two system calls per
-//! job, no readiness polling). No real job server can spend less CPU per background submission
-//! than this, so its figure bounds every ratio measured on the same machine: a server that must
-//! beat gearmand's CPU per job by 3× cannot, where gearmand's cost divided by 3 is below this.
+//! forgotten; every `GRAB_JOB*` gets a made-up job at once (an endless queue), whose result is
+//! ignored. One thread per connection with blocking reads and writes (two system calls per job, no
+//! readiness polling). No real job server can spend less CPU per background submission or per
+//! drained job than this, so its figure bounds every ratio measured on the same machine: a server
+//! that must beat gearmand's CPU per job by 3× cannot, where gearmand's cost divided by 3 is below
+//! this. (Foreground jobs need a real queue between connections, so there is no floor for them.)
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -31,6 +33,8 @@ fn connection(mut stream: TcpStream) -> io::Result<()> {
     let mut out = bytes::BytesMut::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     let mut next: u64 = 0;
+    let mut function = bytes::Bytes::from_static(b"floor");
+    const DATA: &[u8] = b"floor-08";
     loop {
         let n = stream.read(&mut chunk)?;
         if n == 0 {
@@ -43,6 +47,27 @@ fn connection(mut stream: TcpStream) -> io::Result<()> {
                     next += 1;
                     let handle = format!("H:floor:{next}");
                     Packet::res(PacketType::JobCreated, &[handle.as_bytes()]).encode(&mut out);
+                }
+                Ok(Some(Frame::Packet(p))) if p.ptype == PacketType::CanDo => function = p.arg_bytes(0),
+                Ok(Some(Frame::Packet(p))) => {
+                    let mut handle = || {
+                        next += 1;
+                        format!("H:floor:{next}")
+                    };
+                    match p.ptype {
+                        PacketType::GrabJob => {
+                            Packet::res(PacketType::JobAssign, &[handle().as_bytes(), &function, DATA]).encode(&mut out)
+                        }
+                        PacketType::GrabJobUniq => {
+                            Packet::res(PacketType::JobAssignUniq, &[handle().as_bytes(), &function, b"", DATA])
+                                .encode(&mut out)
+                        }
+                        PacketType::GrabJobAll => {
+                            Packet::res(PacketType::JobAssignAll, &[handle().as_bytes(), &function, b"", b"", DATA])
+                                .encode(&mut out)
+                        }
+                        _ => {}
+                    }
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => break,
@@ -100,5 +125,39 @@ mod tests {
             }
         }
         assert_eq!(handles, ["H:floor:1", "H:floor:2", "H:floor:3"]);
+    }
+
+    #[test]
+    fn every_grab_gets_a_job_of_the_registered_function() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let _ = connection(s);
+        });
+        let mut c = TcpStream::connect(addr).unwrap();
+        let mut req = bytes::BytesMut::new();
+        Packet::req(PacketType::CanDo, &[b"reverse"]).encode(&mut req);
+        Packet::req(PacketType::GrabJobUniq, &[]).encode(&mut req);
+        Packet::req(PacketType::WorkComplete, &[b"H:floor:1", b"result"]).encode(&mut req);
+        Packet::req(PacketType::GrabJob, &[]).encode(&mut req);
+        c.write_all(&req).unwrap();
+        let codec = Codec::client();
+        let mut buf = bytes::BytesMut::new();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while got.len() < 2 {
+            let n = c.read(&mut chunk).unwrap();
+            assert!(n > 0, "floor server closed early");
+            buf.extend_from_slice(&chunk[..n]);
+            while let Some(Frame::Packet(p)) = codec.decode_frame(&mut buf).unwrap() {
+                got.push(p);
+            }
+        }
+        assert_eq!(got[0].ptype, PacketType::JobAssignUniq);
+        assert_eq!(got[0].arg(1), b"reverse");
+        assert_eq!(got[1].ptype, PacketType::JobAssign);
+        assert_eq!(got[1].arg(1), b"reverse");
+        assert_ne!(got[0].arg(0), got[1].arg(0), "each job has its own handle");
     }
 }

@@ -29,8 +29,9 @@ pub enum ServerKind {
     GearfleetFsync,
     /// gearfleet-broker with `--durability async` (journal flushed every 100 ms).
     GearfleetAsync,
-    /// The floor ([`crate::floor`]): answers background submissions and keeps nothing, to show
-    /// what the kernel alone costs per job. Background-submit workloads only.
+    /// The floor ([`crate::floor`]): answers background submissions and hands workers made-up
+    /// jobs, keeping nothing, to show what the kernel alone costs per job. Background-submit and
+    /// drain workloads only.
     Floor,
 }
 
@@ -48,9 +49,11 @@ impl ServerKind {
         }
     }
 
-    /// Whether this server can run workloads of `shape` (the floor only answers submissions).
+    /// Whether this server can run workloads of `shape` (the floor keeps no jobs: it answers
+    /// submissions and hands out made-up jobs, but cannot route a job from a client to a worker).
     pub fn runs(self, shape: crate::workload::Shape) -> bool {
-        self != ServerKind::Floor || shape == crate::workload::Shape::Bg
+        use crate::workload::Shape;
+        self != ServerKind::Floor || matches!(shape, Shape::Bg | Shape::Drain)
     }
 
     pub fn is_gearmand(self) -> bool {
@@ -106,9 +109,10 @@ impl ServerOptions {
     /// One line describing the servers' versions and flags, for the report.
     pub fn describe(&self, kind: ServerKind) -> String {
         match kind {
-            ServerKind::Floor => "no job server: answers each background submission with JOB_CREATED and keeps \
-                                  nothing (one thread per connection, blocking read and write); the least CPU \
-                                  per submission any server can spend on this machine"
+            ServerKind::Floor => "no job server: answers each background submission with JOB_CREATED and each \
+                                  GRAB_JOB with a made-up job, keeping nothing (one thread per connection, \
+                                  blocking read and write); the least CPU per submitted or drained job any \
+                                  server can spend on this machine"
                 .to_string(),
             ServerKind::Gearmand => {
                 format!("{} `--threads={}`", gearmand_version(&self.gearmand_bin), self.gearmand_threads)
