@@ -5,6 +5,8 @@
 //! after the lock is released.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -93,6 +95,10 @@ struct Function {
     running: u64,
     /// Connections that registered this function.
     workers: Vec<ConnId>,
+    /// Workers that went to sleep while able to do this function, with the sleep they were
+    /// listed for (an entry is stale once that worker has woken since). A new job wakes these
+    /// instead of looking at every worker of the function.
+    sleepers: Vec<(ConnId, u32)>,
     /// Per priority; 0 = unlimited.
     max_queue: [u32; 3],
     uniques: HashMap<Bytes, JobId>,
@@ -115,6 +121,7 @@ impl Function {
             scheduled: 0,
             running: 0,
             workers: Vec::new(),
+            sleepers: Vec::new(),
             max_queue: [0; 3],
             uniques: HashMap::new(),
             retry: RetryPolicy::default(),
@@ -153,6 +160,8 @@ struct Conn {
     client_id: Bytes,
     abilities: Vec<Ability>,
     sleeping: bool,
+    /// Counts this connection's sleeps (PRE_SLEEP), to tell current sleeper entries from stale ones.
+    sleeps: u32,
     draining: bool,
     exceptions: bool,
     /// Sent OPTION_REQ gearfleet-retain-outcomes.
@@ -230,8 +239,11 @@ pub const OPTION_RETAIN_OUTCOMES: &[u8] = b"gearfleet-retain-outcomes";
 pub struct State {
     functions: Vec<Function>,
     fn_index: HashMap<Bytes, FnId>,
-    jobs: HashMap<JobId, Job>,
-    conns: HashMap<ConnId, Conn>,
+    // The broker assigns job and connection ids itself, so these tables use a fast hash without
+    // SipHash's flood protection; tables keyed by what peers send (function names, unique keys)
+    // keep SipHash.
+    jobs: FxHashMap<JobId, Job>,
+    conns: FxHashMap<ConnId, Conn>,
     next_job: JobId,
     scheduled: BTreeSet<(u64, JobId)>,
     handle_prefix: Vec<u8>,
@@ -249,8 +261,8 @@ impl State {
         State {
             functions: Vec::new(),
             fn_index: HashMap::new(),
-            jobs: HashMap::new(),
-            conns: HashMap::new(),
+            jobs: FxHashMap::default(),
+            conns: FxHashMap::default(),
             next_job: 1,
             scheduled: BTreeSet::new(),
             handle_prefix: format!("H:{host}:").into_bytes(),
@@ -392,6 +404,7 @@ impl State {
                 client_id: Bytes::from_static(b"-"),
                 abilities: Vec::new(),
                 sleeping: false,
+                sleeps: 0,
                 draining: false,
                 exceptions: false,
                 retain_outcomes: false,
@@ -714,15 +727,23 @@ impl State {
         self.queued_total += 1;
         // Every sleeping worker that can do the function gets a NOOP; a worker is marked awake when
         // it is sent one, so a burst of jobs costs each sleeper one NOOP, and none is ever missed.
-        for w in &f.workers {
-            if let Some(c) = self.conns.get_mut(w)
-                && c.sleeping
-                && !c.draining
-            {
-                c.sleeping = false;
-                c.outbox.push(|b| encode_packet(b, Magic::Res, PacketType::Noop, &[]));
-            }
+        // Draining sleepers stay listed (they are not to get work now, but must hear of it later).
+        if f.sleepers.is_empty() {
+            return;
         }
+        let conns = &mut self.conns;
+        f.sleepers.retain(|&(w, sleep)| {
+            let Some(c) = conns.get_mut(&w) else { return false };
+            if !c.sleeping || c.sleeps != sleep {
+                return false;
+            }
+            if c.draining {
+                return true;
+            }
+            c.sleeping = false;
+            c.outbox.push(|b| encode_packet(b, Magic::Res, PacketType::Noop, &[]));
+            false
+        });
     }
 
     /// Moves scheduled jobs whose time has come (unix milliseconds) into their queues. Returns the
@@ -762,7 +783,12 @@ impl State {
             return;
         }
         c.abilities.push(Ability { fid, timeout });
-        self.functions[fid as usize].workers.push(id);
+        let f = &mut self.functions[fid as usize];
+        f.workers.push(id);
+        if c.sleeping {
+            // Registered while asleep: it must hear of this function's jobs too.
+            f.sleepers.push((id, c.sleeps));
+        }
         fx.stats_changed = true;
     }
 
@@ -788,8 +814,24 @@ impl State {
         if has_work && !c.draining {
             // A job arrived between this worker's NO_JOB and its PRE_SLEEP: wake it at once.
             c.outbox.push(|b| encode_packet(b, Magic::Res, PacketType::Noop, &[]));
-        } else {
-            c.sleeping = true;
+            return;
+        }
+        if c.sleeping {
+            return;
+        }
+        c.sleeping = true;
+        c.sleeps = c.sleeps.wrapping_add(1);
+        let sleep = c.sleeps;
+        let fids: Vec<FnId> = c.abilities.iter().map(|a| a.fid).collect();
+        for fid in fids {
+            let f = &mut self.functions[fid as usize];
+            f.sleepers.push((id, sleep));
+            // A function that gets no jobs is never swept by `enqueue`: drop its stale entries
+            // once they outnumber its workers, so the list stays proportional to the fleet.
+            if f.sleepers.len() > 2 * f.workers.len() + 8 {
+                let conns = &self.conns;
+                f.sleepers.retain(|&(w, s)| conns.get(&w).is_some_and(|c| c.sleeping && c.sleeps == s));
+            }
         }
     }
 
@@ -1481,4 +1523,114 @@ pub struct FunctionCounters {
     pub failed: u64,
     pub retried: u64,
     pub dead_lettered: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> State {
+        State::new("test", Limits::default(), Arc::new(Metrics::default()))
+    }
+
+    fn req(s: &mut State, id: ConnId, ptype: PacketType, args: &[&[u8]]) {
+        let mut fx = Effects::default();
+        s.handle(id, &Packet::req(ptype, args), &mut fx);
+    }
+
+    /// The packet types `outbox` holds, in order (emptying it).
+    fn sent(outbox: &Outbox) -> Vec<PacketType> {
+        let mut buf = bytes::BytesMut::new();
+        outbox.take(&mut buf);
+        let codec = gearfleet_proto::Codec::client();
+        let mut out = Vec::new();
+        while let Ok(Some(gearfleet_proto::Frame::Packet(p))) = codec.decode_frame(&mut buf) {
+            out.push(p.ptype);
+        }
+        out
+    }
+
+    #[test]
+    fn sleeper_lists_of_functions_without_jobs_stay_bounded() {
+        let mut s = state();
+        let worker = Arc::new(Outbox::new());
+        let client = Arc::new(Outbox::new());
+        s.add_conn(1, worker.clone(), "w".into(), -1);
+        s.add_conn(2, client.clone(), "c".into(), -1);
+        req(&mut s, 1, PacketType::CanDo, &[b"busy"]);
+        req(&mut s, 1, PacketType::CanDo, &[b"quiet"]);
+        // Many sleep/wake cycles driven by "busy" jobs only.
+        for _ in 0..1000 {
+            req(&mut s, 1, PacketType::PreSleep, &[]);
+            req(&mut s, 2, PacketType::SubmitJobBg, &[b"busy", b"", b"x"]);
+            req(&mut s, 1, PacketType::GrabJob, &[]);
+            let handle = {
+                let fid = s.fn_index[&b"busy"[..]];
+                let job = s.jobs.iter().find(|(_, j)| j.fid == fid).map(|(id, _)| *id).unwrap();
+                let mut h = Vec::new();
+                s.handle_of(job, &mut h);
+                h
+            };
+            req(&mut s, 1, PacketType::WorkComplete, &[&handle, b""]);
+        }
+        let quiet = s.fn_index[&b"quiet"[..]] as usize;
+        assert!(s.functions[quiet].sleepers.len() <= 2 * s.functions[quiet].workers.len() + 9);
+        // And the worker still hears of a "quiet" job while it sleeps.
+        req(&mut s, 1, PacketType::PreSleep, &[]);
+        sent(&worker);
+        req(&mut s, 2, PacketType::SubmitJobBg, &[b"quiet", b"", b"x"]);
+        assert_eq!(sent(&worker), [PacketType::Noop]);
+    }
+
+    #[test]
+    fn a_sleeper_is_woken_once_per_sleep_and_not_while_draining() {
+        let mut s = state();
+        let worker = Arc::new(Outbox::new());
+        let client = Arc::new(Outbox::new());
+        s.add_conn(1, worker.clone(), "w".into(), -1);
+        s.add_conn(2, client.clone(), "c".into(), -1);
+        req(&mut s, 1, PacketType::SetClientId, &[b"pod-1"]);
+        req(&mut s, 1, PacketType::CanDo, &[b"f"]);
+        req(&mut s, 1, PacketType::PreSleep, &[]);
+        req(&mut s, 1, PacketType::PreSleep, &[]);
+        for _ in 0..3 {
+            req(&mut s, 2, PacketType::SubmitJobBg, &[b"f", b"", b"x"]);
+        }
+        assert_eq!(sent(&worker), [PacketType::Noop], "one NOOP for a burst, however many PRE_SLEEPs");
+        // A draining sleeper is left alone, and woken once it is undrained.
+        req(&mut s, 1, PacketType::GrabJob, &[]);
+        sent(&worker);
+        let mut fx = Effects::default();
+        s.set_draining("pod-1", true, &mut fx);
+        req(&mut s, 1, PacketType::PreSleep, &[]);
+        req(&mut s, 2, PacketType::SubmitJobBg, &[b"f", b"", b"y"]);
+        assert!(sent(&worker).is_empty(), "a draining worker is not woken");
+        s.set_draining("pod-1", false, &mut fx);
+        assert_eq!(sent(&worker), [PacketType::Noop]);
+        // After a sleep in which nothing came, a later job still wakes it.
+        req(&mut s, 1, PacketType::GrabJob, &[]);
+        req(&mut s, 1, PacketType::GrabJob, &[]);
+        req(&mut s, 1, PacketType::GrabJob, &[]);
+        sent(&worker);
+        s.set_draining("pod-1", true, &mut fx);
+        req(&mut s, 1, PacketType::PreSleep, &[]);
+        s.set_draining("pod-1", false, &mut fx);
+        assert!(sent(&worker).is_empty(), "nothing queued: no NOOP on undrain");
+        req(&mut s, 2, PacketType::SubmitJobBg, &[b"f", b"", b"z"]);
+        assert_eq!(sent(&worker), [PacketType::Noop]);
+    }
+
+    #[test]
+    fn a_function_registered_while_asleep_wakes_the_worker() {
+        let mut s = state();
+        let worker = Arc::new(Outbox::new());
+        let client = Arc::new(Outbox::new());
+        s.add_conn(1, worker.clone(), "w".into(), -1);
+        s.add_conn(2, client.clone(), "c".into(), -1);
+        req(&mut s, 1, PacketType::CanDo, &[b"a"]);
+        req(&mut s, 1, PacketType::PreSleep, &[]);
+        req(&mut s, 1, PacketType::CanDo, &[b"b"]);
+        req(&mut s, 2, PacketType::SubmitJobBg, &[b"b", b"", b"x"]);
+        assert_eq!(sent(&worker), [PacketType::Noop]);
+    }
 }
