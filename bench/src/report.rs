@@ -257,7 +257,7 @@ pub fn memory_table(r: &Results) -> Option<String> {
         "| server | RSS idle | RSS with the queue | bytes per queued job | RSS after the drain | returned after the drain |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|");
-    for &s in &r.servers {
+    for &s in r.servers.iter().filter(|s| s.runs(Shape::Memory)) {
         let Some(c) = r.cell(wi, s) else { continue };
         let (Some(idle), Some(queued), Some(per_job), Some(drained), Some(returned)) = (
             c.mem(|m| m.idle as f64),

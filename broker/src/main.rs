@@ -3,6 +3,7 @@ use gearfleet_broker::Config;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
+    tune_malloc();
     let config = Config::parse();
     let filter = EnvFilter::try_from_env("GEARFLEET_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     if config.log_format == "json" {
@@ -29,4 +30,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     running.stop().await;
     Ok(())
+}
+
+/// Large blocks (the job table of a deep backlog, big read buffers) always get their own mapping,
+/// so freeing them gives the memory straight back. glibc otherwise raises this threshold each
+/// time such a block is freed, and later tables land in the heap, where a drained backlog leaves
+/// them fragmented.
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
 }
