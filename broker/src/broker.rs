@@ -138,17 +138,26 @@ impl Broker {
 
     /// Releases scheduled jobs when their time comes.
     async fn run_scheduler(self: Arc<Self>) {
+        // Rounds left in which to hand freed memory back: a drained backlog's last pieces (closing
+        // connections, the final jobs) are freed a little after the tables shrink.
+        let mut trims_left = 0u32;
         loop {
             let mut fx = Effects::default();
-            let next = self.with_state(|s| {
+            let (next, shrunk) = self.with_state(|s| {
                 s.maybe_compact();
                 s.expire_outcomes();
-                if s.shrink_if_drained() {
-                    release_free_memory();
-                }
-                s.release_due(unix_now_ms(), &mut fx)
+                let shrunk = s.shrink_if_drained();
+                (s.release_due(unix_now_ms(), &mut fx), shrunk)
             });
             self.apply(fx);
+            if shrunk {
+                trims_left = 3;
+            }
+            if trims_left > 0 {
+                // Outside the lock: trimming a large heap takes a moment.
+                trims_left -= 1;
+                release_free_memory();
+            }
             // Wake at the next due job, and at least every second for housekeeping (journal
             // compaction, giving memory back after a drain).
             let wait = match next {
