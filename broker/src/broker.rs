@@ -116,6 +116,11 @@ impl Broker {
         }
     }
 
+    /// The journal's durable sequence number, to wait on (None without a journal).
+    pub fn durable_watch(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.with_state(|s| s.journal().map(|j| j.durable_watch()))
+    }
+
     /// Waits until the journal holds every record up to `seq` (no-op without a journal).
     pub async fn wait_durable(&self, seq: u64) {
         let Some(mut watch) = self.with_state(|s| s.journal().map(|j| j.durable_watch())) else { return };

@@ -86,6 +86,13 @@ async fn read_loop(
     let codec = Codec::server().with_max_packet(broker.config.max_packet_bytes);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let hold_for_disk = broker.acks_wait_for_disk();
+    // The highest journal sequence number a reply of this connection has waited for.
+    let mut last_seq = 0u64;
+    let releaser = match broker.durable_watch().filter(|_| hold_for_disk) {
+        Some(watch) => Some(tokio::spawn(release_when_durable(outbox.clone(), watch))),
+        None => None,
+    };
+    let _stop_releaser = releaser.map(|t| t.abort_handle()).map(AbortOnDrop);
     loop {
         let mut fx = Effects::default();
         if hold_for_disk {
@@ -146,17 +153,21 @@ async fn read_loop(
         broker.apply(fx);
         if hold_for_disk {
             // Group commit: the journal writer flushes everything appended meanwhile, from every
-            // connection, with one fdatasync.
-            if durable_seq > 0 {
-                broker.wait_durable(durable_seq).await;
-            }
-            outbox.release();
+            // connection, with one fdatasync; this batch's replies go out when it has (see
+            // `release_when_durable`), while this loop goes on reading.
+            outbox.release_after(durable_seq);
+            last_seq = last_seq.max(durable_seq);
         }
         if shutdown {
             tracing::warn!(conn = id, "shutdown requested through the admin protocol");
             broker.shutdown.cancel();
         }
         if let Some(reason) = close {
+            if hold_for_disk {
+                // The last replies (an error, say) still go out, after what they follow.
+                broker.wait_durable(last_seq).await;
+                outbox.release_durable(last_seq);
+            }
             return reason;
         }
         if outbox.is_closed() {
@@ -194,6 +205,23 @@ async fn read_loop(
             }
             Err(_) => return "read error",
         }
+    }
+}
+
+/// Sends held replies as the journal makes what they acknowledge durable, oldest first.
+async fn release_when_durable(outbox: Arc<Outbox>, mut durable: tokio::sync::watch::Receiver<u64>) {
+    while let Some(seq) = outbox.oldest_held().await {
+        let Ok(now) = durable.wait_for(|d| *d >= seq).await.map(|d| *d) else { return };
+        outbox.release_durable(now);
+    }
+}
+
+/// Aborts a task when dropped (the connection's helper tasks end with it).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -9,6 +9,7 @@
 //! their writer task.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,8 +22,13 @@ use tokio::sync::Notify;
 struct Buffers {
     /// Bytes that may be sent, in order.
     ready: BytesMut,
-    /// While held: bytes that must wait (behind a durable acknowledgement).
-    held: Option<BytesMut>,
+    /// While a batch of requests is handled with its replies held: they collect here.
+    open: Option<BytesMut>,
+    /// Closed batches of replies waiting for the journal, oldest first: the journal sequence
+    /// number each waits for, and its bytes. Anything pushed meanwhile joins the newest.
+    held: VecDeque<(u64, BytesMut)>,
+    /// Bytes in `open` and `held`.
+    held_bytes: usize,
     /// The socket refused bytes: the writer task owns the next write (once the socket is writable).
     blocked: bool,
 }
@@ -38,9 +44,11 @@ pub struct Outbox {
     sendable: AtomicUsize,
     /// Already in this thread's list of outboxes to flush.
     flush_queued: AtomicBool,
-    /// Wakes the writer when it has work, and readers waiting for the buffer to drain.
+    /// Wakes the writer when it has work, readers waiting for the buffer to drain, and the task
+    /// that releases held replies.
     ready: Notify,
     drained: Notify,
+    held_added: Notify,
     closed: AtomicBool,
 }
 
@@ -102,9 +110,19 @@ impl Outbox {
             return;
         }
         let mut bufs = self.lock();
-        let Buffers { ready, held, .. } = &mut *bufs;
-        match held {
-            Some(held) => write(held),
+        let Buffers { ready, open, held, held_bytes, .. } = &mut *bufs;
+        // Nothing may overtake replies that wait for the disk.
+        let target = match (open, held.back_mut()) {
+            (Some(open), _) => Some(open),
+            (None, Some((_, newest))) => Some(newest),
+            (None, None) => None,
+        };
+        match target {
+            Some(target) => {
+                let before = target.len();
+                write(target);
+                *held_bytes += target.len() - before;
+            }
             None => write(ready),
         }
         let ready_len = self.publish_lengths(&bufs);
@@ -133,7 +151,7 @@ impl Outbox {
     /// Stores the buffer lengths for lock-free readers; returns the sendable length.
     fn publish_lengths(&self, bufs: &Buffers) -> usize {
         let ready_len = bufs.ready.len();
-        self.pending.store(ready_len + bufs.held.as_ref().map_or(0, BytesMut::len), Ordering::Release);
+        self.pending.store(ready_len + bufs.held_bytes, Ordering::Release);
         self.sendable.store(ready_len, Ordering::Release);
         ready_len
     }
@@ -183,26 +201,69 @@ impl Outbox {
         }
     }
 
-    /// From now on, pushed bytes wait until [`Outbox::release`]: replies that acknowledge jobs
-    /// must not reach the peer before those jobs are durable, and nothing after them may overtake
-    /// them (clients match JOB_CREATED replies to submissions by order).
+    /// From now on, pushed bytes are held until [`Outbox::release_after`] closes the batch:
+    /// replies that acknowledge jobs must not reach the peer before those jobs are durable, and
+    /// nothing after them may overtake them (clients match JOB_CREATED replies to submissions by
+    /// order).
     pub fn hold(&self) {
         let mut bufs = self.lock();
-        if bufs.held.is_none() {
-            bufs.held = Some(BytesMut::new());
+        if bufs.open.is_none() {
+            bufs.open = Some(BytesMut::new());
         }
     }
 
-    /// Lets the held bytes go, in order, after anything already sendable.
-    pub fn release(&self) {
+    /// Closes the batch opened by [`Outbox::hold`]: its replies go out once the journal is durable
+    /// up to `seq` (at once for 0, unless earlier replies still wait), in order. The caller does
+    /// not wait: it goes on reading requests while the disk catches up.
+    pub fn release_after(&self, seq: u64) {
         let mut bufs = self.lock();
-        if let Some(held) = bufs.held.take()
-            && !held.is_empty()
-        {
-            bufs.ready.extend_from_slice(&held);
+        let Some(batch) = bufs.open.take() else { return };
+        if seq == 0 && bufs.held.is_empty() {
+            bufs.held_bytes -= batch.len();
+            bufs.ready.extend_from_slice(&batch);
             self.publish_lengths(&bufs);
             drop(bufs);
             self.flush();
+            return;
+        }
+        match bufs.held.back_mut() {
+            // Nothing to wait for beyond what the newest held batch waits for: join it.
+            Some((newest, bytes)) if seq <= *newest => bytes.extend_from_slice(&batch),
+            _ => bufs.held.push_back((seq, batch)),
+        }
+        drop(bufs);
+        self.held_added.notify_one();
+    }
+
+    /// Sends every held batch the journal has made durable (`durable` is its durable sequence).
+    pub fn release_durable(&self, durable: u64) {
+        let mut bufs = self.lock();
+        let mut released = false;
+        while bufs.held.front().is_some_and(|(seq, _)| *seq <= durable) {
+            let Some((_, batch)) = bufs.held.pop_front() else { break };
+            bufs.held_bytes -= batch.len();
+            bufs.ready.extend_from_slice(&batch);
+            released = true;
+        }
+        if released {
+            self.publish_lengths(&bufs);
+            drop(bufs);
+            self.flush();
+        }
+    }
+
+    /// Waits until a batch is held and returns the sequence number the oldest one waits for;
+    /// None once the outbox is closed.
+    pub async fn oldest_held(&self) -> Option<u64> {
+        loop {
+            let notified = self.held_added.notified();
+            if let Some((seq, _)) = self.lock().held.front() {
+                return Some(*seq);
+            }
+            if self.is_closed() {
+                return None;
+            }
+            notified.await;
         }
     }
 
@@ -272,6 +333,7 @@ impl Outbox {
         self.closed.store(true, Ordering::Relaxed);
         self.ready.notify_one();
         self.drained.notify_waiters();
+        self.held_added.notify_one();
     }
 
     pub fn is_closed(&self) -> bool {
