@@ -88,11 +88,10 @@ async fn read_loop(
     let hold_for_disk = broker.acks_wait_for_disk();
     // The highest journal sequence number a reply of this connection has waited for.
     let mut last_seq = 0u64;
-    let releaser = match broker.durable_watch().filter(|_| hold_for_disk) {
-        Some(watch) => Some(tokio::spawn(release_when_durable(outbox.clone(), watch))),
-        None => None,
-    };
-    let _stop_releaser = releaser.map(|t| t.abort_handle()).map(AbortOnDrop);
+    let _releaser = broker
+        .durable_watch()
+        .filter(|_| hold_for_disk)
+        .map(|watch| AbortOnDrop(tokio::spawn(release_when_durable(outbox.clone(), watch)).abort_handle()));
     loop {
         let mut fx = Effects::default();
         if hold_for_disk {
