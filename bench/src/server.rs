@@ -36,7 +36,9 @@ pub enum ServerKind {
 }
 
 impl ServerKind {
-    pub const ALL: [ServerKind; 3] = [ServerKind::Gearmand, ServerKind::GearmandTuned, ServerKind::Gearfleet];
+    /// The default comparison: both gearmands, gearfleet, and the floor (where it applies).
+    pub const ALL: [ServerKind; 4] =
+        [ServerKind::Gearmand, ServerKind::GearmandTuned, ServerKind::Gearfleet, ServerKind::Floor];
 
     pub fn label(self) -> &'static str {
         match self {
