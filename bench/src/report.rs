@@ -323,6 +323,24 @@ fn floor_lines(r: &Results) -> Option<String> {
         if let Some(ours) = ours {
             let _ = write!(out, "; gearfleet spends {} µs/job ({:.2}× the floor)", fmt_us(Some(ours)), ours / floor);
         }
+        // The floor's own rate bounds the jobs/s ratio of a latency-bound workload the same way.
+        let floor_rate = r.cell(wi, ServerKind::Floor).and_then(Cell::rate).map(|s| s.median);
+        let best_rate = r.cells[wi]
+            .iter()
+            .filter(|c| c.server.is_gearmand())
+            .filter_map(|c| c.rate())
+            .map(|s| s.median)
+            .fold(f64::NAN, f64::max);
+        if let Some(fr) = floor_rate.filter(|_| best_rate.is_finite() && best_rate > 0.0) {
+            let ratio = fr / best_rate;
+            let verdict = if ratio >= targets::THROUGHPUT { "reachable" } else { "**out of reach on this machine**" };
+            let _ = write!(
+                out,
+                "; the floor itself does {} jobs/s, {ratio:.2}× gearmand, so {:.0}× jobs/s is {verdict}",
+                thousands(fr),
+                targets::THROUGHPUT
+            );
+        }
         out.push('\n');
     }
     (!out.is_empty()).then_some(out)
