@@ -97,8 +97,8 @@ fn is_submit(kind: PacketType) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn answers_every_background_submission_in_order() {
+    /// Sends `requests` to a fresh floor connection and reads back `n` packets.
+    fn exchange(requests: &[Packet], n: usize) -> Vec<Packet> {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
@@ -107,53 +107,45 @@ mod tests {
         });
         let mut c = TcpStream::connect(addr).unwrap();
         let mut req = bytes::BytesMut::new();
-        for _ in 0..3 {
-            Packet::req(PacketType::SubmitJobBg, &[b"f", b"", b"data"]).encode(&mut req);
+        for p in requests {
+            p.encode(&mut req);
         }
-        c.write_all(&req).unwrap();
-        let codec = Codec::client();
-        let mut buf = bytes::BytesMut::new();
-        let mut handles = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while handles.len() < 3 {
-            let n = c.read(&mut chunk).unwrap();
-            assert!(n > 0, "floor server closed early");
-            buf.extend_from_slice(&chunk[..n]);
-            while let Some(Frame::Packet(p)) = codec.decode_frame(&mut buf).unwrap() {
-                assert_eq!(p.ptype, PacketType::JobCreated);
-                handles.push(String::from_utf8(p.arg_bytes(0).to_vec()).unwrap());
-            }
-        }
-        assert_eq!(handles, ["H:floor:1", "H:floor:2", "H:floor:3"]);
-    }
-
-    #[test]
-    fn every_grab_gets_a_job_of_the_registered_function() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        std::thread::spawn(move || {
-            let (s, _) = listener.accept().unwrap();
-            let _ = connection(s);
-        });
-        let mut c = TcpStream::connect(addr).unwrap();
-        let mut req = bytes::BytesMut::new();
-        Packet::req(PacketType::CanDo, &[b"reverse"]).encode(&mut req);
-        Packet::req(PacketType::GrabJobUniq, &[]).encode(&mut req);
-        Packet::req(PacketType::WorkComplete, &[b"H:floor:1", b"result"]).encode(&mut req);
-        Packet::req(PacketType::GrabJob, &[]).encode(&mut req);
         c.write_all(&req).unwrap();
         let codec = Codec::client();
         let mut buf = bytes::BytesMut::new();
         let mut got = Vec::new();
         let mut chunk = [0u8; 1024];
-        while got.len() < 2 {
-            let n = c.read(&mut chunk).unwrap();
-            assert!(n > 0, "floor server closed early");
-            buf.extend_from_slice(&chunk[..n]);
+        while got.len() < n {
+            let read = c.read(&mut chunk).unwrap();
+            assert!(read > 0, "floor server closed early");
+            buf.extend_from_slice(&chunk[..read]);
             while let Some(Frame::Packet(p)) = codec.decode_frame(&mut buf).unwrap() {
                 got.push(p);
             }
         }
+        got
+    }
+
+    #[test]
+    fn answers_every_background_submission_in_order() {
+        let submit = Packet::req(PacketType::SubmitJobBg, &[b"f", b"", b"data"]);
+        let got = exchange(&[submit.clone(), submit.clone(), submit], 3);
+        assert!(got.iter().all(|p| p.ptype == PacketType::JobCreated));
+        let handles: Vec<&[u8]> = got.iter().map(|p| p.arg(0)).collect();
+        assert_eq!(handles, [&b"H:floor:1"[..], b"H:floor:2", b"H:floor:3"]);
+    }
+
+    #[test]
+    fn every_grab_gets_a_job_of_the_registered_function() {
+        let got = exchange(
+            &[
+                Packet::req(PacketType::CanDo, &[b"reverse"]),
+                Packet::req(PacketType::GrabJobUniq, &[]),
+                Packet::req(PacketType::WorkComplete, &[b"H:floor:1", b"result"]),
+                Packet::req(PacketType::GrabJob, &[]),
+            ],
+            2,
+        );
         assert_eq!(got[0].ptype, PacketType::JobAssignUniq);
         assert_eq!(got[0].arg(1), b"reverse");
         assert_eq!(got[1].ptype, PacketType::JobAssign);

@@ -57,17 +57,26 @@ impl Results {
     pub fn ratios(&self, w: usize) -> Option<Ratios> {
         let gf = self.cell(w, ServerKind::Gearfleet)?;
         let gf_rate = gf.rate()?.median;
-        let gearmands: Vec<&Cell> = self.cells[w].iter().filter(|c| c.server.is_gearmand()).collect();
-        let best_rate = gearmands.iter().filter_map(|c| c.rate()).map(|s| s.median).fold(f64::NAN, f64::max);
-        if !best_rate.is_finite() || best_rate <= 0.0 {
-            return None;
-        }
-        let best_cpu = gearmands.iter().filter_map(|c| c.server_us()).fold(f64::NAN, f64::min);
-        let cpu = match gf.server_us() {
-            Some(g) if best_cpu.is_finite() && best_cpu > 0.0 => Some(g / best_cpu),
+        let best_rate = self.best_gearmand_rate(w)?;
+        let cpu = match (gf.server_us(), self.best_gearmand_cpu(w)) {
+            (Some(g), Some(best)) => Some(g / best),
             _ => None,
         };
         Some(Ratios { throughput: gf_rate / best_rate, cpu })
+    }
+
+    /// The higher of the gearmand median jobs/s for workload `w`.
+    pub fn best_gearmand_rate(&self, w: usize) -> Option<f64> {
+        let gearmands = self.cells[w].iter().filter(|c| c.server.is_gearmand());
+        let best = gearmands.filter_map(Cell::rate).map(|s| s.median).fold(f64::NAN, f64::max);
+        (best.is_finite() && best > 0.0).then_some(best)
+    }
+
+    /// The lower of the gearmand CPU µs per job for workload `w`.
+    pub fn best_gearmand_cpu(&self, w: usize) -> Option<f64> {
+        let gearmands = self.cells[w].iter().filter(|c| c.server.is_gearmand());
+        let best = gearmands.filter_map(Cell::server_us).fold(f64::NAN, f64::min);
+        (best.is_finite() && best > 0.0).then_some(best)
     }
 
     pub fn memory_workload(&self) -> Option<usize> {
@@ -305,12 +314,8 @@ fn floor_lines(r: &Results) -> Option<String> {
     let mut out = String::new();
     for (wi, w) in r.workloads.iter().enumerate() {
         let Some(floor) = r.cell(wi, ServerKind::Floor).and_then(Cell::server_us) else { continue };
-        let best_gearmand =
-            r.cells[wi].iter().filter(|c| c.server.is_gearmand()).filter_map(Cell::server_us).fold(f64::NAN, f64::min);
+        let Some(best_gearmand) = r.best_gearmand_cpu(wi) else { continue };
         let ours = r.cell(wi, ServerKind::Gearfleet).and_then(Cell::server_us);
-        if !best_gearmand.is_finite() {
-            continue;
-        }
         let goal = best_gearmand * targets::CPU;
         let reachable = if floor <= goal { "reachable" } else { "**out of reach on this machine**" };
         let _ = write!(
@@ -325,13 +330,7 @@ fn floor_lines(r: &Results) -> Option<String> {
         }
         // The floor's own rate bounds the jobs/s ratio of a latency-bound workload the same way.
         let floor_rate = r.cell(wi, ServerKind::Floor).and_then(Cell::rate).map(|s| s.median);
-        let best_rate = r.cells[wi]
-            .iter()
-            .filter(|c| c.server.is_gearmand())
-            .filter_map(|c| c.rate())
-            .map(|s| s.median)
-            .fold(f64::NAN, f64::max);
-        if let Some(fr) = floor_rate.filter(|_| best_rate.is_finite() && best_rate > 0.0) {
+        if let (Some(fr), Some(best_rate)) = (floor_rate, r.best_gearmand_rate(wi)) {
             let ratio = fr / best_rate;
             let verdict = if ratio >= targets::THROUGHPUT { "reachable" } else { "**out of reach on this machine**" };
             let _ = write!(
@@ -363,15 +362,7 @@ fn disk_lines(r: &Results) -> Option<String> {
         if w.shape != Shape::Bg || w.in_flight != 1 {
             continue;
         }
-        let best = r.cells[wi]
-            .iter()
-            .filter(|c| c.server.is_gearmand())
-            .filter_map(|c| c.rate())
-            .map(|s| s.median)
-            .fold(f64::NAN, f64::max);
-        if !best.is_finite() {
-            continue;
-        }
+        let Some(best) = r.best_gearmand_rate(wi) else { continue };
         let ceiling = per_client * w.clients as f64;
         let reach = if ceiling >= best { "reachable" } else { "**out of reach on this disk**" };
         let _ = write!(

@@ -1529,8 +1529,13 @@ pub struct FunctionCounters {
 mod tests {
     use super::*;
 
-    fn state() -> State {
-        State::new("test", Limits::default(), Arc::new(Metrics::default()))
+    /// A state with a worker (connection 1, whose outbox is returned) and a client (connection 2).
+    fn worker_and_client() -> (State, Arc<Outbox>) {
+        let mut s = State::new("test", Limits::default(), Arc::new(Metrics::default()));
+        let worker = Arc::new(Outbox::new());
+        s.add_conn(1, worker.clone(), "w".into(), -1);
+        s.add_conn(2, Arc::new(Outbox::new()), "c".into(), -1);
+        (s, worker)
     }
 
     fn req(s: &mut State, id: ConnId, ptype: PacketType, args: &[&[u8]]) {
@@ -1552,11 +1557,7 @@ mod tests {
 
     #[test]
     fn sleeper_lists_of_functions_without_jobs_stay_bounded() {
-        let mut s = state();
-        let worker = Arc::new(Outbox::new());
-        let client = Arc::new(Outbox::new());
-        s.add_conn(1, worker.clone(), "w".into(), -1);
-        s.add_conn(2, client.clone(), "c".into(), -1);
+        let (mut s, worker) = worker_and_client();
         req(&mut s, 1, PacketType::CanDo, &[b"busy"]);
         req(&mut s, 1, PacketType::CanDo, &[b"quiet"]);
         // Many sleep/wake cycles driven by "busy" jobs only.
@@ -1584,11 +1585,7 @@ mod tests {
 
     #[test]
     fn a_sleeper_is_woken_once_per_sleep_and_not_while_draining() {
-        let mut s = state();
-        let worker = Arc::new(Outbox::new());
-        let client = Arc::new(Outbox::new());
-        s.add_conn(1, worker.clone(), "w".into(), -1);
-        s.add_conn(2, client.clone(), "c".into(), -1);
+        let (mut s, worker) = worker_and_client();
         req(&mut s, 1, PacketType::SetClientId, &[b"pod-1"]);
         req(&mut s, 1, PacketType::CanDo, &[b"f"]);
         req(&mut s, 1, PacketType::PreSleep, &[]);
@@ -1622,11 +1619,7 @@ mod tests {
 
     #[test]
     fn a_function_registered_while_asleep_wakes_the_worker() {
-        let mut s = state();
-        let worker = Arc::new(Outbox::new());
-        let client = Arc::new(Outbox::new());
-        s.add_conn(1, worker.clone(), "w".into(), -1);
-        s.add_conn(2, client.clone(), "c".into(), -1);
+        let (mut s, worker) = worker_and_client();
         req(&mut s, 1, PacketType::CanDo, &[b"a"]);
         req(&mut s, 1, PacketType::PreSleep, &[]);
         req(&mut s, 1, PacketType::CanDo, &[b"b"]);
