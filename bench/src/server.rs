@@ -131,7 +131,7 @@ impl ServerOptions {
             }
             ServerKind::Gearfleet => {
                 let threads = if self.gearfleet_threads == 0 {
-                    format!("default threads ({})", default_threads())
+                    format!("default threads ({})", gearfleet_broker::Config::default_threads())
                 } else {
                     format!("`--threads={}`", self.gearfleet_threads)
                 };
@@ -386,10 +386,4 @@ fn free_port() -> Result<u16> {
 
 fn self_kind_is_fsync(kind: ServerKind) -> bool {
     kind == ServerKind::GearfleetFsync
-}
-
-/// What the broker's default `--threads` comes to here (its rule: one fewer than the cores, at
-/// least one).
-fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).saturating_sub(1).max(1)
 }

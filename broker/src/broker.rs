@@ -123,7 +123,7 @@ impl Broker {
 
     /// Waits until the journal holds every record up to `seq` (no-op without a journal).
     pub async fn wait_durable(&self, seq: u64) {
-        let Some(mut watch) = self.with_state(|s| s.journal().map(|j| j.durable_watch())) else { return };
+        let Some(mut watch) = self.durable_watch() else { return };
         let _ = watch.wait_for(|d| *d >= seq).await;
     }
 

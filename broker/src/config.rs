@@ -145,9 +145,11 @@ impl Config {
     /// The runtime's thread count: `--threads`, or one fewer than the cores (at least one), which
     /// leaves a core for the kernel's network processing and everything else on the node.
     pub fn runtime_threads(&self) -> usize {
-        if self.threads > 0 {
-            return self.threads;
-        }
+        if self.threads > 0 { self.threads } else { Config::default_threads() }
+    }
+
+    /// What `--threads 0` comes to on this machine.
+    pub fn default_threads() -> usize {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         cores.saturating_sub(1).max(1)
     }

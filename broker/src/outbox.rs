@@ -218,20 +218,14 @@ impl Outbox {
     pub fn release_after(&self, seq: u64) {
         let mut bufs = self.lock();
         let Some(batch) = bufs.open.take() else { return };
-        if seq == 0 && bufs.held.is_empty() {
-            bufs.held_bytes -= batch.len();
-            bufs.ready.extend_from_slice(&batch);
-            self.publish_lengths(&bufs);
-            drop(bufs);
-            self.flush();
-            return;
-        }
         match bufs.held.back_mut() {
             // Nothing to wait for beyond what the newest held batch waits for: join it.
             Some((newest, bytes)) if seq <= *newest => bytes.extend_from_slice(&batch),
             _ => bufs.held.push_back((seq, batch)),
         }
         drop(bufs);
+        // A batch that waits for nothing, with nothing held before it, goes out at once.
+        self.release_durable(0);
         self.held_added.notify_one();
     }
 

@@ -98,11 +98,7 @@ impl Journal {
         });
         // Start from a fresh segment with a snapshot of what was recovered: replay stays short
         // and a torn tail left by a crash is never appended to.
-        let mut snapshot = Vec::new();
-        for r in &recovered {
-            encode_recovered(r, &mut snapshot);
-        }
-        let segment = Segment::create(dir, next_segment, &snapshot)?;
+        let segment = Segment::create(dir, next_segment, &encode_snapshot(&recovered))?;
         remove_older(dir, next_segment)?;
         let writer_shared = shared.clone();
         let dir = dir.to_path_buf();
@@ -166,6 +162,15 @@ impl Drop for Journal {
             let _ = w.join();
         }
     }
+}
+
+/// The records that bring back `live`, in its order.
+fn encode_snapshot(live: &[Recovered]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in live {
+        encode_recovered(r, &mut out);
+    }
+    out
 }
 
 fn encode_recovered(r: &Recovered, out: &mut Vec<u8>) {
@@ -454,10 +459,7 @@ fn write_batch(
     if let Some(mut r) = rotate {
         segment.file.sync_data()?;
         r.live.sort_unstable_by_key(|l| l.job.id);
-        let mut snapshot = Vec::new();
-        for l in &r.live {
-            encode_recovered(l, &mut snapshot);
-        }
+        let snapshot = encode_snapshot(&r.live);
         let next = Segment::create(dir, segment.number + 1, &snapshot)?;
         *segment = next;
         remove_older(dir, segment.number)?;
