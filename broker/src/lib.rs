@@ -10,6 +10,7 @@ pub mod admin;
 pub mod broker;
 pub mod config;
 pub mod connection;
+pub mod id_table;
 pub mod metrics;
 pub mod outbox;
 pub mod outcomes;

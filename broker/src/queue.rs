@@ -15,6 +15,7 @@ use gearfleet_proto::Packet;
 use gearfleet_proto::admin::{FunctionStats, WorkerState, WorkerStats};
 use gearfleet_proto::packet::{Magic, PacketType, encode_packet};
 
+use crate::id_table::IdTable;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::outcomes::{Outcomes, Retained};
@@ -242,7 +243,7 @@ pub struct State {
     // The broker assigns job and connection ids itself, so these tables use a fast hash without
     // SipHash's flood protection; tables keyed by what peers send (function names, unique keys)
     // keep SipHash.
-    jobs: FxHashMap<JobId, Job>,
+    jobs: IdTable<Job>,
     conns: FxHashMap<ConnId, Conn>,
     next_job: JobId,
     scheduled: BTreeSet<(u64, JobId)>,
@@ -261,7 +262,7 @@ impl State {
         State {
             functions: Vec::new(),
             fn_index: HashMap::new(),
-            jobs: FxHashMap::default(),
+            jobs: IdTable::new(),
             conns: FxHashMap::default(),
             next_job: 1,
             scheduled: BTreeSet::new(),
@@ -347,7 +348,7 @@ impl State {
             .jobs
             .iter()
             .filter(|(_, j)| j.background)
-            .map(|(&id, job)| {
+            .map(|(id, job)| {
                 let at_ms = match job.state {
                     JobState::Scheduled { at } => at,
                     _ => 0,
@@ -653,9 +654,8 @@ impl State {
 
         let job_id = self.next_job;
         self.next_job += 1;
-        let now = unix_now_ms();
         let state = match run_at {
-            Some(at) if at > now => JobState::Scheduled { at },
+            Some(at) if at > unix_now_ms() => JobState::Scheduled { at },
             _ => JobState::Queued,
         };
         let extra = (!reducer.is_empty()).then(|| Box::new(JobExtra { reducer, ..Default::default() }));
@@ -1247,10 +1247,9 @@ impl State {
 
     pub fn admin_show_jobs(&self, out: &mut String) {
         use std::fmt::Write;
-        let mut ids: Vec<_> = self.jobs.keys().copied().collect();
-        ids.sort_unstable();
-        for id in ids {
-            let job = &self.jobs[&id];
+        let mut jobs: Vec<_> = self.jobs.iter().collect();
+        jobs.sort_unstable_by_key(|&(id, _)| id);
+        for (id, job) in jobs {
             let queued = u8::from(job.state == JobState::Queued);
             let _ = writeln!(out, "{}\t{}\t0\t{queued}", self.handle_string(id), job.attempt.saturating_sub(1));
         }
@@ -1567,7 +1566,7 @@ mod tests {
             req(&mut s, 1, PacketType::GrabJob, &[]);
             let handle = {
                 let fid = s.fn_index[&b"busy"[..]];
-                let job = s.jobs.iter().find(|(_, j)| j.fid == fid).map(|(id, _)| *id).unwrap();
+                let job = s.jobs.iter().find(|(_, j)| j.fid == fid).map(|(id, _)| id).unwrap();
                 let mut h = Vec::new();
                 s.handle_of(job, &mut h);
                 h
