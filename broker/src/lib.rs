@@ -18,6 +18,7 @@ pub mod queue;
 pub mod schedule;
 pub mod server;
 pub mod store;
+pub mod unique_index;
 
 pub use config::Config;
 pub use server::{Running, start};

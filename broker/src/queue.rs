@@ -9,6 +9,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use thin_vec::{ThinVec, thin_vec};
 
 use bytes::Bytes;
 use gearfleet_proto::Packet;
@@ -21,6 +22,7 @@ use crate::outbox::Outbox;
 use crate::outcomes::{Outcomes, Retained};
 use crate::schedule;
 use crate::store::{JobRecord, Journal, Record, Recovered};
+use crate::unique_index::UniqueIndex;
 
 pub type ConnId = u64;
 pub type JobId = u64;
@@ -79,11 +81,16 @@ struct Job {
     unique: Bytes,
     data: Bytes,
     /// Connections waiting for this job's results (foreground submitters).
-    clients: Vec<ConnId>,
+    clients: ThinVec<ConnId>,
     /// Keep the outcome after it finishes (a retaining client submitted or attached to it).
     retain: bool,
     created: Instant,
     extra: Option<Box<JobExtra>>,
+}
+
+/// A job's unique key, for the function indexes (which keep only job ids).
+fn unique_of(jobs: &IdTable<Job>, id: JobId) -> Option<&[u8]> {
+    jobs.get(&id).map(|j| &j.unique[..])
 }
 
 #[derive(Debug)]
@@ -102,7 +109,7 @@ struct Function {
     sleepers: Vec<(ConnId, u32)>,
     /// Per priority; 0 = unlimited.
     max_queue: [u32; 3],
-    uniques: HashMap<Bytes, JobId>,
+    uniques: UniqueIndex,
     retry: RetryPolicy,
     /// Dead-lettered background jobs, oldest first.
     dead: VecDeque<JobId>,
@@ -124,7 +131,7 @@ impl Function {
             workers: Vec::new(),
             sleepers: Vec::new(),
             max_queue: [0; 3],
-            uniques: HashMap::new(),
+            uniques: UniqueIndex::default(),
             retry: RetryPolicy::default(),
             dead: VecDeque::new(),
             submitted: 0,
@@ -299,15 +306,16 @@ impl State {
                 attempt: r.job.attempts,
                 unique: r.job.unique.clone(),
                 data: r.job.data,
-                clients: Vec::new(),
+                clients: ThinVec::new(),
                 retain: false,
                 created: Instant::now(),
                 extra,
             };
-            if r.dead.is_none() && !job.unique.is_empty() {
-                self.functions[fid as usize].uniques.insert(job.unique.clone(), id);
-            }
+            let indexed = r.dead.is_none() && !job.unique.is_empty();
             self.jobs.insert(id, job);
+            if indexed {
+                self.index_unique(id);
+            }
             if r.dead.is_some() {
                 if let Some(j) = self.jobs.get_mut(&id) {
                     j.state = JobState::Dead;
@@ -387,7 +395,8 @@ impl State {
                 q.retain(|id| self.jobs.get(id).is_some_and(|j| j.state == JobState::Queued));
                 q.shrink_to_fit();
             }
-            f.uniques.shrink_to_fit();
+            let jobs = &self.jobs;
+            f.uniques.shrink_to_fit(|id| unique_of(jobs, id));
             f.dead.shrink_to_fit();
         }
         true
@@ -618,7 +627,7 @@ impl State {
 
         // Coalesce onto a job with the same (function, unique) that is queued or running.
         if !unique.is_empty()
-            && let Some(&existing) = self.functions[fid as usize].uniques.get(&unique)
+            && let Some(existing) = self.functions[fid as usize].uniques.get(&unique, |j| unique_of(&self.jobs, j))
         {
             if !background
                 && let Some(job) = self.jobs.get_mut(&existing)
@@ -668,14 +677,12 @@ impl State {
             // Copy into a buffer of its own: a slice would pin the whole read buffer while queued.
             unique: if unique.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(&unique) },
             data: Bytes::copy_from_slice(&data),
-            clients: if background { Vec::new() } else { vec![id] },
+            clients: if background { ThinVec::new() } else { thin_vec![id] },
             retain,
             created: Instant::now(),
             extra,
         };
-        if !job.unique.is_empty() {
-            self.functions[fid as usize].uniques.insert(job.unique.clone(), job_id);
-        }
+        let indexed = !job.unique.is_empty();
         if self.is_durable(&job) {
             let record = Record::Add(JobRecord {
                 id: job_id,
@@ -689,6 +696,9 @@ impl State {
             fx.durable_seq = fx.durable_seq.max(self.journal_append(&record));
         }
         self.jobs.insert(job_id, job);
+        if indexed {
+            self.index_unique(job_id);
+        }
         if !background && let Some(c) = self.conns.get_mut(&id) {
             c.waiting_on.push(job_id);
         }
@@ -701,6 +711,14 @@ impl State {
             _ => self.enqueue(job_id, false),
         }
         fx.stats_changed = true;
+    }
+
+    /// Indexes a job (already in the job table) under its unique key, unless another job holds
+    /// that key.
+    fn index_unique(&mut self, job_id: JobId) {
+        let Some(job) = self.jobs.get(&job_id) else { return };
+        let jobs = &self.jobs;
+        self.functions[job.fid as usize].uniques.insert(job_id, &job.unique, |id| unique_of(jobs, id));
     }
 
     /// Parks a job until `at` (unix milliseconds).
@@ -982,7 +1000,7 @@ impl State {
             f.running -= 1;
         }
         if !job.unique.is_empty() {
-            f.uniques.remove(&job.unique);
+            f.uniques.remove(job_id, &job.unique);
         }
         match outcome {
             Outcome::Complete => {
@@ -1095,8 +1113,8 @@ impl State {
         let unique = job.unique.clone();
         tracing::warn!(job = job_id, attempts, error = %String::from_utf8_lossy(&error), "job dead-lettered");
         let f = &mut self.functions[fid];
-        if !unique.is_empty() && f.uniques.get(&unique) == Some(&job_id) {
-            f.uniques.remove(&unique);
+        if !unique.is_empty() {
+            f.uniques.remove(job_id, &unique);
         }
         f.dead.push_back(job_id);
         f.dead_lettered += 1;
@@ -1177,8 +1195,8 @@ impl State {
             }
             JobState::Running { .. } => return false,
         }
-        if !job.unique.is_empty() && f.uniques.get(&job.unique) == Some(&job_id) {
-            f.uniques.remove(&job.unique);
+        if !job.unique.is_empty() {
+            f.uniques.remove(job_id, &job.unique);
         }
         let durable = job.background;
         self.jobs.remove(&job_id);
@@ -1197,7 +1215,11 @@ impl State {
     }
 
     fn get_status_unique(&self, id: ConnId, unique: &[u8]) {
-        let job = self.functions.iter().find_map(|f| f.uniques.get(unique)).and_then(|j| self.jobs.get(j));
+        let job = self
+            .functions
+            .iter()
+            .find_map(|f| f.uniques.get(unique, |j| unique_of(&self.jobs, j)))
+            .and_then(|j| self.jobs.get(&j));
         let (known, running, num, den) = status_fields(job);
         let waiting = job.map_or(0, |j| j.clients.len()).to_string();
         self.send(id, PacketType::StatusResUnique, &[unique, known, running, &num, &den, waiting.as_bytes()]);
@@ -1259,8 +1281,9 @@ impl State {
     pub fn admin_show_unique_jobs(&self, out: &mut String) {
         use std::fmt::Write;
         for f in &self.functions {
-            for (unique, id) in &f.uniques {
-                let _ = writeln!(out, "{}\t{}", String::from_utf8_lossy(unique), self.handle_string(*id));
+            for id in f.uniques.ids() {
+                let Some(unique) = unique_of(&self.jobs, id) else { continue };
+                let _ = writeln!(out, "{}\t{}", String::from_utf8_lossy(unique), self.handle_string(id));
             }
         }
         out.push_str(".\n");
@@ -1457,10 +1480,11 @@ impl State {
             let Some(job) = self.jobs.get_mut(&id) else { continue };
             job.attempt = 0;
             let fid = job.fid as usize;
-            let unique = job.unique.clone();
+            let indexed = !job.unique.is_empty();
             self.functions[fid].dead.retain(|&j| j != id);
-            if !unique.is_empty() {
-                self.functions[fid].uniques.entry(unique).or_insert(id);
+            if indexed {
+                // Unless a newer job took the key while this one was dead.
+                self.index_unique(id);
             }
             if self.journal.is_some() {
                 self.journal_append(&Record::Retry { id, at_ms: 0, attempts: 0, error: Bytes::new() });
@@ -1624,5 +1648,13 @@ mod tests {
         req(&mut s, 1, PacketType::CanDo, &[b"b"]);
         req(&mut s, 2, PacketType::SubmitJobBg, &[b"b", b"", b"x"]);
         assert_eq!(sent(&worker), [PacketType::Noop]);
+    }
+
+    #[test]
+    fn a_queued_job_stays_small() {
+        // Every queued job pays this (plus its payload): the memory goal is 300 bytes per
+        // queued 64-byte job, unique key included.
+        assert!(size_of::<Job>() <= 128, "Job grew to {} bytes", size_of::<Job>());
+        assert_eq!(size_of::<Option<Job>>(), size_of::<Job>(), "the id table's empty slots cost nothing extra");
     }
 }

@@ -247,6 +247,39 @@ async fn dead_letters_and_pending_retries_survive_a_restart() {
     assert_eq!(waits.map(|s| s.scheduled), Some(1), "the retry is still waiting for its backoff: {status:?}");
 }
 
+#[tokio::test]
+async fn unique_keys_of_recovered_jobs_still_coalesce() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap().to_string();
+    let args = ["--data-dir", data_dir.as_str()];
+    let b = BrokerProcess::start(&args);
+    let port = b.addr.port();
+    let mut client = Peer::connect(b.addr).await;
+    let first = client.submit(T::SubmitJobBg, "once", "key-1", b"first").await;
+    client.submit(T::SubmitJobBg, "once", "key-2", b"other").await;
+    b.kill();
+
+    let b = BrokerProcess::start_on(port, &args);
+    let mut client = Peer::connect(b.addr).await;
+    let again = client.submit(T::SubmitJobBg, "once", "key-1", b"second").await;
+    assert_eq!(again, first, "a submission with a recovered job's unique key joins that job");
+    client.send(T::GetStatusUnique, &[b"key-2"]).await;
+    let status = client.expect(T::StatusResUnique).await;
+    assert_eq!(status.arg(1), b"1", "the recovered job is known by its unique key: {status:?}");
+    let mut admin = Peer::connect(b.addr).await;
+    let listed = admin.admin("show unique jobs").await;
+    assert_eq!(listed.lines().filter(|l| l.starts_with("key-")).count(), 2, "{listed:?}");
+    let mut worker = Peer::worker(b.addr, &["once"]).await;
+    let mut payloads = Vec::new();
+    for _ in 0..2 {
+        let job = worker.grab().await.unwrap();
+        payloads.push(job.arg(3).to_vec());
+        worker.send(T::WorkComplete, &[job.arg(0), b""]).await;
+    }
+    payloads.sort();
+    assert_eq!(payloads, [b"first".to_vec(), b"other".to_vec()], "two jobs, not three");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_of_a_drained_backlog_is_given_back() {
     let b = BrokerProcess::start(&[]);
