@@ -1,13 +1,14 @@
-//! The floor: the cheapest server that can answer a background submission or hand a worker a
-//! job, to show what the kernel alone costs per job on this machine.
+//! The floor: a server that does no work of its own for a background submission or for handing a
+//! worker a job, to show what the exchange itself costs on this machine.
 //!
 //! It keeps nothing: every `SUBMIT_JOB*` gets a `JOB_CREATED` with a made-up handle and is
 //! forgotten; every `GRAB_JOB*` gets a made-up job at once (an endless queue), whose result is
 //! ignored. One thread per connection with blocking reads and writes (two system calls per job, no
-//! readiness polling). No real job server can spend less CPU per background submission or per
-//! drained job than this, so its figure bounds every ratio measured on the same machine: a server
-//! that must beat gearmand's CPU per job by 3× cannot, where gearmand's cost divided by 3 is below
-//! this. (Foreground jobs need a real queue between connections, so there is no floor for them.)
+//! readiness polling), so its thread sleeps between packets. What it spends is the system calls
+//! plus the wake-ups of a sleeping thread: a server that avoids some of those wake-ups (the broker
+//! polls briefly before its event loop sleeps) can spend less, so the floor is a reference point,
+//! not a bound. (Foreground jobs need a real queue between connections, so there is no floor for
+//! them.)
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -30,8 +30,8 @@ pub enum ServerKind {
     /// gearfleet-broker with `--durability async` (journal flushed every 100 ms).
     GearfleetAsync,
     /// The floor ([`crate::floor`]): answers background submissions and hands workers made-up
-    /// jobs, keeping nothing, to show what the kernel alone costs per job. Background-submit and
-    /// drain workloads only.
+    /// jobs, keeping nothing and sleeping in a blocking read between packets, to show what the
+    /// exchange itself costs. Background-submit and drain workloads only.
     Floor,
 }
 
@@ -113,8 +113,8 @@ impl ServerOptions {
         match kind {
             ServerKind::Floor => "no job server: answers each background submission with JOB_CREATED and each \
                                   GRAB_JOB with a made-up job, keeping nothing (one thread per connection, \
-                                  blocking read and write); the least CPU per submitted or drained job any \
-                                  server can spend on this machine"
+                                  blocking read and write, so it sleeps between packets): what the system \
+                                  calls and wake-ups of the exchange cost, with no work of a server's own"
                 .to_string(),
             ServerKind::Gearmand => {
                 format!("{} `--threads={}`", gearmand_version(&self.gearmand_bin), self.gearmand_threads)
@@ -142,8 +142,12 @@ impl ServerOptions {
                         .and_then(|m| m.modified())
                         .map(|t| format!(" built {}", crate::report::utc_timestamp(t)))
                         .unwrap_or_default();
+                    // The broker reads the same environment, so this is the poll it will use.
+                    let idle_poll = <gearfleet_broker::Config as clap::Parser>::try_parse_from(["gearfleet-broker"])
+                        .map(|c| format!(", idle poll {} µs", c.idle_poll.as_micros()))
+                        .unwrap_or_default();
                     format!(
-                        "gearfleet-broker release binary ({}{built}), in memory, {threads}",
+                        "gearfleet-broker release binary ({}{built}), in memory, {threads}{idle_poll}",
                         self.broker_bin.display()
                     )
                 }

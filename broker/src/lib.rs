@@ -11,6 +11,7 @@ pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod id_table;
+pub mod idle_poll;
 pub mod metrics;
 pub mod outbox;
 pub mod outcomes;

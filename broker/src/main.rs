@@ -16,6 +16,15 @@ fn main() -> anyhow::Result<()> {
     // also drives `block_on`).
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.worker_threads(config.runtime_threads());
+    if !config.idle_poll.is_zero() {
+        match gearfleet_broker::idle_poll::IdlePoll::new(config.idle_poll) {
+            Ok(poll) => {
+                gearfleet_broker::idle_poll::install(poll);
+                rt.on_thread_park(gearfleet_broker::idle_poll::before_park);
+            }
+            Err(e) => tracing::warn!(error = %e, "idle poll unavailable; the event loop sleeps at once"),
+        }
+    }
     rt.enable_all().build()?.block_on(run(config))
 }
 

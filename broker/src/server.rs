@@ -124,6 +124,7 @@ async fn accept_loop(broker: Arc<Broker>, listener: TcpListener, tls: Option<Tls
                 continue;
             }
         };
+        crate::idle_poll::watch(std::os::fd::AsRawFd::as_raw_fd(&stream));
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection limit reached; refusing");
             tokio::spawn(async move {
