@@ -9,12 +9,19 @@
 //!
 //! The poll is polite: between two checks the thread yields its CPU to anything else runnable
 //! there, and it ends at the first readable connection (the runtime then finds the same event
-//! in its own `epoll` at once, without sleeping) or when the window has passed. A broker that
-//! gets no traffic polls once, for one window, and then sleeps; `--idle-poll 0` turns it off.
+//! in its own `epoll` at once, without sleeping) or when the window has passed.
+//!
+//! The window adapts per thread, the way Linux's haltpoll governor adapts a CPU's idle poll:
+//! when the thread slept and was woken again within the longest window, a longer poll would
+//! have caught that wake-up, so the window doubles (up to `--idle-poll`); when it slept longer,
+//! polling was wasted, so the window halves, down to none. Traffic of isolated requests
+//! (more than a window apart) thus costs no polling, and an idle broker none at all;
+//! `--idle-poll 0` turns polling off.
 //!
 //! The connections are watched through an `epoll` instance of our own, level-triggered and for
 //! readability only; the kernel drops a socket from it when the socket is closed.
 
+use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::OnceLock;
@@ -52,9 +59,14 @@ impl IdlePoll {
         if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 
-    /// Polls until a watched connection is readable or the window has passed; returns whether
-    /// one became readable.
+    /// Polls until a watched connection is readable or the longest window has passed; returns
+    /// whether one became readable.
     pub fn poll(&self) -> bool {
+        self.poll_for(self.window)
+    }
+
+    /// Polls until a watched connection is readable or `window` has passed.
+    pub fn poll_for(&self, window: Duration) -> bool {
         let start = Instant::now();
         let mut event = [libc::epoll_event { events: 0, u64: 0 }];
         loop {
@@ -63,7 +75,7 @@ impl IdlePoll {
             if n > 0 {
                 return true;
             }
-            if n < 0 || start.elapsed() >= self.window {
+            if n < 0 || start.elapsed() >= window {
                 return false;
             }
             // Let anything else runnable on this CPU go first (the peers, on a small node).
@@ -90,10 +102,38 @@ pub fn watch(socket: RawFd) {
     }
 }
 
-/// The runtime's park hook: polls the installed idle poll, if any.
+/// The next poll window after a thread slept for `slept` (having polled for `window` first, and
+/// found nothing), with `max` the longest window: grow when a poll of `max` would have caught the
+/// wake-up, shrink when it would not have.
+pub fn next_window(window: Duration, slept: Duration, max: Duration) -> Duration {
+    let start = max / 4;
+    if slept <= max {
+        (window * 2).clamp(start, max)
+    } else {
+        let half = window / 2;
+        if half < start { Duration::ZERO } else { half }
+    }
+}
+
+thread_local! {
+    /// This thread's poll window, and when it went to sleep after a poll that found nothing.
+    static THREAD: Cell<(Duration, Option<Instant>)> = const { Cell::new((Duration::ZERO, None)) };
+}
+
+/// The runtime's park hook: polls the installed idle poll (if any) for this thread's window.
 pub fn before_park() {
-    if let Some(p) = INSTALLED.get() {
-        p.poll();
+    let Some(p) = INSTALLED.get() else { return };
+    let (window, _) = THREAD.get();
+    let found = !window.is_zero() && p.poll_for(window);
+    // After a poll that found an event the runtime's park returns at once: no sleep to learn from.
+    THREAD.set((window, (!found).then(Instant::now)));
+}
+
+/// The runtime's unpark hook: adapts this thread's window to how long it slept.
+pub fn after_unpark() {
+    let Some(p) = INSTALLED.get() else { return };
+    if let (window, Some(since)) = THREAD.get() {
+        THREAD.set((next_window(window, since.elapsed(), p.window), None));
     }
 }
 
@@ -124,6 +164,22 @@ mod tests {
         let start = Instant::now();
         assert!(!poll.poll());
         assert!(start.elapsed() >= window);
+    }
+
+    #[test]
+    fn the_window_grows_for_short_sleeps_and_shrinks_away_for_long_ones() {
+        let max = Duration::from_micros(80);
+        let us = Duration::from_micros;
+        // From none: a wake-up soon after going to sleep starts polling at a quarter of the max.
+        assert_eq!(next_window(Duration::ZERO, us(30), max), us(20));
+        assert_eq!(next_window(us(20), us(30), max), us(40));
+        assert_eq!(next_window(us(40), us(5), max), us(80));
+        assert_eq!(next_window(us(80), us(80), max), us(80), "never beyond the max");
+        // Sleeps longer than any window: polling only wastes CPU, so it halves away to none.
+        assert_eq!(next_window(us(80), us(81), max), us(40));
+        assert_eq!(next_window(us(40), Duration::from_secs(1), max), us(20));
+        assert_eq!(next_window(us(20), Duration::from_secs(1), max), Duration::ZERO);
+        assert_eq!(next_window(Duration::ZERO, Duration::from_secs(1), max), Duration::ZERO);
     }
 
     #[test]

@@ -21,6 +21,7 @@ fn main() -> anyhow::Result<()> {
             Ok(poll) => {
                 gearfleet_broker::idle_poll::install(poll);
                 rt.on_thread_park(gearfleet_broker::idle_poll::before_park);
+                rt.on_thread_unpark(gearfleet_broker::idle_poll::after_unpark);
             }
             Err(e) => tracing::warn!(error = %e, "idle poll unavailable; the event loop sleeps at once"),
         }
