@@ -92,6 +92,9 @@ async fn read_loop(
         .durable_watch()
         .filter(|_| hold_for_disk)
         .map(|watch| AbortOnDrop(tokio::spawn(release_when_durable(outbox.clone(), watch)).abort_handle()));
+    // Made once: a new one per read would register with the token and leave it again each time.
+    let shutdown_signal = broker.shutdown.cancelled();
+    tokio::pin!(shutdown_signal);
     loop {
         let mut fx = Effects::default();
         if hold_for_disk {
@@ -189,7 +192,7 @@ async fn read_loop(
         };
         let n = tokio::select! {
             r = read => r,
-            _ = broker.shutdown.cancelled() => return "shutdown",
+            _ = &mut shutdown_signal => return "shutdown",
         };
         match n {
             Ok(Some(0)) => return "peer closed",
