@@ -291,7 +291,11 @@ impl Server {
     fn wait_listening(&mut self, limit: Duration) -> Result<()> {
         let start = Instant::now();
         loop {
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+            // A connection to itself (the kernel may pick the port being probed as the source
+            // port while nothing listens there) is not the server.
+            if let Ok(s) = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200))
+                && s.local_addr().ok() != s.peer_addr().ok()
+            {
                 return Ok(());
             }
             if let Inner::Process { child, dir } = &mut self.inner

@@ -66,12 +66,37 @@ async fn drain(addr: std::net::SocketAddr) -> Vec<String> {
     seen
 }
 
+/// The broker binary journaling into a directory of its own, which it keeps across restarts on the
+/// same port.
+struct Journaled {
+    _dir: tempfile::TempDir,
+    args: Vec<String>,
+    port: Option<u16>,
+}
+
+impl Journaled {
+    fn new(extra: &[&str]) -> Journaled {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec!["--data-dir".to_string(), dir.path().to_str().unwrap().to_string()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Journaled { _dir: dir, args, port: None }
+    }
+
+    /// Starts the broker: on a free port the first time, on that same port after.
+    fn start(&mut self) -> BrokerProcess {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let b = match self.port {
+            None => BrokerProcess::start(&args),
+            Some(port) => BrokerProcess::start_on(port, &args),
+        };
+        self.port = Some(b.addr.port());
+        b
+    }
+}
+
 async fn crash_round(mode: &str, round: u64) -> (usize, usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().to_str().unwrap().to_string();
-    let args = ["--data-dir", data_dir.as_str(), "--durability", mode];
-    let b = BrokerProcess::start(&args);
-    let port = b.addr.port();
+    let mut broker = Journaled::new(&["--durability", mode]);
+    let b = broker.start();
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let mut clients = Vec::new();
     for c in 0..4 {
@@ -87,7 +112,7 @@ async fn crash_round(mode: &str, round: u64) -> (usize, usize) {
     let acked = acked.lock().await.clone();
     assert!(!acked.is_empty(), "clients got some acknowledgements before the kill");
 
-    let b = BrokerProcess::start_on(port, &args);
+    let b = broker.start();
     let delivered: HashSet<String> = drain(b.addr).await.into_iter().collect();
     let lost = acked.difference(&delivered).count();
 
@@ -95,7 +120,7 @@ async fn crash_round(mode: &str, round: u64) -> (usize, usize) {
     // the broker after each WORK_COMPLETE, so each completion was on disk). Async mode may re-run
     // what completed in its last flush window.
     b.kill();
-    let b = BrokerProcess::start_on(port, &args);
+    let b = broker.start();
     let again = drain(b.addr).await;
     if mode == "fsync" {
         assert!(again.is_empty(), "{} completed jobs came back after a restart", again.len());
@@ -130,17 +155,14 @@ async fn async_mode_loses_at_most_the_last_flush_window() {
 
 #[tokio::test]
 async fn a_job_running_at_the_crash_is_delivered_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().to_str().unwrap().to_string();
-    let args = ["--data-dir", data_dir.as_str()];
-    let b = BrokerProcess::start(&args);
-    let port = b.addr.port();
+    let mut broker = Journaled::new(&[]);
+    let b = broker.start();
     let mut client = Peer::connect(b.addr).await;
     client.submit(T::SubmitJobBg, "durable", "", b"in-flight").await;
     let mut worker = Peer::worker(b.addr, &["durable"]).await;
     assert!(worker.grab().await.is_some());
     b.kill();
-    let b = BrokerProcess::start_on(port, &args);
+    let b = broker.start();
     assert_eq!(drain(b.addr).await, ["in-flight"]);
 }
 
@@ -218,11 +240,8 @@ async fn a_job_that_keeps_killing_its_workers_is_dead_lettered() {
 
 #[tokio::test]
 async fn dead_letters_and_pending_retries_survive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().to_str().unwrap().to_string();
-    let args = ["--data-dir", data_dir.as_str(), "--retry-backoff-initial", "1h", "--retry-backoff-max", "1h"];
-    let b = BrokerProcess::start(&args);
-    let port = b.addr.port();
+    let mut broker = Journaled::new(&["--retry-backoff-initial", "1h", "--retry-backoff-max", "1h"]);
+    let b = broker.start();
     let mut admin = Peer::connect(b.addr).await;
     admin.admin("fleet retries waits 1 1h 1h").await;
     let mut client = Peer::connect(b.addr).await;
@@ -237,7 +256,7 @@ async fn dead_letters_and_pending_retries_survive_a_restart() {
     worker.expect(T::EchoRes).await;
     b.kill();
 
-    let b = BrokerProcess::start_on(port, &args);
+    let b = broker.start();
     let mut admin = Peer::connect(b.addr).await;
     let dead = admin.admin("show dead").await;
     assert!(dead.contains("\tdies\t1\tWORK_FAIL\n"), "{dead:?}");
@@ -249,17 +268,14 @@ async fn dead_letters_and_pending_retries_survive_a_restart() {
 
 #[tokio::test]
 async fn unique_keys_of_recovered_jobs_still_coalesce() {
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().to_str().unwrap().to_string();
-    let args = ["--data-dir", data_dir.as_str()];
-    let b = BrokerProcess::start(&args);
-    let port = b.addr.port();
+    let mut broker = Journaled::new(&[]);
+    let b = broker.start();
     let mut client = Peer::connect(b.addr).await;
     let first = client.submit(T::SubmitJobBg, "once", "key-1", b"first").await;
     client.submit(T::SubmitJobBg, "once", "key-2", b"other").await;
     b.kill();
 
-    let b = BrokerProcess::start_on(port, &args);
+    let b = broker.start();
     let mut client = Peer::connect(b.addr).await;
     let again = client.submit(T::SubmitJobBg, "once", "key-1", b"second").await;
     assert_eq!(again, first, "a submission with a recovered job's unique key joins that job");

@@ -48,7 +48,11 @@ async fn start_gearmand() -> Gearmand {
     common::eventually(
         LIMIT,
         "gearmand to listen",
-        || async move { tokio::net::TcpStream::connect(addr).await.is_ok() },
+        // Not a connection to itself: while nothing listens, the kernel may pick this very port
+        // as the source port of the probe.
+        || async move {
+            tokio::net::TcpStream::connect(addr).await.is_ok_and(|s| s.local_addr().ok() != s.peer_addr().ok())
+        },
     )
     .await;
     Gearmand { addr, _child: child, pid_file }

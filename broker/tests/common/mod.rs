@@ -159,6 +159,21 @@ impl Peer {
     }
 }
 
+/// Whether a Gearman server answers ECHO_REQ at `addr`. A bare connect is not proof: while
+/// nothing listens on a port of the ephemeral range, a connect to it can pick that same port as
+/// its source and connect to itself (TCP simultaneous open), and would then read back its own
+/// request.
+fn answers_echo(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(&Packet::req(PacketType::EchoReq, &[b"up"]).to_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head).is_ok() && &head == b"\0RES"
+}
+
 /// The broker binary on a free port, so its memory can be read from /proc.
 pub struct BrokerProcess {
     pub child: Child,
@@ -183,14 +198,17 @@ impl BrokerProcess {
             .spawn()
             .expect("start broker binary");
         for _ in 0..200 {
-            if std::net::TcpStream::connect(addr).is_ok() {
+            if answers_echo(addr) {
                 return BrokerProcess { child, addr };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("broker exited at start ({status}) on {addr}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = child.kill();
         let _ = child.wait();
-        panic!("broker did not start");
+        panic!("broker did not start on {addr}");
     }
 
     pub fn rss_kib(&self) -> u64 {
