@@ -143,8 +143,9 @@ pub struct Config {
     /// How long an event-loop thread polls the connections before it sleeps (0 = sleep at
     /// once). Polling spares the next packet a wake-up of the thread, the costliest step of a
     /// round trip on a virtual machine; it yields the CPU to anything else runnable meanwhile and
-    /// costs nothing while the broker gets no traffic. See docs/performance.md.
-    #[arg(long, env = "GEARFLEET_IDLE_POLL", default_value = "50us", value_parser = humantime::parse_duration)]
+    /// costs nothing while the broker gets no traffic. At most 1ms (a timer falling due during a
+    /// poll waits for its end). See docs/performance.md.
+    #[arg(long, env = "GEARFLEET_IDLE_POLL", default_value = "50us", value_parser = parse_idle_poll)]
     pub idle_poll: Duration,
 }
 
@@ -189,4 +190,13 @@ pub fn token_matches(given: &str, expected: &str) -> bool {
         diff |= usize::from(x ^ a.get(i).copied().unwrap_or(0));
     }
     diff == 0
+}
+
+/// `--idle-poll`: a duration of at most a millisecond.
+fn parse_idle_poll(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d > Duration::from_millis(1) {
+        return Err(format!("{s} is longer than the 1ms an idle poll may last"));
+    }
+    Ok(d)
 }

@@ -18,8 +18,13 @@
 //! (more than a window apart) thus costs no polling, and an idle broker none at all;
 //! `--idle-poll 0` turns polling off.
 //!
-//! The connections are watched through an `epoll` instance of our own, level-triggered and for
-//! readability only; the kernel drops a socket from it when the socket is closed.
+//! The connections (and the listener, for new ones) are watched through an `epoll` instance of
+//! our own, edge-triggered and for readability only: a connection the broker leaves unread on
+//! purpose (its peer does not read its replies) is reported once, not on every poll. The kernel
+//! drops a socket from it when the socket is closed. Work that does not come through a watched
+//! socket (a task woken by another thread, such as the journal's) ends the poll too, through the
+//! runtime's queue of such tasks; a timer that falls due during a poll waits for its end, which is
+//! why the window is capped at a millisecond.
 
 use std::cell::Cell;
 use std::io;
@@ -50,29 +55,30 @@ impl IdlePoll {
         self.window
     }
 
-    /// Watches a connection's socket for readability until it is closed.
+    /// Watches a socket for new data (or connections) until it is closed.
     pub fn watch(&self, socket: RawFd) -> io::Result<()> {
-        let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: socket as u64 };
+        let mut event = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: socket as u64 };
         // SAFETY: both descriptors are open (the caller holds the socket) and `event` outlives
         // the call.
         let rc = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, socket, &mut event) };
         if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 
-    /// Polls until a watched connection is readable or the longest window has passed; returns
-    /// whether one became readable.
+    /// Polls until a watched socket has news or the longest window has passed; returns whether
+    /// one had.
     pub fn poll(&self) -> bool {
-        self.poll_for(self.window)
+        self.poll_for(self.window, || false)
     }
 
-    /// Polls until a watched connection is readable or `window` has passed.
-    pub fn poll_for(&self, window: Duration) -> bool {
+    /// Polls until a watched socket has news, `other_work` says there is some, or `window` has
+    /// passed; returns whether the poll ended early.
+    pub fn poll_for(&self, window: Duration, other_work: impl Fn() -> bool) -> bool {
         let start = Instant::now();
         let mut event = [libc::epoll_event { events: 0, u64: 0 }];
         loop {
             // SAFETY: `event` has room for the one event asked for; a zero timeout never blocks.
             let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), event.as_mut_ptr(), 1, 0) };
-            if n > 0 {
+            if n > 0 || other_work() {
                 return true;
             }
             if n < 0 || start.elapsed() >= window {
@@ -102,9 +108,12 @@ pub fn watch(socket: RawFd) {
     }
 }
 
-/// The next poll window after a thread slept for `slept` (having polled for `window` first, and
-/// found nothing), with `max` the longest window: grow when a poll of `max` would have caught the
-/// wake-up, shrink when it would not have.
+/// The next poll window after a thread polled for `window`, found nothing, and then slept for
+/// `slept`, with `max` the longest window. As in the kernel's haltpoll governor, the sleep alone
+/// decides: woken within `max` of the poll's end, a longer poll might have caught it (grow, up to
+/// `max`); woken later, polling was wasted (shrink). Measured: counting the poll's own length in
+/// (grow only when poll and sleep together fit in `max`) lost a quarter to a third of the
+/// one-client workloads' jobs/s, whose round trips sit around the window's length.
 pub fn next_window(window: Duration, slept: Duration, max: Duration) -> Duration {
     let start = max / 4;
     if slept <= max {
@@ -124,7 +133,10 @@ thread_local! {
 pub fn before_park() {
     let Some(p) = INSTALLED.get() else { return };
     let (window, _) = THREAD.get();
-    let found = !window.is_zero() && p.poll_for(window);
+    // Tasks woken from outside the runtime wait in its global queue.
+    let runtime = tokio::runtime::Handle::try_current().ok();
+    let woken = || runtime.as_ref().is_some_and(|h| h.metrics().global_queue_depth() > 0);
+    let found = !window.is_zero() && p.poll_for(window, woken);
     // After a poll that found an event the runtime's park returns at once: no sleep to learn from.
     THREAD.set((window, (!found).then(Instant::now)));
 }
@@ -153,6 +165,28 @@ mod tests {
         let start = Instant::now();
         assert!(poll.poll());
         assert!(start.elapsed() < Duration::from_secs(4), "it should not have waited out the window");
+    }
+
+    #[test]
+    fn unread_data_is_reported_once() {
+        let poll = IdlePoll::new(Duration::from_millis(20)).unwrap();
+        let (a, mut b) = UnixStream::pair().unwrap();
+        poll.watch(a.as_raw_fd()).unwrap();
+        b.write_all(b"x").unwrap();
+        assert!(poll.poll());
+        // Still unread (as when the broker stops reading from a peer that does not read): the
+        // next poll waits for something new instead of ending at once.
+        assert!(!poll.poll());
+        b.write_all(b"y").unwrap();
+        assert!(poll.poll());
+    }
+
+    #[test]
+    fn other_work_ends_the_poll() {
+        let poll = IdlePoll::new(Duration::from_secs(5)).unwrap();
+        let start = Instant::now();
+        assert!(poll.poll_for(Duration::from_secs(5), || true));
+        assert!(start.elapsed() < Duration::from_secs(4));
     }
 
     #[test]
@@ -189,7 +223,9 @@ mod tests {
         poll.watch(a.as_raw_fd()).unwrap();
         drop(b); // `a` is readable now (end of stream) ...
         assert!(poll.poll());
-        drop(a); // ... and gone once closed.
+        drop(a); // ... and gone once closed: a new socket on the same descriptor can be watched.
+        let (c, _d) = UnixStream::pair().unwrap();
+        poll.watch(c.as_raw_fd()).unwrap();
         assert!(!poll.poll());
     }
 }

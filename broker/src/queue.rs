@@ -26,6 +26,9 @@ use crate::unique_index::UniqueIndex;
 
 pub type ConnId = u64;
 pub type JobId = u64;
+
+/// First handle number of answers from retained outcomes (far above any job id).
+const ANSWER_HANDLES_FROM: u64 = 1 << 62;
 type FnId = u32;
 
 /// Job priority; the numeric value indexes a function's queues.
@@ -253,6 +256,9 @@ pub struct State {
     jobs: IdTable<Job>,
     conns: FxHashMap<ConnId, Conn>,
     next_job: JobId,
+    /// Handles of answers from retained outcomes come from a range of their own: they are never
+    /// jobs, and taking them from `next_job` would leave gaps in the job table's window.
+    next_answer_handle: u64,
     scheduled: BTreeSet<(u64, JobId)>,
     handle_prefix: Vec<u8>,
     queued_total: u64,
@@ -272,6 +278,7 @@ impl State {
             jobs: IdTable::new(),
             conns: FxHashMap::default(),
             next_job: 1,
+            next_answer_handle: ANSWER_HANDLES_FROM,
             scheduled: BTreeSet::new(),
             handle_prefix: format!("H:{host}:").into_bytes(),
             queued_total: 0,
@@ -1030,8 +1037,8 @@ impl State {
     /// Answers a submission from a retained outcome: JOB_CREATED with a fresh handle, then the
     /// outcome as the job's final packet.
     fn answer_from_retained(&mut self, id: ConnId, outcome: Retained) {
-        let handle_id = self.next_job;
-        self.next_job += 1;
+        let handle_id = self.next_answer_handle;
+        self.next_answer_handle += 1;
         let mut handle = Vec::with_capacity(32);
         self.handle_of(handle_id, &mut handle);
         let Some(c) = self.conns.get(&id) else { return };
@@ -1323,6 +1330,9 @@ impl State {
         }
         if f.queued_total() > 0 || f.scheduled > 0 {
             return Err("there are still queued jobs");
+        }
+        if !f.dead.is_empty() {
+            return Err("there are still dead-lettered jobs (purge dead first)");
         }
         // Jobs refer to functions by slot, so an inner slot is emptied (and hidden from listings)
         // rather than removed; a later CAN_DO or submit of the name gets a fresh slot.

@@ -105,6 +105,8 @@ fn tls_acceptor(config: &crate::Config) -> std::io::Result<TlsAcceptor> {
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn accept_loop(broker: Arc<Broker>, listener: TcpListener, tls: Option<TlsAcceptor>, permits: Arc<Semaphore>) {
+    // A new connection ends an idle poll too.
+    crate::idle_poll::watch(std::os::fd::AsRawFd::as_raw_fd(&listener));
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {

@@ -80,6 +80,32 @@ async fn maxqueue_refuses_submissions_beyond_the_limit_even_before_the_function_
 }
 
 #[tokio::test]
+async fn a_function_with_dead_letters_is_not_dropped() {
+    let b = broker().await;
+    let mut client = Peer::connect(b.gearman_addr).await;
+    client.submit(T::SubmitJobBg, "doomed", "", b"x").await;
+    let mut worker = Peer::worker(b.gearman_addr, &["doomed"]).await;
+    let job = worker.grab().await.unwrap();
+    worker.send(T::WorkFail, &[job.arg(0)]).await;
+    drop(worker);
+    let mut admin = Peer::connect(b.gearman_addr).await;
+    // Once the worker is gone, only the dead letter holds the function.
+    let mut reply = String::new();
+    for _ in 0..100 {
+        reply = admin.admin("drop function doomed").await;
+        if !reply.contains("workers") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(reply.starts_with("ERR ") && reply.contains("dead-lettered"), "{reply:?}");
+    assert!(admin.admin("show dead").await.contains("\tdoomed\t"), "the dead letter is kept");
+    assert_eq!(admin.admin("purge dead doomed").await, "OK 1\n");
+    assert_eq!(admin.admin("drop function doomed").await, "OK\r\n");
+    b.stop().await;
+}
+
+#[tokio::test]
 async fn show_jobs_show_unique_jobs_and_cancel() {
     let b = broker().await;
     let mut client = Peer::connect(b.gearman_addr).await;
