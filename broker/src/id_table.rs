@@ -83,10 +83,6 @@ impl<T> IdTable<T> {
         }
     }
 
-    pub fn contains_key(&self, id: &u64) -> bool {
-        self.get(id).is_some()
-    }
-
     /// Inserts `value` under `id`, returning the value it replaces.
     pub fn insert(&mut self, id: u64, value: T) -> Option<T> {
         if let Some(i) = self.slot(id) {
@@ -169,10 +165,6 @@ impl<T> IdTable<T> {
             .chain(self.stragglers.iter().map(|(&id, v)| (id, v)))
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = u64> + '_ {
-        self.iter().map(|(id, _)| id)
-    }
-
     pub fn shrink_to_fit(&mut self) {
         self.window.shrink_to_fit();
         self.stragglers.shrink_to_fit();
@@ -251,7 +243,7 @@ mod tests {
         assert_eq!(t.get(&12), None);
         assert_eq!(t.insert(12, 120), None, "a retired slot inside the window can be filled again");
         assert_eq!(t.len(), 10);
-        let mut keys: Vec<_> = t.keys().collect();
+        let mut keys: Vec<_> = t.iter().map(|(id, _)| id).collect();
         keys.sort_unstable();
         assert_eq!(keys, (10..20).collect::<Vec<_>>());
     }

@@ -51,10 +51,6 @@ impl IdlePoll {
         Ok(IdlePoll { epoll, window })
     }
 
-    pub fn window(&self) -> Duration {
-        self.window
-    }
-
     /// Watches a socket for new data (or connections) until it is closed.
     pub fn watch(&self, socket: RawFd) -> io::Result<()> {
         let mut event = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: socket as u64 };
@@ -99,12 +95,12 @@ pub fn install(poll: IdlePoll) -> bool {
     INSTALLED.set(poll).is_ok()
 }
 
-/// Registers a newly accepted connection with the installed idle poll, if any.
+/// Registers a listener or a newly accepted connection with the installed idle poll, if any.
 pub fn watch(socket: RawFd) {
     if let Some(p) = INSTALLED.get()
         && let Err(e) = p.watch(socket)
     {
-        tracing::debug!(error = %e, "idle poll: cannot watch a connection");
+        tracing::debug!(error = %e, "idle poll: cannot watch a socket");
     }
 }
 
@@ -156,11 +152,17 @@ mod tests {
 
     use super::*;
 
+    /// An idle poll of `window` watching the first end of a connected pair.
+    fn watching_a_pair(window: Duration) -> (IdlePoll, UnixStream, UnixStream) {
+        let poll = IdlePoll::new(window).unwrap();
+        let (watched, peer) = UnixStream::pair().unwrap();
+        poll.watch(watched.as_raw_fd()).unwrap();
+        (poll, watched, peer)
+    }
+
     #[test]
     fn ends_at_the_first_readable_connection() {
-        let poll = IdlePoll::new(Duration::from_secs(5)).unwrap();
-        let (a, mut b) = UnixStream::pair().unwrap();
-        poll.watch(a.as_raw_fd()).unwrap();
+        let (poll, _a, mut b) = watching_a_pair(Duration::from_secs(5));
         b.write_all(b"x").unwrap();
         let start = Instant::now();
         assert!(poll.poll());
@@ -169,9 +171,7 @@ mod tests {
 
     #[test]
     fn unread_data_is_reported_once() {
-        let poll = IdlePoll::new(Duration::from_millis(20)).unwrap();
-        let (a, mut b) = UnixStream::pair().unwrap();
-        poll.watch(a.as_raw_fd()).unwrap();
+        let (poll, _a, mut b) = watching_a_pair(Duration::from_millis(20));
         b.write_all(b"x").unwrap();
         assert!(poll.poll());
         // Still unread (as when the broker stops reading from a peer that does not read): the
@@ -192,9 +192,7 @@ mod tests {
     #[test]
     fn waits_out_the_window_when_nothing_arrives() {
         let window = Duration::from_millis(30);
-        let poll = IdlePoll::new(window).unwrap();
-        let (a, _b) = UnixStream::pair().unwrap();
-        poll.watch(a.as_raw_fd()).unwrap();
+        let (poll, _a, _b) = watching_a_pair(window);
         let start = Instant::now();
         assert!(!poll.poll());
         assert!(start.elapsed() >= window);
@@ -218,9 +216,7 @@ mod tests {
 
     #[test]
     fn a_closed_connection_leaves_the_watch() {
-        let poll = IdlePoll::new(Duration::from_millis(10)).unwrap();
-        let (a, b) = UnixStream::pair().unwrap();
-        poll.watch(a.as_raw_fd()).unwrap();
+        let (poll, a, b) = watching_a_pair(Duration::from_millis(10));
         drop(b); // `a` is readable now (end of stream) ...
         assert!(poll.poll());
         drop(a); // ... and gone once closed: a new socket on the same descriptor can be watched.

@@ -318,9 +318,8 @@ impl State {
                 created: Instant::now(),
                 extra,
             };
-            let indexed = r.dead.is_none() && !job.unique.is_empty();
             self.jobs.insert(id, job);
-            if indexed {
+            if r.dead.is_none() {
                 self.index_unique(id);
             }
             if r.dead.is_some() {
@@ -633,9 +632,7 @@ impl State {
         }
 
         // Coalesce onto a job with the same (function, unique) that is queued or running.
-        if !unique.is_empty()
-            && let Some(existing) = self.functions[fid as usize].uniques.get(&unique, |j| unique_of(&self.jobs, j))
-        {
+        if let Some(existing) = self.functions[fid as usize].uniques.get(&unique, |j| unique_of(&self.jobs, j)) {
             if !background
                 && let Some(job) = self.jobs.get_mut(&existing)
                 && !job.clients.contains(&id)
@@ -689,7 +686,6 @@ impl State {
             created: Instant::now(),
             extra,
         };
-        let indexed = !job.unique.is_empty();
         if self.is_durable(&job) {
             let record = Record::Add(JobRecord {
                 id: job_id,
@@ -703,9 +699,7 @@ impl State {
             fx.durable_seq = fx.durable_seq.max(self.journal_append(&record));
         }
         self.jobs.insert(job_id, job);
-        if indexed {
-            self.index_unique(job_id);
-        }
+        self.index_unique(job_id);
         if !background && let Some(c) = self.conns.get_mut(&id) {
             c.waiting_on.push(job_id);
         }
@@ -720,8 +714,8 @@ impl State {
         fx.stats_changed = true;
     }
 
-    /// Indexes a job (already in the job table) under its unique key, unless another job holds
-    /// that key.
+    /// Indexes a job (already in the job table) under its unique key, unless it has none or
+    /// another job holds that key.
     fn index_unique(&mut self, job_id: JobId) {
         let Some(job) = self.jobs.get(&job_id) else { return };
         let jobs = &self.jobs;
@@ -1006,9 +1000,7 @@ impl State {
         if let JobState::Running { .. } = job.state {
             f.running -= 1;
         }
-        if !job.unique.is_empty() {
-            f.uniques.remove(job_id, &job.unique);
-        }
+        f.uniques.remove(job_id, &job.unique);
         match outcome {
             Outcome::Complete => {
                 f.completed += 1;
@@ -1117,12 +1109,9 @@ impl State {
         job.state = JobState::Dead;
         job.extra.get_or_insert_with(Default::default).last_error = error.clone();
         let attempts = job.attempt;
-        let unique = job.unique.clone();
         tracing::warn!(job = job_id, attempts, error = %String::from_utf8_lossy(&error), "job dead-lettered");
         let f = &mut self.functions[fid];
-        if !unique.is_empty() {
-            f.uniques.remove(job_id, &unique);
-        }
+        f.uniques.remove(job_id, &job.unique);
         f.dead.push_back(job_id);
         f.dead_lettered += 1;
         self.metrics.dead_lettered.inc();
@@ -1202,9 +1191,7 @@ impl State {
             }
             JobState::Running { .. } => return false,
         }
-        if !job.unique.is_empty() {
-            f.uniques.remove(job_id, &job.unique);
-        }
+        f.uniques.remove(job_id, &job.unique);
         let durable = job.background;
         self.jobs.remove(&job_id);
         if durable && self.journal.is_some() {
@@ -1490,12 +1477,9 @@ impl State {
             let Some(job) = self.jobs.get_mut(&id) else { continue };
             job.attempt = 0;
             let fid = job.fid as usize;
-            let indexed = !job.unique.is_empty();
             self.functions[fid].dead.retain(|&j| j != id);
-            if indexed {
-                // Unless a newer job took the key while this one was dead.
-                self.index_unique(id);
-            }
+            // Unless a newer job took the key while this one was dead.
+            self.index_unique(id);
             if self.journal.is_some() {
                 self.journal_append(&Record::Retry { id, at_ms: 0, attempts: 0, error: Bytes::new() });
             }

@@ -5,6 +5,8 @@
 //! reference to every key (plus the 32-byte `Bytes` handle and its shared header): with the
 //! 36-byte UUID keys libgearman sends with every job, that was a fifth of a queued job's memory.
 //!
+//! An empty key is no key: it is never indexed, found or removed.
+//!
 //! Keys are chosen by peers, so they are hashed with a randomly keyed SipHash.
 
 use std::hash::{BuildHasher, RandomState};
@@ -31,6 +33,9 @@ impl UniqueIndex {
 
     /// The job holding `unique`; `unique_of` gives an indexed job's key.
     pub fn get<'a>(&self, unique: &[u8], unique_of: impl Fn(JobId) -> Option<&'a [u8]>) -> Option<JobId> {
+        if unique.is_empty() {
+            return None;
+        }
         let hash = self.hasher.hash_one(unique);
         self.table.find(hash, |&id| unique_of(id) == Some(unique)).copied()
     }
@@ -39,9 +44,11 @@ impl UniqueIndex {
     /// it did. Every indexed job must be found by `unique_of` (it rehashes them as the table
     /// grows), so a job goes into the job table before it goes in here.
     pub fn insert<'a>(&mut self, id: JobId, unique: &[u8], unique_of: impl Fn(JobId) -> Option<&'a [u8]>) -> bool {
-        let hasher = &self.hasher;
-        let hash = hasher.hash_one(unique);
-        let rehash = |&j: &JobId| unique_of(j).map_or(0, |u| hasher.hash_one(u));
+        if unique.is_empty() {
+            return false;
+        }
+        let hash = self.hasher.hash_one(unique);
+        let rehash = rehasher(&self.hasher, &unique_of);
         match self.table.entry(hash, |&j| unique_of(j) == Some(unique), rehash) {
             Entry::Occupied(_) => false,
             Entry::Vacant(slot) => {
@@ -53,6 +60,9 @@ impl UniqueIndex {
 
     /// Drops job `id` from the index if it holds `unique` (another job may hold the key by now).
     pub fn remove(&mut self, id: JobId, unique: &[u8]) -> bool {
+        if unique.is_empty() {
+            return false;
+        }
         let hash = self.hasher.hash_one(unique);
         match self.table.find_entry(hash, |&j| j == id) {
             Ok(entry) => {
@@ -69,9 +79,16 @@ impl UniqueIndex {
     }
 
     pub fn shrink_to_fit<'a>(&mut self, unique_of: impl Fn(JobId) -> Option<&'a [u8]>) {
-        let hasher = &self.hasher;
-        self.table.shrink_to_fit(|&j| unique_of(j).map_or(0, |u| hasher.hash_one(u)));
+        self.table.shrink_to_fit(rehasher(&self.hasher, &unique_of));
     }
+}
+
+/// The hash of an indexed job's key, for moving entries when the table is resized.
+fn rehasher<'a, 'b>(
+    hasher: &'b RandomState,
+    unique_of: &'b impl Fn(JobId) -> Option<&'a [u8]>,
+) -> impl Fn(&JobId) -> u64 + 'b {
+    move |&j| unique_of(j).map_or(0, |u| hasher.hash_one(u))
 }
 
 #[cfg(test)]
@@ -91,6 +108,8 @@ mod tests {
         }
         assert_eq!(index.len(), 5000);
         assert!(!index.insert(9999, b"key-17", unique_of), "a held key is not taken over");
+        assert!(!index.insert(9998, b"", unique_of), "an empty key is no key");
+        assert_eq!(index.get(b"", unique_of), None);
         assert_eq!(index.get(b"key-17", unique_of), Some(17));
         assert_eq!(index.get(b"key-5000", unique_of), None);
         assert!(!index.remove(18, b"key-17"), "only the holder's entry is removed");
