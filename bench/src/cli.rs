@@ -41,6 +41,9 @@ pub enum Command {
     FloorServer {
         #[arg(long)]
         listen: SocketAddr,
+        /// Route foreground jobs (the foreground floor) instead of answering with made-up jobs.
+        #[arg(long)]
+        route: bool,
     },
 }
 
@@ -182,7 +185,8 @@ pub fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Run(args)) => run_one(&args),
-        Some(Command::FloorServer { listen }) => Ok(crate::floor::serve(listen)?),
+        Some(Command::FloorServer { listen, route: false }) => Ok(crate::floor::serve(listen)?),
+        Some(Command::FloorServer { listen, route: true }) => Ok(crate::router_floor::serve(listen)?),
         None => compare(&cli.compare).map(|_| ()),
     }
 }
@@ -319,7 +323,7 @@ pub fn run_one(a: &RunArgs) -> Result<()> {
     for i in 0..a.repeat.max(1) {
         let server = match a.addr {
             Some(addr) => Server::attach(a.server, addr, a.pid),
-            None => Server::start(a.server, &opts)?,
+            None => Server::start(a.server, &opts, a.mode)?,
         };
         let s = rt.block_on(workload::run(&w, &server))?;
         server.stop();

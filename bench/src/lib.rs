@@ -6,6 +6,7 @@
 //! * [`workload`]: the workload shapes and what one run measures (jobs/s, CPU, RSS).
 //! * [`disk`]: this disk's sync latency, the floor of an fsync-acknowledged submission.
 //! * [`floor`]: the cheapest possible answer to a background submission (what the kernel costs).
+//! * [`router_floor`]: the least a server can do to route foreground jobs (the same for them).
 //! * [`server`]: starting gearmand and gearfleet-broker on loopback ports, one at a time.
 //! * [`suite`]: the standard workloads and the comparison loop.
 //! * [`report`], [`chart`]: the Markdown table, the goals check, and the SVG chart.
@@ -18,6 +19,7 @@ pub mod floor;
 pub mod load;
 pub mod procstat;
 pub mod report;
+pub mod router_floor;
 pub mod server;
 pub mod suite;
 pub mod workload;

@@ -308,18 +308,22 @@ fn mark(ok: bool) -> &'static str {
     if ok { "holds" } else { "**fails**" }
 }
 
-/// Gearfleet against the floor (a server that keeps nothing and sleeps between packets) on the
-/// workloads the floor runs: how much of a job's cost is the exchange itself.
+/// Gearfleet against the floor (background: a server that keeps nothing and sleeps between
+/// packets; foreground: a bare FIFO router) on the workloads the floor runs: how much of a job's
+/// cost is the exchange itself.
 fn floor_lines(r: &Results) -> Option<String> {
     let mut out = String::new();
     for (wi, w) in r.workloads.iter().enumerate() {
         let Some(floor) = r.cell(wi, ServerKind::Floor).and_then(Cell::server_us) else { continue };
-        let _ = write!(
-            out,
-            "  - {}: the floor (a server that keeps nothing) spends {} µs/job",
-            w.label,
-            fmt_us(Some(floor))
-        );
+        let what = if w.shape == Shape::Fg {
+            "the floor (a bare FIFO router)"
+        } else {
+            "the floor (a server that keeps nothing)"
+        };
+        let _ = write!(out, "  - {}: {what} spends {} µs/job", w.label, fmt_us(Some(floor)));
+        if let Some(best_cpu) = r.best_gearmand_cpu(wi) {
+            let _ = write!(out, " ({:.2}× gearmand's)", floor / best_cpu);
+        }
         let floor_rate = r.cell(wi, ServerKind::Floor).and_then(Cell::rate).map(|s| s.median);
         if let (Some(fr), Some(best_rate)) = (floor_rate, r.best_gearmand_rate(wi)) {
             let _ = write!(out, " and does {} jobs/s ({:.2}× gearmand)", thousands(fr), fr / best_rate);

@@ -29,9 +29,11 @@ pub enum ServerKind {
     GearfleetFsync,
     /// gearfleet-broker with `--durability async` (journal flushed every 100 ms).
     GearfleetAsync,
-    /// The floor ([`crate::floor`]): answers background submissions and hands workers made-up
-    /// jobs, keeping nothing and sleeping in a blocking read between packets, to show what the
-    /// exchange itself costs. Background-submit and drain workloads only.
+    /// The floor: what the exchange itself costs. For background submissions and the drain
+    /// ([`crate::floor`]) it answers submissions and hands workers made-up jobs, keeping nothing
+    /// and sleeping in a blocking read between packets; for foreground jobs
+    /// ([`crate::router_floor`]) it routes them with nothing but a FIFO, one thread and one
+    /// `epoll`. Not for the memory workload.
     Floor,
 }
 
@@ -51,11 +53,10 @@ impl ServerKind {
         }
     }
 
-    /// Whether this server can run workloads of `shape` (the floor keeps no jobs: it answers
-    /// submissions and hands out made-up jobs, but cannot route a job from a client to a worker).
+    /// Whether this server can run workloads of `shape` (the floor keeps no background jobs, so
+    /// it has no memory per queued job to show).
     pub fn runs(self, shape: crate::workload::Shape) -> bool {
-        use crate::workload::Shape;
-        self != ServerKind::Floor || matches!(shape, Shape::Bg | Shape::Drain)
+        self != ServerKind::Floor || shape != crate::workload::Shape::Memory
     }
 
     pub fn is_gearmand(self) -> bool {
@@ -111,10 +112,14 @@ impl ServerOptions {
     /// One line describing the servers' versions and flags, for the report.
     pub fn describe(&self, kind: ServerKind) -> String {
         match kind {
-            ServerKind::Floor => "no job server: answers each background submission with JOB_CREATED and each \
-                                  GRAB_JOB with a made-up job, keeping nothing (one thread per connection, \
-                                  blocking read and write, so it sleeps between packets): what the system \
-                                  calls and wake-ups of the exchange cost, with no work of a server's own"
+            ServerKind::Floor => "no job server: for background submissions and the drain it answers each \
+                                  submission with JOB_CREATED and each GRAB_JOB with a made-up job, keeping \
+                                  nothing (one thread per connection, blocking read and write, so it sleeps \
+                                  between packets); for foreground jobs it routes each job through a FIFO to \
+                                  a worker and its result back, with nothing else (one thread, one epoll, one \
+                                  read per readiness event, one write per peer per batch, no polling): what \
+                                  the system calls and wake-ups of the exchange cost, with no work of a \
+                                  server's own"
                 .to_string(),
             ServerKind::Gearmand => {
                 format!("{} `--threads={}`", gearmand_version(&self.gearmand_bin), self.gearmand_threads)
@@ -193,7 +198,8 @@ enum Inner {
 static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
 
 impl Server {
-    pub fn start(kind: ServerKind, opts: &ServerOptions) -> Result<Server> {
+    /// Starts `kind` for workloads of `shape` (which decides the floor's program).
+    pub fn start(kind: ServerKind, opts: &ServerOptions, shape: crate::workload::Shape) -> Result<Server> {
         if kind == ServerKind::Gearfleet && opts.gearfleet_in_process {
             return Server::start_in_process(opts);
         }
@@ -245,6 +251,9 @@ impl Server {
                 };
                 let mut c = Command::new(bin);
                 c.arg("floor-server").arg("--listen").arg(addr.to_string());
+                if shape == crate::workload::Shape::Fg {
+                    c.arg("--route");
+                }
                 c
             }
         };

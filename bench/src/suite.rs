@@ -189,7 +189,7 @@ pub fn compare(
                 if !kind.runs(w.shape) {
                     continue;
                 }
-                let outcome = Server::start(kind, opts).and_then(|server| {
+                let outcome = Server::start(kind, opts, w.shape).and_then(|server| {
                     let r = rt.block_on(workload::run(w, &server));
                     let r = r.map_err(|e| {
                         let tail = server.stderr_tail();

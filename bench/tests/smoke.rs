@@ -104,7 +104,7 @@ fn the_binary_runs_one_custom_workload() {
 }
 
 #[test]
-fn the_floor_runs_background_submissions_only_and_is_reported() {
+fn the_floor_runs_foreground_and_background_workloads_and_is_reported() {
     let dir = scratch_dir("floor");
     let out = dir.join("results.md");
     let mut servers = "gearfleet,floor".to_string();
@@ -118,7 +118,7 @@ fn the_floor_runs_background_submissions_only_and_is_reported() {
         "--servers",
         &servers,
         "--workloads",
-        "fg-1-1,bg-1",
+        "fg-4-4-x100,bg-1,memory",
         // Enough jobs that each server's CPU time spans several clock ticks.
         "--jobs",
         "2000",
@@ -131,27 +131,33 @@ fn the_floor_runs_background_submissions_only_and_is_reported() {
     let cli = Cli::try_parse_from(args).unwrap();
     let written = cli::compare(&cli.compare).expect("comparison with the floor runs");
     let r = &written.results;
-    let fg = r.workloads.iter().position(|w| w.key == "fg-1-1").unwrap();
-    let bg = r.workloads.iter().position(|w| w.key == "bg-1").unwrap();
-    let floor_fg = r.cell(fg, ServerKind::Floor).unwrap();
-    assert!(floor_fg.samples.is_empty() && floor_fg.errors.is_empty(), "the floor does not run fg: {floor_fg:?}");
-    let floor_bg = r.cell(bg, ServerKind::Floor).unwrap();
-    assert!(floor_bg.errors.is_empty(), "{:?}", floor_bg.errors);
-    assert!(!floor_bg.samples.is_empty());
-    // Its CPU time is read from /proc (a separate process), in clock ticks: present, maybe 0 in so
-    // short a run.
-    assert!(floor_bg.samples.iter().all(|s| s.jobs > 0 && s.server_us_per_job().is_some()));
+    let at = |key: &str| r.workloads.iter().position(|w| w.key == key).unwrap();
+    let (fg, bg, memory) = (at("fg-4-4-x100"), at("bg-1"), at("memory"));
+    // Foreground jobs go through the floor's router: every submitted job completes.
+    for w in [fg, bg] {
+        let floor = r.cell(w, ServerKind::Floor).unwrap();
+        assert!(floor.errors.is_empty(), "{:?}", floor.errors);
+        assert!(!floor.samples.is_empty());
+        // Its CPU time is read from /proc (a separate process), in clock ticks: present, maybe 0
+        // in so short a run.
+        assert!(floor.samples.iter().all(|s| s.jobs == 2000 && s.server_us_per_job().is_some()));
+    }
+    let floor_memory = r.cell(memory, ServerKind::Floor).unwrap();
+    assert!(floor_memory.samples.is_empty() && floor_memory.errors.is_empty(), "the floor keeps no queue to measure");
     let table = std::fs::read_to_string(&written.markdown).unwrap();
-    let fg_cells = row_cells(&table, &r.workloads[fg].title);
-    assert!(fg_cells.iter().any(|(h, v)| *h == "floor jobs/s" && *v == "–"), "{table}");
-    // The floor line needs its CPU figure; /proc counts 10 ms ticks, so a run too short to
+    let memory_cells = row_cells(&table, &r.workloads[memory].title);
+    assert!(memory_cells.iter().any(|(h, v)| *h == "floor jobs/s" && *v == "–"), "{table}");
+    // The floor lines need its CPU figure; /proc counts 10 ms ticks, so a run too short to
     // register one has none.
-    let floor_cpu = r.cell(bg, ServerKind::Floor).and_then(|c| c.server_us()).is_some_and(|us| us > 0.0);
-    if floor_cpu {
+    let has_cpu = |w: usize| r.cell(w, ServerKind::Floor).and_then(|c| c.server_us()).is_some_and(|us| us > 0.0);
+    if has_cpu(bg) {
         assert!(table.contains("bg 1: the floor (a server that keeps nothing) spends"), "{table}");
         if r.cell(bg, ServerKind::Gearfleet).and_then(|c| c.server_us()).is_some() {
             assert!(table.contains("× the floor's)"), "gearfleet's cost against the floor's: {table}");
         }
+    }
+    if has_cpu(fg) {
+        assert!(table.contains("fg 4/4 ×100: the floor (a bare FIFO router) spends"), "{table}");
     }
     let _ = std::fs::remove_dir_all(dir);
 }
