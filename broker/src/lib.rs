@@ -5,6 +5,7 @@
 //! * [`connection`]: per-connection reader and writer tasks.
 //! * [`server`]: listeners for the Gearman port and HTTP (metrics, health).
 //! * [`admin`]: the text admin protocol.
+//! * [`runtime`]: the runtime the broker runs on (threads, park hooks).
 
 pub mod admin;
 pub mod broker;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod outcomes;
 pub mod queue;
+pub mod runtime;
 pub mod schedule;
 pub mod server;
 pub mod store;

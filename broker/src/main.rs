@@ -11,22 +11,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
-    // The multi-threaded scheduler even for one thread: measured, its single worker serves
-    // latency-bound loads with less CPU per job than the current-thread scheduler (whose thread
-    // also drives `block_on`).
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    rt.worker_threads(config.runtime_threads());
-    if !config.idle_poll.is_zero() {
-        match gearfleet_broker::idle_poll::IdlePoll::new(config.idle_poll) {
-            Ok(poll) => {
-                gearfleet_broker::idle_poll::install(poll);
-                rt.on_thread_park(gearfleet_broker::idle_poll::before_park);
-                rt.on_thread_unpark(gearfleet_broker::idle_poll::after_unpark);
-            }
-            Err(e) => tracing::warn!(error = %e, "idle poll unavailable; the event loop sleeps at once"),
-        }
-    }
-    rt.enable_all().build()?.block_on(run(config))
+    gearfleet_broker::runtime::build(&config)?.block_on(run(config))
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

@@ -8,7 +8,7 @@
 //! for the socket to become writable. Connections without a direct sink (TLS) always go through
 //! their writer task.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -44,6 +44,9 @@ pub struct Outbox {
     sendable: AtomicUsize,
     /// Already in this thread's list of outboxes to flush.
     flush_queued: AtomicBool,
+    /// The peer waits on several replies at once (a client with many jobs in flight): its writes
+    /// may wait for the end of the event loop's round and share one `send`.
+    pipelined: AtomicBool,
     /// Wakes the writer when it has work, readers waiting for the buffer to drain, and the task
     /// that releases held replies.
     ready: Notify,
@@ -55,6 +58,40 @@ pub struct Outbox {
 thread_local! {
     /// Outboxes written to in the current [`deferring`] section of this thread.
     static DEFERRED: RefCell<Option<Vec<Arc<Outbox>>>> = const { RefCell::new(None) };
+    /// Pipelined outboxes whose writes wait for this thread's event loop to run out of work.
+    static UNTIL_PARK: RefCell<Vec<Arc<Outbox>>> = const { RefCell::new(Vec::new()) };
+    /// Sections ended since the oldest entry of [`UNTIL_PARK`] was deferred.
+    static SECTIONS_WAITED: Cell<u32> = const { Cell::new(0) };
+    /// This thread calls [`before_park`] when its event loop runs out of work.
+    static PARKS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// How many sections a pipelined outbox's writes wait at most when the event loop never runs out
+/// of work (its runtime then polls for I/O without parking).
+const MAX_SECTIONS_WAITED: u32 = 16;
+
+/// The runtime's park hook: writes what pipelined outboxes deferred to the end of this round of
+/// the event loop; from the first call on, this thread defers them.
+pub fn before_park() {
+    PARKS.set(true);
+    flush_until_park();
+}
+
+fn flush_until_park() {
+    SECTIONS_WAITED.set(0);
+    let list = UNTIL_PARK.with(|l| std::mem::take(&mut *l.borrow_mut()));
+    for outbox in &list {
+        outbox.flush_queued.store(false, Ordering::Release);
+        outbox.flush();
+    }
+    // Keep the allocation for the next round.
+    UNTIL_PARK.with(|l| {
+        let mut l = l.borrow_mut();
+        if l.is_empty() {
+            *l = list;
+            l.clear();
+        }
+    });
 }
 
 /// Runs `f`, holding back the socket writes of every outbox it pushes to until it returns; then
@@ -78,9 +115,24 @@ pub fn deferring<R>(f: impl FnOnce() -> R) -> R {
     impl Drop for Flush {
         fn drop(&mut self) {
             let list = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
+            let parks = PARKS.get();
+            let mut waiting = false;
             for outbox in list {
+                if parks && outbox.pipelined.load(Ordering::Relaxed) {
+                    // Stays queued (flush_queued): later sections find it in the park list.
+                    UNTIL_PARK.with(|l| l.borrow_mut().push(outbox));
+                    waiting = true;
+                    continue;
+                }
                 outbox.flush_queued.store(false, Ordering::Release);
                 outbox.flush();
+            }
+            if waiting || UNTIL_PARK.with(|l| !l.borrow().is_empty()) {
+                let waited = SECTIONS_WAITED.get() + 1;
+                SECTIONS_WAITED.set(waited);
+                if waited >= MAX_SECTIONS_WAITED {
+                    flush_until_park();
+                }
             }
         }
     }
@@ -97,6 +149,15 @@ impl Outbox {
     /// An outbox that writes to `sink` directly when it can.
     pub fn with_sink(sink: Arc<OwnedWriteHalf>) -> Outbox {
         Outbox { sink: Some(sink), ..Outbox::default() }
+    }
+
+    /// Whether the peer waits on several replies at once (see [`before_park`]).
+    pub fn set_pipelined(&self, pipelined: bool) {
+        self.pipelined.store(pipelined, Ordering::Relaxed);
+    }
+
+    pub fn is_pipelined(&self) -> bool {
+        self.pipelined.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, Buffers> {
@@ -332,5 +393,99 @@ impl Outbox {
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    /// An outbox writing straight to a socket, and the socket's other end (blocking reads, so a
+    /// read returns what one `send` carried on loopback).
+    async fn outbox_and_peer() -> (Arc<Outbox>, std::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let (_, sink) = stream.into_split();
+        (Arc::new(Outbox::with_sink(Arc::new(sink))), peer)
+    }
+
+    /// Bytes the peer can read right now (loopback delivers within the sender's `send`).
+    fn readable_now(peer: &mut std::net::TcpStream) -> Vec<u8> {
+        peer.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 256];
+        let n = match peer.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => panic!("reading: {e}"),
+        };
+        buf[..n].to_vec()
+    }
+
+    fn push_in_section(outbox: &Arc<Outbox>, bytes: &'static [u8]) {
+        deferring(|| outbox.push(|b| b.extend_from_slice(bytes)));
+    }
+
+    // Each test runs on a thread of its own: the thread-local park state starts fresh.
+
+    #[tokio::test]
+    async fn a_pipelined_peer_gets_a_rounds_replies_in_one_write_when_the_loop_parks() {
+        let (outbox, mut peer) = outbox_and_peer().await;
+        outbox.set_pipelined(true);
+        before_park();
+        push_in_section(&outbox, b"one,");
+        push_in_section(&outbox, b"two");
+        assert_eq!(readable_now(&mut peer), b"", "held until the event loop runs out of work");
+        before_park();
+        assert_eq!(readable_now(&mut peer), b"one,two", "both replies in one send");
+    }
+
+    #[tokio::test]
+    async fn other_peers_get_their_replies_when_the_section_ends() {
+        let (outbox, mut peer) = outbox_and_peer().await;
+        before_park();
+        push_in_section(&outbox, b"one");
+        assert_eq!(readable_now(&mut peer), b"one");
+    }
+
+    #[tokio::test]
+    async fn a_thread_that_never_parks_holds_nothing_back() {
+        let (outbox, mut peer) = outbox_and_peer().await;
+        outbox.set_pipelined(true);
+        push_in_section(&outbox, b"one");
+        assert_eq!(readable_now(&mut peer), b"one");
+    }
+
+    #[tokio::test]
+    async fn a_loop_that_never_parks_writes_held_replies_after_a_bounded_number_of_sections() {
+        let (outbox, mut peer) = outbox_and_peer().await;
+        outbox.set_pipelined(true);
+        before_park();
+        push_in_section(&outbox, b"held");
+        for _ in 1..MAX_SECTIONS_WAITED - 1 {
+            deferring(|| {});
+        }
+        assert_eq!(readable_now(&mut peer), b"", "still within the bound");
+        deferring(|| {});
+        assert_eq!(readable_now(&mut peer), b"held");
+        // The count starts over for the next held reply.
+        push_in_section(&outbox, b"again");
+        assert_eq!(readable_now(&mut peer), b"");
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_outbox_written_from_another_section_stays_queued_once() {
+        let (outbox, mut peer) = outbox_and_peer().await;
+        outbox.set_pipelined(true);
+        before_park();
+        for _ in 0..3 {
+            push_in_section(&outbox, b"x");
+        }
+        assert_eq!(UNTIL_PARK.with(|l| l.borrow().len()), 1);
+        before_park();
+        assert_eq!(readable_now(&mut peer), b"xxx");
+        assert!(UNTIL_PARK.with(|l| l.borrow().is_empty()));
     }
 }

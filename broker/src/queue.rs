@@ -185,6 +185,20 @@ struct Conn {
     watching: bool,
 }
 
+impl Conn {
+    /// Starts waiting on a foreground job's result.
+    fn wait_on(&mut self, job: JobId) {
+        self.waiting_on.push(job);
+        self.outbox.set_pipelined(self.waiting_on.len() > 1);
+    }
+
+    /// Stops waiting on a job's result (it ended, or the job is gone).
+    fn stop_waiting(&mut self, job: JobId) {
+        self.waiting_on.retain(|&j| j != job);
+        self.outbox.set_pipelined(self.waiting_on.len() > 1);
+    }
+}
+
 /// Work to do once the lock is released.
 #[derive(Debug, Default)]
 pub struct Effects {
@@ -640,7 +654,7 @@ impl State {
                 job.retain |= retain;
                 job.clients.push(id);
                 if let Some(c) = self.conns.get_mut(&id) {
-                    c.waiting_on.push(existing);
+                    c.wait_on(existing);
                 }
             }
             // The job may still be on its way to disk: acknowledge once everything so far is.
@@ -701,7 +715,7 @@ impl State {
         self.jobs.insert(job_id, job);
         self.index_unique(job_id);
         if !background && let Some(c) = self.conns.get_mut(&id) {
-            c.waiting_on.push(job_id);
+            c.wait_on(job_id);
         }
         self.functions[fid as usize].submitted += 1;
         self.metrics.submitted.inc();
@@ -1065,7 +1079,7 @@ impl State {
         self.handle_of(job_id, &mut handle);
         for client in clients {
             let Some(c) = self.conns.get_mut(client) else { continue };
-            c.waiting_on.retain(|&j| j != job_id);
+            c.stop_waiting(job_id);
             match (outcome, packet) {
                 (Outcome::Complete, Some(p)) => c.outbox.push(|b| p.encode_as(b, Magic::Res)),
                 (Outcome::Exception, Some(p)) if c.exceptions => c.outbox.push(|b| p.encode_as(b, Magic::Res)),
@@ -1296,7 +1310,7 @@ impl State {
         self.handle_of(job_id, &mut handle_buf);
         for client in clients {
             if let Some(c) = self.conns.get_mut(&client) {
-                c.waiting_on.retain(|&j| j != job_id);
+                c.stop_waiting(job_id);
                 c.outbox.push(|b| encode_packet(b, Magic::Res, PacketType::WorkFail, &[&handle_buf]));
             }
         }
@@ -1570,6 +1584,25 @@ mod tests {
             out.push(p.ptype);
         }
         out
+    }
+
+    #[test]
+    fn a_client_waiting_on_several_jobs_is_pipelined_until_one_is_left() {
+        let (mut s, _worker) = worker_and_client();
+        let client = s.conns[&2].outbox.clone();
+        req(&mut s, 1, PacketType::CanDo, &[b"f"]);
+        req(&mut s, 2, PacketType::SubmitJob, &[b"f", b"", b"a"]);
+        assert!(!client.is_pipelined(), "one job in flight: its replies go out at once");
+        req(&mut s, 2, PacketType::SubmitJob, &[b"f", b"", b"b"]);
+        assert!(client.is_pipelined());
+        // A background submission is nothing to wait on.
+        req(&mut s, 2, PacketType::SubmitJobBg, &[b"f", b"", b"c"]);
+        assert!(client.is_pipelined());
+        req(&mut s, 1, PacketType::GrabJob, &[]);
+        let mut handle = Vec::new();
+        s.handle_of(s.conns[&1].holding[0], &mut handle);
+        req(&mut s, 1, PacketType::WorkComplete, &[&handle, b""]);
+        assert!(!client.is_pipelined(), "one job left in flight");
     }
 
     #[test]

@@ -183,6 +183,9 @@ async fn drained_workers_get_no_jobs_until_undrained() {
     let mut client = Peer::connect(b.gearman_addr).await;
     let mut worker = Peer::worker(b.gearman_addr, &["f"]).await;
     worker.send(T::SetClientId, &[b"pod-x"]).await;
+    // Requests on one connection are handled in order: once the echo is back, so is the id.
+    worker.send(T::EchoReq, &[b""]).await;
+    worker.expect(T::EchoRes).await;
     let mut admin = Peer::connect(b.gearman_addr).await;
     assert_eq!(admin.admin("fleet drain pod-x").await, "OK 1\n");
     client.submit(T::SubmitJobBg, "f", "", b"").await;

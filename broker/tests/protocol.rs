@@ -385,3 +385,64 @@ async fn retained_outcome_answers_a_resubmission_instead_of_a_second_run() {
     assert_eq!(plain.expect(T::WorkComplete).await.arg(1), b"second");
     b.stop().await;
 }
+
+/// A client with many jobs in flight (its replies may wait for the end of the event loop's round
+/// and share a write) gets every JOB_CREATED in order and every result, from several workers,
+/// while it still waits on other jobs (two for a function nobody serves): nothing is left held
+/// once the broker has nothing else to do.
+#[tokio::test]
+async fn a_pipelining_client_gets_every_result_from_several_workers() {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const JOBS: usize = 300;
+    let b = broker().await;
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let mut w = Peer::worker(b.gearman_addr, &["reverse"]).await;
+        let done = done.clone();
+        workers.push(tokio::spawn(async move {
+            while done.load(Ordering::SeqCst) < JOBS {
+                let Some(job) = w.grab().await else {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                };
+                let reversed: Vec<u8> = job.arg(3).iter().rev().copied().collect();
+                w.send(T::WorkComplete, &[job.arg(0), &reversed]).await;
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    let mut client = Peer::connect(b.gearman_addr).await;
+    let mut burst = Vec::new();
+    for _ in 0..2 {
+        burst.extend_from_slice(&gearfleet_proto::Packet::req(T::SubmitJob, &[b"never", b"", b""]).to_bytes());
+    }
+    for i in 0..JOBS {
+        let data = format!("job-{i:03}");
+        burst.extend_from_slice(
+            &gearfleet_proto::Packet::req(T::SubmitJob, &[b"reverse", b"", data.as_bytes()]).to_bytes(),
+        );
+    }
+    client.send_raw(&burst).await;
+    let mut created = Vec::new();
+    let mut results = HashMap::new();
+    while created.len() < JOBS + 2 || results.len() < JOBS {
+        let p = client.recv().await;
+        match p.ptype {
+            T::JobCreated => created.push(p.arg(0).to_vec()),
+            T::WorkComplete => assert!(results.insert(p.arg(0).to_vec(), p.arg(1).to_vec()).is_none()),
+            other => panic!("unexpected {other}"),
+        }
+    }
+    for (i, handle) in created[2..].iter().enumerate() {
+        let want: Vec<u8> = format!("job-{i:03}").bytes().rev().collect();
+        assert_eq!(results.get(handle), Some(&want), "result of submission {i}");
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    b.stop().await;
+}

@@ -38,7 +38,7 @@ async fn admin_token_guards_state_changes_and_metrics_token_guards_metrics() {
     let mut config = gearfleet_broker::Config::for_tests();
     config.admin_token_file = Some(token_file);
     config.metrics_token = Some("m3trics".into());
-    let b = gearfleet_broker::start(config).await.expect("broker starts");
+    let b = gearfleet_broker::runtime::start_detached(config).await.expect("broker starts");
 
     let mut admin = Peer::connect(b.gearman_addr).await;
     assert!(admin.admin("status").await.ends_with(".\n"), "read-only commands stay open");
@@ -89,7 +89,7 @@ async fn tls_listener_serves_gearman_over_tls() {
     config.tls_listen = Some("127.0.0.1:0".parse().unwrap());
     config.tls_cert = Some(cert.clone());
     config.tls_key = Some(key);
-    let b = gearfleet_broker::start(config).await.expect("broker starts with TLS");
+    let b = gearfleet_broker::runtime::start_detached(config).await.expect("broker starts with TLS");
     let tls_addr = b.tls_addr.expect("TLS listener");
 
     // A plain worker.

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 pub const WAIT: Duration = Duration::from_secs(5);
 
 pub async fn broker() -> gearfleet_broker::Running {
-    gearfleet_broker::start(gearfleet_broker::Config::for_tests()).await.expect("broker starts")
+    gearfleet_broker::runtime::start_detached(gearfleet_broker::Config::for_tests()).await.expect("broker starts")
 }
 
 pub struct Peer {
