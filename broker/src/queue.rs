@@ -194,7 +194,10 @@ impl Conn {
 
     /// Stops waiting on a job's result (it ended, or the job is gone).
     fn stop_waiting(&mut self, job: JobId) {
-        self.waiting_on.retain(|&j| j != job);
+        // At most once in the list, and results mostly come in submission order: near the front.
+        if let Some(i) = self.waiting_on.iter().position(|&j| j == job) {
+            self.waiting_on.remove(i);
+        }
         self.outbox.set_pipelined(self.waiting_on.len() > 1);
     }
 }
