@@ -7,8 +7,8 @@
 //! readiness polling), so its thread sleeps between packets. What it spends is the system calls
 //! plus the wake-ups of a sleeping thread: a server that avoids some of those wake-ups (the broker
 //! polls briefly before its event loop sleeps) can spend less, so the floor is a reference point,
-//! not a bound. (Foreground jobs need a real queue between connections, so there is no floor for
-//! them.)
+//! not a bound. (Foreground jobs need a real queue between connections: their floor is
+//! [`crate::router_floor`].)
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
