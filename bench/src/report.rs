@@ -308,6 +308,15 @@ fn mark(ok: bool) -> &'static str {
     if ok { "holds" } else { "**fails**" }
 }
 
+/// A ratio next to a goal's verdict: two decimals, or three when two would round it onto the
+/// other side of `target` (2.997 shown as "3.00" beside "fails").
+fn goal_ratio(v: f64, target: f64, at_least: bool) -> String {
+    let meets = |x: f64| if at_least { x >= target } else { x <= target + 1e-9 };
+    let two = format!("{v:.2}");
+    let shown = two.parse().unwrap_or(v);
+    if meets(shown) == meets(v) { two } else { format!("{v:.3}") }
+}
+
 /// Gearfleet against the floor (background: a server that keeps nothing and sleeps between
 /// packets; foreground: a bare FIFO router) on the workloads the floor runs: how much of a job's
 /// cost is the exchange itself.
@@ -400,18 +409,19 @@ pub fn goals(r: &Results) -> Option<String> {
     let min_tp = ratios.iter().map(|(_, x)| x.throughput).fold(f64::INFINITY, f64::min);
     let _ = writeln!(
         out,
-        "- jobs/s ≥ {:.0}× the best gearmand on every workload: {} (lowest {min_tp:.2}×; {})",
+        "- jobs/s ≥ {:.0}× the best gearmand on every workload: {} (lowest {}×; {})",
         targets::THROUGHPUT,
         mark(min_tp >= targets::THROUGHPUT),
+        goal_ratio(min_tp, targets::THROUGHPUT, true),
         list(&|x| Some(x.throughput))
     );
     if let Some((_, x)) = ratios.iter().find(|(w, _)| r.workloads[*w].key == "fg-1-1") {
         let _ = writeln!(
             out,
-            "- jobs/s ≥ {:.0}× on fg 1/1: {} ({:.2}×)",
+            "- jobs/s ≥ {:.0}× on fg 1/1: {} ({}×)",
             targets::THROUGHPUT_FG_1_1,
             mark(x.throughput >= targets::THROUGHPUT_FG_1_1),
-            x.throughput
+            goal_ratio(x.throughput, targets::THROUGHPUT_FG_1_1, true)
         );
     }
     let cpus: Vec<f64> = ratios.iter().filter_map(|(_, x)| x.cpu).collect();
@@ -419,8 +429,9 @@ pub fn goals(r: &Results) -> Option<String> {
         let max_cpu = cpus.iter().copied().fold(0.0, f64::max);
         let _ = writeln!(
             out,
-            "- server CPU per job ≤ 1/3 of the best gearmand's on every workload: {} (highest {max_cpu:.2}×; {})",
+            "- server CPU per job ≤ 1/3 of the best gearmand's on every workload: {} (highest {}×; {})",
             mark(max_cpu <= targets::CPU + 1e-9),
+            goal_ratio(max_cpu, targets::CPU, false),
             list(&|x| x.cpu)
         );
     }
@@ -455,6 +466,16 @@ pub fn goals(r: &Results) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ratio_beside_a_verdict_never_rounds_onto_the_other_side() {
+        assert_eq!(goal_ratio(2.997, 3.0, true), "2.997");
+        assert_eq!(goal_ratio(2.95, 3.0, true), "2.95");
+        assert_eq!(goal_ratio(3.004, 3.0, true), "3.00");
+        assert_eq!(goal_ratio(0.334, 1.0 / 3.0, false), "0.334");
+        assert_eq!(goal_ratio(0.333, 1.0 / 3.0, false), "0.33");
+        assert_eq!(goal_ratio(0.41, 1.0 / 3.0, false), "0.41");
+    }
 
     #[test]
     fn spread_of_odd_and_even_counts() {
