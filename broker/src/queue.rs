@@ -179,8 +179,8 @@ struct Conn {
     retain_outcomes: bool,
     /// Jobs this connection holds as a worker.
     holding: Vec<JobId>,
-    /// Foreground jobs this connection waits on as a client.
-    waiting_on: Vec<JobId>,
+    /// Foreground jobs this connection waits on as a client, oldest first.
+    waiting_on: VecDeque<JobId>,
     jobs_done: u64,
     watching: bool,
 }
@@ -188,13 +188,14 @@ struct Conn {
 impl Conn {
     /// Starts waiting on a foreground job's result.
     fn wait_on(&mut self, job: JobId) {
-        self.waiting_on.push(job);
+        self.waiting_on.push_back(job);
         self.outbox.set_pipelined(self.waiting_on.len() > 1);
     }
 
     /// Stops waiting on a job's result (it ended, or the job is gone).
     fn stop_waiting(&mut self, job: JobId) {
-        // At most once in the list, and results mostly come in submission order: near the front.
+        // At most once in the list, and results mostly come in submission order: found near the
+        // front, and removed by shifting the shorter side.
         if let Some(i) = self.waiting_on.iter().position(|&j| j == job) {
             self.waiting_on.remove(i);
         }
@@ -442,7 +443,7 @@ impl State {
                 exceptions: false,
                 retain_outcomes: false,
                 holding: Vec::new(),
-                waiting_on: Vec::new(),
+                waiting_on: VecDeque::new(),
                 jobs_done: 0,
                 watching: false,
             },
@@ -1121,6 +1122,8 @@ impl State {
     }
 
     fn dead_letter(&mut self, job_id: JobId, error: Bytes) {
+        // Foreground clients attached through a shared unique key hear that it failed.
+        self.notify_clients(job_id, Outcome::Fail, None);
         let Some(job) = self.jobs.get_mut(&job_id) else { return };
         let fid = job.fid as usize;
         job.state = JobState::Dead;
@@ -1606,6 +1609,46 @@ mod tests {
         s.handle_of(s.conns[&1].holding[0], &mut handle);
         req(&mut s, 1, PacketType::WorkComplete, &[&handle, b""]);
         assert!(!client.is_pipelined(), "one job left in flight");
+    }
+
+    #[test]
+    fn a_client_counts_a_shared_unique_key_once_and_stops_waiting_on_a_failed_job() {
+        let (mut s, _worker) = worker_and_client();
+        let client = s.conns[&2].outbox.clone();
+        req(&mut s, 1, PacketType::CanDo, &[b"f"]);
+        req(&mut s, 2, PacketType::SubmitJob, &[b"f", b"k", b"a"]);
+        req(&mut s, 2, PacketType::SubmitJob, &[b"f", b"k", b"a"]);
+        assert!(!client.is_pipelined(), "the same job twice is one job to wait on");
+        req(&mut s, 2, PacketType::SubmitJob, &[b"f", b"", b"b"]);
+        assert!(client.is_pipelined());
+        req(&mut s, 1, PacketType::GrabJob, &[]);
+        let mut handle = Vec::new();
+        s.handle_of(s.conns[&1].holding[0], &mut handle);
+        req(&mut s, 1, PacketType::WorkFail, &[&handle]);
+        assert!(!client.is_pipelined());
+        assert_eq!(s.conns[&2].waiting_on.len(), 1);
+    }
+
+    #[test]
+    fn a_client_attached_to_a_background_job_hears_when_it_is_dead_lettered() {
+        let limits = Limits { max_requeues: 1, ..Limits::default() };
+        let mut s = State::new("test", limits, Arc::new(Metrics::default()));
+        let client = Arc::new(Outbox::new());
+        s.add_conn(2, client.clone(), "c".into(), -1);
+        req(&mut s, 2, PacketType::SubmitJobBg, &[b"f", b"u", b"x"]);
+        // Same function and unique key: the foreground client waits on the background job.
+        req(&mut s, 2, PacketType::SubmitJob, &[b"f", b"u", b"x"]);
+        assert_eq!(sent(&client), [PacketType::JobCreated, PacketType::JobCreated]);
+        // Its workers are lost mid-job until it is dead-lettered.
+        for worker in [10, 11] {
+            s.add_conn(worker, Arc::new(Outbox::new()), "w".into(), -1);
+            req(&mut s, worker, PacketType::CanDo, &[b"f"]);
+            req(&mut s, worker, PacketType::GrabJob, &[]);
+            s.remove_conn(worker, &mut Effects::default());
+        }
+        assert_eq!(s.functions[s.fn_index[&b"f"[..]] as usize].dead.len(), 1);
+        assert_eq!(sent(&client), [PacketType::WorkFail]);
+        assert!(s.conns[&2].waiting_on.is_empty());
     }
 
     #[test]
