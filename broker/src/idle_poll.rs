@@ -89,8 +89,8 @@ impl IdlePoll {
 static INSTALLED: OnceLock<IdlePoll> = OnceLock::new();
 
 /// Makes `poll` the process's idle poll: [`watch`] registers sockets with it and [`before_park`]
-/// polls it. Only the binary installs one; a broker embedded in another program (the tests)
-/// never polls.
+/// polls it. The first runtime built by [`crate::runtime::builder`] installs it (the binary's,
+/// or the tests' shared one); a broker started on another runtime never polls.
 pub fn install(poll: IdlePoll) -> bool {
     INSTALLED.set(poll).is_ok()
 }

@@ -80,8 +80,11 @@ pub fn before_park() {
 fn flush_until_park() {
     SECTIONS_WAITED.set(0);
     let list = UNTIL_PARK.with(|l| std::mem::take(&mut *l.borrow_mut()));
+    // Flags first: were a flush to panic, the rest would still be queued again by their next push.
     for outbox in &list {
         outbox.flush_queued.store(false, Ordering::Release);
+    }
+    for outbox in &list {
         outbox.flush();
     }
     // Keep the allocation for the next round.
@@ -117,14 +120,22 @@ pub fn deferring<R>(f: impl FnOnce() -> R) -> R {
             let list = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
             let parks = PARKS.get();
             let mut waiting = false;
+            let mut now = Vec::new();
             for outbox in list {
                 if parks && outbox.pipelined.load(Ordering::Relaxed) {
-                    // Stays queued (flush_queued): later sections find it in the park list.
+                    // Stays queued (flush_queued) in the park list: pushes from later sections,
+                    // on this thread or another, join it there, so its bytes go out when this
+                    // thread parks (or after its 16th section), even if the peer has meanwhile
+                    // stopped being pipelined.
                     UNTIL_PARK.with(|l| l.borrow_mut().push(outbox));
                     waiting = true;
-                    continue;
+                } else {
+                    // Flags first: were a flush to panic, the rest would still be queued again.
+                    outbox.flush_queued.store(false, Ordering::Release);
+                    now.push(outbox);
                 }
-                outbox.flush_queued.store(false, Ordering::Release);
+            }
+            for outbox in now {
                 outbox.flush();
             }
             if waiting || UNTIL_PARK.with(|l| !l.borrow().is_empty()) {

@@ -392,12 +392,18 @@ async fn retained_outcome_answers_a_resubmission_instead_of_a_second_run() {
 /// once the broker has nothing else to do.
 #[tokio::test]
 async fn a_pipelining_client_gets_every_result_from_several_workers() {
+    for threads in [1, 2] {
+        pipelining_client_gets_every_result(threads).await;
+    }
+}
+
+async fn pipelining_client_gets_every_result(threads: usize) {
     use std::collections::HashMap;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     const JOBS: usize = 300;
-    let b = broker().await;
+    let b = common::broker_with_threads(threads).await;
     let done = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..4 {

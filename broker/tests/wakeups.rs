@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Peer, broker};
+use common::{Peer, broker_with_threads};
 use gearfleet_proto::PacketType as T;
 
 /// A worker that follows the protocol strictly: GRAB until NO_JOB, PRE_SLEEP, wait for NOOP.
@@ -48,7 +48,7 @@ async fn run_worker(addr: std::net::SocketAddr, done: Arc<AtomicU64>, target: u6
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bursts_to_many_sleeping_workers_with_reconnects_leave_nothing_queued() {
-    let b = broker().await;
+    let b = broker_with_threads(2).await;
     let rounds = 8u64;
     let per_round = 250u64;
     let target = rounds * per_round;

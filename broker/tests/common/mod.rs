@@ -12,8 +12,17 @@ use tokio::net::TcpStream;
 
 pub const WAIT: Duration = Duration::from_secs(5);
 
+/// A broker on the binary's runtime (one event-loop thread per spare core, park hooks, idle poll).
 pub async fn broker() -> gearfleet_broker::Running {
     gearfleet_broker::runtime::start_detached(gearfleet_broker::Config::for_tests()).await.expect("broker starts")
+}
+
+/// The same with `threads` event-loop threads, so that one connection's replies can be produced
+/// on one thread while another holds them.
+pub async fn broker_with_threads(threads: usize) -> gearfleet_broker::Running {
+    let mut config = gearfleet_broker::Config::for_tests();
+    config.threads = threads;
+    gearfleet_broker::runtime::start_detached(config).await.expect("broker starts")
 }
 
 pub struct Peer {
