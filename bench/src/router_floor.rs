@@ -5,7 +5,7 @@
 //! readiness event and written at once; replies to every connection a batch of requests touched
 //! leave in one write each. It keeps only what routing needs: a FIFO of jobs (handle, submitting
 //! connection, payload), the connection each running job answers to, and the workers asleep after
-//! PRE_SLEEP (woken with NOOP). No functions (every job goes to any worker), no priorities, unique
+//! PRE_SLEEP (woken with NOOP). No functions to match (every job goes to any worker), no priorities, unique
 //! keys, status, timeouts, metrics or limits: it trusts its peers. It sleeps in `epoll_wait` when it
 //! has nothing to do, as an event loop does, and never polls.
 
@@ -45,7 +45,7 @@ pub fn serve(addr: SocketAddr) -> io::Result<()> {
             }
             let id = event.token().0;
             if event.is_readable() || event.is_read_closed() {
-                router.read_from(id, &mut chunk, &poll);
+                router.read_from(id, &mut chunk, &poll, event.is_read_closed());
             }
             if event.is_writable() {
                 router.flush(id, &poll);
@@ -89,6 +89,7 @@ struct Job {
     handle: u64,
     /// The submitting connection of a foreground job.
     client: Option<usize>,
+    function: Bytes,
     payload: Bytes,
 }
 
@@ -101,19 +102,20 @@ struct Router {
     sleepers: Vec<usize>,
     /// Connections with replies not yet written.
     touched: Vec<usize>,
-    function: Bytes,
     next_handle: u64,
 }
 
 impl Router {
-    fn read_from(&mut self, id: usize, chunk: &mut [u8], poll: &Poll) {
+    /// Reads what arrived; `closed`: the peer has shut down, so read on to the end (a short read
+    /// would otherwise leave the end of the stream unseen, with no new edge to report it).
+    fn read_from(&mut self, id: usize, chunk: &mut [u8], poll: &Poll, closed: bool) {
         let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else { return };
         loop {
             match conn.stream.read(chunk) {
                 Ok(0) => return self.close(id, poll),
                 Ok(n) => {
                     conn.input.extend_from_slice(&chunk[..n]);
-                    if n < chunk.len() {
+                    if n < chunk.len() && !closed {
                         break;
                     }
                 }
@@ -137,7 +139,6 @@ impl Router {
     fn handle(&mut self, from: usize, p: &Packet) {
         use PacketType as T;
         match p.ptype {
-            T::CanDo | T::CanDoTimeout if !p.is_empty() => self.function = p.arg_bytes(0),
             T::SubmitJob
             | T::SubmitJobHigh
             | T::SubmitJobLow
@@ -150,7 +151,7 @@ impl Router {
                 let handle = self.next_handle;
                 self.reply(from, T::JobCreated, &[handle_bytes(handle).as_bytes()]);
                 let client = matches!(p.ptype, T::SubmitJob | T::SubmitJobHigh | T::SubmitJobLow).then_some(from);
-                self.queue.push_back(Job { handle, client, payload: p.arg_bytes(2) });
+                self.queue.push_back(Job { handle, client, function: p.arg_bytes(0), payload: p.arg_bytes(2) });
                 self.wake_a_sleeper();
             }
             T::GrabJob | T::GrabJobUniq | T::GrabJobAll => self.assign(from, p.ptype),
@@ -187,8 +188,7 @@ impl Router {
             self.running.insert(job.handle, client);
         }
         let handle = handle_bytes(job.handle);
-        let function = self.function.clone();
-        let (h, f, d) = (handle.as_bytes(), &function[..], &job.payload[..]);
+        let (h, f, d) = (handle.as_bytes(), &job.function[..], &job.payload[..]);
         match grab {
             PacketType::GrabJobUniq => self.reply(worker, PacketType::JobAssignUniq, &[h, f, b"", d]),
             PacketType::GrabJobAll => self.reply(worker, PacketType::JobAssignAll, &[h, f, b"", b"", d]),
@@ -243,6 +243,11 @@ impl Router {
     fn close(&mut self, id: usize, poll: &Poll) {
         if let Some(mut conn) = self.conns.get_mut(id).and_then(Option::take) {
             let _ = poll.registry().deregister(&mut conn.stream);
+            // Its slot is reused by the next connection: no result of its jobs may reach that one.
+            self.running.retain(|_, client| *client != id);
+            for job in self.queue.iter_mut().filter(|j| j.client == Some(id)) {
+                job.client = None;
+            }
         }
     }
 }

@@ -280,14 +280,12 @@ impl Server {
     }
 
     fn start_in_process(opts: &ServerOptions) -> Result<Server> {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.thread_name(IN_PROCESS_THREAD_PREFIX).enable_all();
-        if opts.gearfleet_threads > 0 {
-            builder.worker_threads(opts.gearfleet_threads);
-        }
-        let rt = builder.build()?;
         let mut config = gearfleet_broker::Config::for_tests();
         config.handle_host = Some("bench".into());
+        config.threads = opts.gearfleet_threads;
+        // The binary's runtime (threads, park hooks, idle poll), with threads named for the CPU
+        // accounting.
+        let rt = gearfleet_broker::runtime::builder(&config).thread_name(IN_PROCESS_THREAD_PREFIX).build()?;
         let running = rt.block_on(gearfleet_broker::start(config)).context("starting gearfleet-broker in process")?;
         let addr = running.gearman_addr;
         Ok(Server {
