@@ -44,6 +44,10 @@ pub enum Command {
         /// Route foreground jobs (the foreground floor) instead of answering with made-up jobs.
         #[arg(long)]
         route: bool,
+        /// With --route: poll this long before sleeping (an experiment; the standard floor
+        /// sleeps at once). Read from the environment, so that `run --server floor` passes it on.
+        #[arg(long, env = "GEARFLEET_FLOOR_IDLE_POLL", value_parser = humantime::parse_duration, default_value = "0s")]
+        idle_poll: std::time::Duration,
     },
 }
 
@@ -185,8 +189,10 @@ pub fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Run(args)) => run_one(&args),
-        Some(Command::FloorServer { listen, route: false }) => Ok(crate::floor::serve(listen)?),
-        Some(Command::FloorServer { listen, route: true }) => Ok(crate::router_floor::serve(listen)?),
+        Some(Command::FloorServer { listen, route: false, .. }) => Ok(crate::floor::serve(listen)?),
+        Some(Command::FloorServer { listen, route: true, idle_poll }) => {
+            Ok(crate::router_floor::serve(listen, idle_poll)?)
+        }
         None => compare(&cli.compare).map(|_| ()),
     }
 }

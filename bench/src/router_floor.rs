@@ -12,6 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use gearfleet_proto::{Codec, Frame, Packet, PacketType};
@@ -23,8 +24,10 @@ const LISTENER: Token = Token(usize::MAX);
 /// edge), so a connection costs one `recvfrom` per readiness event.
 const CHUNK: usize = 64 * 1024;
 
-/// Serves on `addr` until the process is killed.
-pub fn serve(addr: SocketAddr) -> io::Result<()> {
+/// Serves on `addr` until the process is killed. With a nonzero `idle_poll`, it checks for
+/// events without blocking (yielding the CPU in between) for up to that long before it sleeps in
+/// `epoll_wait`, as the broker's idle poll does (an experiment: the standard floor sleeps at once).
+pub fn serve(addr: SocketAddr, idle_poll: Duration) -> io::Result<()> {
     let mut poll = Poll::new()?;
     let mut listener = TcpListener::bind(addr)?;
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -32,7 +35,14 @@ pub fn serve(addr: SocketAddr) -> io::Result<()> {
     let mut events = Events::with_capacity(256);
     let mut chunk = vec![0u8; CHUNK];
     loop {
-        if let Err(e) = poll.poll(&mut events, None) {
+        // Events of the last round are handled: none may be seen twice.
+        events.clear();
+        if !idle_poll.is_zero() {
+            poll_briefly(&mut poll, &mut events, idle_poll)?;
+        }
+        if events.is_empty()
+            && let Err(e) = poll.poll(&mut events, None)
+        {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
@@ -52,6 +62,22 @@ pub fn serve(addr: SocketAddr) -> io::Result<()> {
             }
         }
         router.flush_touched(&poll);
+    }
+}
+
+/// Checks for events without blocking until there are some or `window` has passed.
+fn poll_briefly(poll: &mut Poll, events: &mut Events, window: Duration) -> io::Result<()> {
+    let start = Instant::now();
+    loop {
+        match poll.poll(events, Some(Duration::ZERO)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        if !events.is_empty() || start.elapsed() >= window {
+            return Ok(());
+        }
+        std::thread::yield_now();
     }
 }
 
@@ -266,10 +292,14 @@ mod tests {
     use std::io::{Read, Write};
 
     fn start() -> SocketAddr {
+        start_polling(Duration::ZERO)
+    }
+
+    fn start_polling(idle_poll: Duration) -> SocketAddr {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = probe.local_addr().unwrap();
         drop(probe);
-        std::thread::spawn(move || serve(addr));
+        std::thread::spawn(move || serve(addr, idle_poll));
         for _ in 0..200 {
             if std::net::TcpStream::connect(addr).is_ok_and(|s| s.local_addr().ok() != s.peer_addr().ok()) {
                 return addr;
@@ -311,7 +341,15 @@ mod tests {
 
     #[test]
     fn routes_a_foreground_job_from_client_to_a_sleeping_worker_and_back() {
-        let addr = start();
+        route_one_job(start());
+    }
+
+    #[test]
+    fn routes_the_same_while_polling_before_it_sleeps() {
+        route_one_job(start_polling(Duration::from_micros(50)));
+    }
+
+    fn route_one_job(addr: SocketAddr) {
         let mut worker = Peer::connect(addr);
         worker.send(Packet::req(PacketType::CanDo, &[b"reverse"]));
         worker.send(Packet::req(PacketType::GrabJobUniq, &[]));
