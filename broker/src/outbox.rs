@@ -80,13 +80,7 @@ pub fn before_park() {
 fn flush_until_park() {
     SECTIONS_WAITED.set(0);
     let list = UNTIL_PARK.with(|l| std::mem::take(&mut *l.borrow_mut()));
-    // Flags first: were a flush to panic, the rest would still be queued again by their next push.
-    for outbox in &list {
-        outbox.flush_queued.store(false, Ordering::Release);
-    }
-    for outbox in &list {
-        outbox.flush();
-    }
+    write_queued(&list);
     // Keep the allocation for the next round.
     UNTIL_PARK.with(|l| {
         let mut l = l.borrow_mut();
@@ -95,6 +89,17 @@ fn flush_until_park() {
             l.clear();
         }
     });
+}
+
+/// Writes outboxes taken off a thread's list, marking them unqueued first: were a flush to panic,
+/// the rest would still be queued again by their next push.
+fn write_queued(outboxes: &[Arc<Outbox>]) {
+    for outbox in outboxes {
+        outbox.flush_queued.store(false, Ordering::Release);
+    }
+    for outbox in outboxes {
+        outbox.flush();
+    }
 }
 
 /// Runs `f`, holding back the socket writes of every outbox it pushes to until it returns; then
@@ -119,7 +124,6 @@ pub fn deferring<R>(f: impl FnOnce() -> R) -> R {
         fn drop(&mut self) {
             let list = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
             let parks = PARKS.get();
-            let mut waiting = false;
             let mut now = Vec::new();
             for outbox in list {
                 if parks && outbox.pipelined.load(Ordering::Relaxed) {
@@ -128,17 +132,12 @@ pub fn deferring<R>(f: impl FnOnce() -> R) -> R {
                     // thread parks (or after its 16th section), even if the peer has meanwhile
                     // stopped being pipelined.
                     UNTIL_PARK.with(|l| l.borrow_mut().push(outbox));
-                    waiting = true;
                 } else {
-                    // Flags first: were a flush to panic, the rest would still be queued again.
-                    outbox.flush_queued.store(false, Ordering::Release);
                     now.push(outbox);
                 }
             }
-            for outbox in now {
-                outbox.flush();
-            }
-            if waiting || UNTIL_PARK.with(|l| !l.borrow().is_empty()) {
+            write_queued(&now);
+            if UNTIL_PARK.with(|l| !l.borrow().is_empty()) {
                 let waited = SECTIONS_WAITED.get() + 1;
                 SECTIONS_WAITED.set(waited);
                 if waited >= MAX_SECTIONS_WAITED {
@@ -435,6 +434,14 @@ mod tests {
         buf[..n].to_vec()
     }
 
+    /// A pipelined outbox and its peer, on a thread that has parked once (so it holds replies).
+    async fn pipelined_on_a_parking_thread() -> (Arc<Outbox>, std::net::TcpStream) {
+        let (outbox, peer) = outbox_and_peer().await;
+        outbox.set_pipelined(true);
+        before_park();
+        (outbox, peer)
+    }
+
     fn push_in_section(outbox: &Arc<Outbox>, bytes: &'static [u8]) {
         deferring(|| outbox.push(|b| b.extend_from_slice(bytes)));
     }
@@ -443,9 +450,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pipelined_peer_gets_a_rounds_replies_in_one_write_when_the_loop_parks() {
-        let (outbox, mut peer) = outbox_and_peer().await;
-        outbox.set_pipelined(true);
-        before_park();
+        let (outbox, mut peer) = pipelined_on_a_parking_thread().await;
         push_in_section(&outbox, b"one,");
         push_in_section(&outbox, b"two");
         assert_eq!(readable_now(&mut peer), b"", "held until the event loop runs out of work");
@@ -471,9 +476,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_loop_that_never_parks_writes_held_replies_after_a_bounded_number_of_sections() {
-        let (outbox, mut peer) = outbox_and_peer().await;
-        outbox.set_pipelined(true);
-        before_park();
+        let (outbox, mut peer) = pipelined_on_a_parking_thread().await;
         push_in_section(&outbox, b"held");
         for _ in 1..MAX_SECTIONS_WAITED - 1 {
             deferring(|| {});
@@ -488,9 +491,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pipelined_outbox_written_from_another_section_stays_queued_once() {
-        let (outbox, mut peer) = outbox_and_peer().await;
-        outbox.set_pipelined(true);
-        before_park();
+        let (outbox, mut peer) = pipelined_on_a_parking_thread().await;
         for _ in 0..3 {
             push_in_section(&outbox, b"x");
         }

@@ -1580,6 +1580,14 @@ mod tests {
         s.handle(id, &Packet::req(ptype, args), &mut fx);
     }
 
+    /// Worker 1 grabs a job; returns its handle.
+    fn grab_handle(s: &mut State) -> Vec<u8> {
+        req(s, 1, PacketType::GrabJob, &[]);
+        let mut handle = Vec::new();
+        s.handle_of(s.conns[&1].holding[0], &mut handle);
+        handle
+    }
+
     /// The packet types `outbox` holds, in order (emptying it).
     fn sent(outbox: &Outbox) -> Vec<PacketType> {
         let mut buf = bytes::BytesMut::new();
@@ -1604,9 +1612,7 @@ mod tests {
         // A background submission is nothing to wait on.
         req(&mut s, 2, PacketType::SubmitJobBg, &[b"f", b"", b"c"]);
         assert!(client.is_pipelined());
-        req(&mut s, 1, PacketType::GrabJob, &[]);
-        let mut handle = Vec::new();
-        s.handle_of(s.conns[&1].holding[0], &mut handle);
+        let handle = grab_handle(&mut s);
         req(&mut s, 1, PacketType::WorkComplete, &[&handle, b""]);
         assert!(!client.is_pipelined(), "one job left in flight");
     }
@@ -1621,9 +1627,7 @@ mod tests {
         assert!(!client.is_pipelined(), "the same job twice is one job to wait on");
         req(&mut s, 2, PacketType::SubmitJob, &[b"f", b"", b"b"]);
         assert!(client.is_pipelined());
-        req(&mut s, 1, PacketType::GrabJob, &[]);
-        let mut handle = Vec::new();
-        s.handle_of(s.conns[&1].holding[0], &mut handle);
+        let handle = grab_handle(&mut s);
         req(&mut s, 1, PacketType::WorkFail, &[&handle]);
         assert!(!client.is_pipelined());
         assert_eq!(s.conns[&2].waiting_on.len(), 1);
