@@ -191,7 +191,7 @@ pub fn main() -> Result<()> {
         Some(Command::Run(args)) => run_one(&args),
         Some(Command::FloorServer { listen, route: false, .. }) => Ok(crate::floor::serve(listen)?),
         Some(Command::FloorServer { listen, route: true, idle_poll }) => {
-            Ok(crate::router_floor::serve(listen, idle_poll)?)
+            Ok(crate::router_floor::serve(std::net::TcpListener::bind(listen)?, idle_poll)?)
         }
         None => compare(&cli.compare).map(|_| ()),
     }

@@ -82,7 +82,8 @@ fn connection(mut stream: TcpStream) -> io::Result<()> {
     }
 }
 
-fn is_submit(kind: PacketType) -> bool {
+/// Whether `kind` submits a job (foreground or background, any priority).
+pub(crate) fn is_submit(kind: PacketType) -> bool {
     matches!(
         kind,
         PacketType::SubmitJob

@@ -5,17 +5,17 @@
 //! readiness event and written at once; replies to every connection a batch of requests touched
 //! leave in one write each. It keeps only what routing needs: a FIFO of jobs (handle, submitting
 //! connection, payload), the connection each running job answers to, and the workers asleep after
-//! PRE_SLEEP (woken with NOOP). No functions to match (every job goes to any worker), no priorities, unique
-//! keys, status, timeouts, metrics or limits: it trusts its peers. It sleeps in `epoll_wait` when it
-//! has nothing to do, as an event loop does, and never polls.
+//! PRE_SLEEP (woken with NOOP). No functions to match (every job goes to any worker), no
+//! priorities, unique keys, status, timeouts, metrics or limits: it trusts its peers. It sleeps in
+//! `epoll_wait` when it has nothing to do, as an event loop does (polling first only when asked
+//! to, as an experiment).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use gearfleet_proto::{Codec, Frame, Packet, PacketType};
+use gearfleet_proto::{Codec, Frame, Magic, Packet, PacketType};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
@@ -24,12 +24,13 @@ const LISTENER: Token = Token(usize::MAX);
 /// edge), so a connection costs one `recvfrom` per readiness event.
 const CHUNK: usize = 64 * 1024;
 
-/// Serves on `addr` until the process is killed. With a nonzero `idle_poll`, it checks for
+/// Serves on `listener` until the process is killed. With a nonzero `idle_poll`, it checks for
 /// events without blocking (yielding the CPU in between) for up to that long before it sleeps in
 /// `epoll_wait`, as the broker's idle poll does (an experiment: the standard floor sleeps at once).
-pub fn serve(addr: SocketAddr, idle_poll: Duration) -> io::Result<()> {
+pub fn serve(listener: std::net::TcpListener, idle_poll: Duration) -> io::Result<()> {
     let mut poll = Poll::new()?;
-    let mut listener = TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let mut listener = TcpListener::from_std(listener);
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     let mut router = Router::default();
     let mut events = Events::with_capacity(256);
@@ -165,14 +166,7 @@ impl Router {
     fn handle(&mut self, from: usize, p: &Packet) {
         use PacketType as T;
         match p.ptype {
-            T::SubmitJob
-            | T::SubmitJobHigh
-            | T::SubmitJobLow
-            | T::SubmitJobBg
-            | T::SubmitJobHighBg
-            | T::SubmitJobLowBg
-                if p.len() == 3 =>
-            {
+            kind if crate::floor::is_submit(kind) && p.len() == 3 => {
                 self.next_handle += 1;
                 let handle = self.next_handle;
                 self.reply(from, T::JobCreated, &[handle_bytes(handle).as_bytes()]);
@@ -193,9 +187,8 @@ impl Router {
             }
             T::WorkComplete | T::WorkFail | T::WorkException if !p.is_empty() => {
                 let client = parse_handle(p.arg(0)).and_then(|h| self.running.remove(&h));
-                if let Some(client) = client {
-                    let args: Vec<&[u8]> = (0..p.len()).map(|i| p.arg(i)).collect();
-                    self.reply(client, p.ptype, &args);
+                if let Some(out) = client.and_then(|c| self.out(c)) {
+                    p.encode_as(out, Magic::Res);
                 }
             }
             T::EchoReq => {
@@ -233,12 +226,19 @@ impl Router {
         }
     }
 
-    fn reply(&mut self, to: usize, ptype: PacketType, args: &[&[u8]]) {
-        let Some(conn) = self.conns.get_mut(to).and_then(Option::as_mut) else { return };
+    /// The output buffer of `to`, if it is still connected, marked for this round's writes.
+    fn out(&mut self, to: usize) -> Option<&mut BytesMut> {
+        let conn = self.conns.get_mut(to)?.as_mut()?;
         if conn.out.is_empty() {
             self.touched.push(to);
         }
-        gearfleet_proto::packet::encode_packet(&mut conn.out, gearfleet_proto::Magic::Res, ptype, args);
+        Some(&mut conn.out)
+    }
+
+    fn reply(&mut self, to: usize, ptype: PacketType, args: &[&[u8]]) {
+        if let Some(out) = self.out(to) {
+            gearfleet_proto::packet::encode_packet(out, Magic::Res, ptype, args);
+        }
     }
 
     /// Writes what the socket takes; the rest goes out on its next writable event.
@@ -290,23 +290,17 @@ fn parse_handle(handle: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::net::SocketAddr;
 
     fn start() -> SocketAddr {
         start_polling(Duration::ZERO)
     }
 
     fn start_polling(idle_poll: Duration) -> SocketAddr {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = probe.local_addr().unwrap();
-        drop(probe);
-        std::thread::spawn(move || serve(addr, idle_poll));
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(addr).is_ok_and(|s| s.local_addr().ok() != s.peer_addr().ok()) {
-                return addr;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        panic!("foreground floor did not start on {addr}");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || serve(listener, idle_poll));
+        addr
     }
 
     struct Peer {
