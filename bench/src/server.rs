@@ -15,6 +15,8 @@ use crate::procstat;
 
 /// Name prefix of the runtime threads of an in-process broker (their CPU time is the server's).
 pub const IN_PROCESS_THREAD_PREFIX: &str = "gfbroker";
+/// Name prefix of an in-process broker's event-loop threads (also the server's).
+const EVENT_LOOP_THREAD_PREFIX: &str = "event-loop-";
 
 /// The servers compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
@@ -283,8 +285,7 @@ impl Server {
         let mut config = gearfleet_broker::Config::for_tests();
         config.handle_host = Some("bench".into());
         config.threads = opts.gearfleet_threads;
-        // The binary's runtime (threads, park hooks, idle poll), with threads named for the CPU
-        // accounting.
+        // The binary's runtime, with threads named for the CPU accounting.
         let rt = gearfleet_broker::runtime::builder(&config).thread_name(IN_PROCESS_THREAD_PREFIX).build()?;
         let running = rt.block_on(gearfleet_broker::start(config)).context("starting gearfleet-broker in process")?;
         let addr = running.gearman_addr;
@@ -332,7 +333,10 @@ impl Server {
     pub fn cpu(&self) -> Result<Option<Duration>> {
         match &self.inner {
             Inner::Process { child, .. } => procstat::process_cpu(child.id()).map(Some),
-            Inner::InProcess { .. } => procstat::self_threads_cpu(IN_PROCESS_THREAD_PREFIX).map(Some),
+            Inner::InProcess { .. } => Ok(Some(
+                procstat::self_threads_cpu(IN_PROCESS_THREAD_PREFIX)?
+                    + procstat::self_threads_cpu(EVENT_LOOP_THREAD_PREFIX)?,
+            )),
             Inner::Attached { pid: Some(pid) } => procstat::process_cpu(*pid).map(Some),
             Inner::Attached { pid: None } => Ok(None),
         }

@@ -133,10 +133,10 @@ pub struct Config {
     #[arg(long, env = "GEARFLEET_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
 
-    /// Threads of the async runtime (0 = one fewer than the cores, at least one). One thread is a
-    /// plain event loop: the lowest latency and CPU per job (the job state is behind one lock
-    /// anyway); more threads add parallel socket I/O for many busy connections. See
-    /// docs/performance.md.
+    /// Event-loop threads serving plain TCP connections (0 = one fewer than the cores, at least
+    /// one); the async runtime (timers, the journal, HTTP, TLS connections) gets as many. One
+    /// thread gives the lowest latency and CPU per job (the job state is behind one lock anyway);
+    /// more threads add parallel socket I/O for many busy connections. See docs/performance.md.
     #[arg(long, env = "GEARFLEET_THREADS", default_value_t = 0)]
     pub threads: usize,
 

@@ -1,7 +1,7 @@
-//! One task pair per connection: the reader decodes frames and applies them to the state under
-//! the lock (a whole batch of buffered frames per lock); replies go out through the connections'
-//! outboxes (written directly after the lock is released, or by the writer task when a socket is
-//! full, and always by it for TLS).
+//! A connection's protocol session ([`Session`]: received bytes to state changes and replies, a
+//! whole batch of buffered frames per lock), shared by the two ways connections are served: plain
+//! TCP connections by the event-loop threads ([`crate::event_loop`]), TLS connections by a pair of
+//! tokio tasks each (a reader, and a writer for the outbox).
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -19,19 +19,8 @@ use crate::queue::Effects;
 
 const READ_CHUNK: usize = 16 * 1024;
 
-/// Serves a plain TCP connection. Replies are written straight to the socket by the task that
-/// produced them; the writer task only steps in when the socket's buffer is full.
-pub async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
-    let fd = i64::from(stream.as_raw_fd());
-    let _ = stream.set_nodelay(true);
-    let (reader, writer) = stream.into_split();
-    let outbox = Arc::new(Outbox::with_sink(Arc::new(writer)));
-    let writer_task = tokio::spawn({
-        let outbox = outbox.clone();
-        async move { outbox.write_blocked().await }
-    });
-    run(broker, reader, outbox, writer_task, peer, fd).await;
-}
+/// Why a connection that sent malformed input was closed.
+pub(crate) const PROTOCOL_ERROR: &str = "protocol error";
 
 /// Serves a TLS connection (after its handshake): every write goes through the writer task.
 pub async fn serve_tls(broker: Arc<Broker>, stream: tokio_rustls::server::TlsStream<TcpStream>, peer: SocketAddr) {
@@ -53,59 +42,76 @@ async fn run<R>(
 ) where
     R: AsyncRead + Unpin,
 {
-    let id = broker.next_conn_id();
-    broker.with_state(|s| s.add_conn(id, outbox.clone(), peer.to_string(), fd));
-    broker.metrics.connections.inc();
-    broker.metrics.connections_total.inc();
-    tracing::debug!(conn = id, %peer, "connection opened");
-
-    let mut watching = false;
-    let reason = read_loop(&broker, id, &mut reader, &outbox, &mut watching).await;
-
-    let mut fx = Effects::default();
-    broker.with_state(|s| s.remove_conn(id, &mut fx));
-    broker.apply(fx);
-    if watching {
-        broker.watch_ended();
-    }
-    outbox.close();
+    let mut session = Session::open(&broker, &outbox, peer, fd);
+    let reason = read_loop(&broker, &mut session, &mut reader, &outbox).await;
+    session.close(&broker, &outbox, reason);
     let _ = writer_task.await;
-    broker.metrics.connections.dec();
-    tracing::debug!(conn = id, %peer, reason, "connection closed");
 }
 
-async fn read_loop(
-    broker: &Arc<Broker>,
-    id: u64,
-    reader: &mut (impl AsyncRead + Unpin),
-    outbox: &Arc<Outbox>,
-    watching: &mut bool,
-) -> &'static str {
-    let mut authenticated = false;
-    let admin_authenticated = &mut authenticated;
-    let codec = Codec::server().with_max_packet(broker.config.max_packet_bytes);
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let hold_for_disk = broker.acks_wait_for_disk();
-    // The highest journal sequence number a reply of this connection has waited for.
-    let mut last_seq = 0u64;
-    let _releaser = broker
-        .durable_watch()
-        .filter(|_| hold_for_disk)
-        .map(|watch| AbortOnDrop(tokio::spawn(release_when_durable(outbox.clone(), watch)).abort_handle()));
-    // Made once: a new one per read would register with the token and leave it again each time.
-    let shutdown_signal = broker.shutdown.cancelled();
-    tokio::pin!(shutdown_signal);
-    loop {
+/// One connection's protocol state, whichever loop reads its bytes: it turns received bytes into
+/// state changes and replies.
+pub(crate) struct Session {
+    pub id: u64,
+    peer: SocketAddr,
+    codec: Codec,
+    admin_authenticated: bool,
+    /// The connection asked for the admin `watch` stream.
+    watching: bool,
+    /// Replies wait for the journal (durability `fsync`).
+    pub hold_for_disk: bool,
+    /// The highest journal sequence number a reply of this connection has waited for.
+    pub last_seq: u64,
+    /// Releases held replies as the journal catches up; ends with the connection.
+    _releaser: Option<AbortOnDrop>,
+}
+
+impl Session {
+    /// Registers a new connection with the broker.
+    pub fn open(broker: &Arc<Broker>, outbox: &Arc<Outbox>, peer: SocketAddr, fd: i64) -> Session {
+        let id = broker.next_conn_id();
+        broker.with_state(|s| s.add_conn(id, outbox.clone(), peer.to_string(), fd));
+        broker.metrics.connections.inc();
+        broker.metrics.connections_total.inc();
+        tracing::debug!(conn = id, %peer, "connection opened");
+        let hold_for_disk = broker.acks_wait_for_disk();
+        let releaser = broker
+            .durable_watch()
+            .filter(|_| hold_for_disk)
+            .map(|watch| AbortOnDrop(tokio::spawn(release_when_durable(outbox.clone(), watch)).abort_handle()));
+        Session {
+            id,
+            peer,
+            codec: Codec::server().with_max_packet(broker.config.max_packet_bytes),
+            admin_authenticated: false,
+            watching: false,
+            hold_for_disk,
+            last_seq: 0,
+            _releaser: releaser,
+        }
+    }
+
+    /// Handles every complete frame in `buf` (one lock section for all of them) and sends or holds
+    /// the replies. Returns why the connection must close, if it must.
+    pub fn handle_input(
+        &mut self,
+        broker: &Arc<Broker>,
+        buf: &mut BytesMut,
+        outbox: &Arc<Outbox>,
+    ) -> Option<&'static str> {
+        let id = self.id;
         let mut fx = Effects::default();
-        if hold_for_disk {
+        if self.hold_for_disk {
             outbox.hold();
         }
         let mut close: Option<&'static str> = None;
         let mut shutdown = false;
+        let mut start_watch = false;
+        let admin_authenticated = &mut self.admin_authenticated;
+        let codec = &self.codec;
         broker.with_state(|state| {
             let seq_before = state.journal().map_or(0, |j| j.last_seq());
             loop {
-                match codec.decode_frame(&mut buf) {
+                match codec.decode_frame(buf) {
                     Ok(Some(Frame::Packet(p))) => state.handle(id, &p, &mut fx),
                     Ok(Some(Frame::Admin(line))) => {
                         let mut auth = AdminAuth {
@@ -118,12 +124,7 @@ async fn read_loop(
                         outbox.push(|b| b.extend_from_slice(reply.as_bytes()));
                         match action {
                             AdminAction::None => {}
-                            AdminAction::StartWatch => {
-                                if !*watching {
-                                    *watching = true;
-                                    broker.watch_started();
-                                }
-                            }
+                            AdminAction::StartWatch => start_watch = true,
                             AdminAction::Shutdown => shutdown = true,
                         }
                     }
@@ -138,7 +139,7 @@ async fn read_loop(
                             let p = e.to_error_packet();
                             outbox.push(|b| p.encode(b));
                         }
-                        close = Some("protocol error");
+                        close = Some(PROTOCOL_ERROR);
                         break;
                     }
                 }
@@ -153,22 +154,64 @@ async fn read_loop(
         });
         let durable_seq = fx.durable_seq;
         broker.apply(fx);
-        if hold_for_disk {
+        if start_watch && !self.watching {
+            self.watching = true;
+            broker.watch_started();
+        }
+        if self.hold_for_disk {
             // Group commit: the journal writer flushes everything appended meanwhile, from every
             // connection, with one fdatasync; this batch's replies go out when it has (see
-            // `release_when_durable`), while this loop goes on reading.
+            // `release_when_durable`), while the connection goes on being read.
             outbox.release_after(durable_seq);
-            last_seq = last_seq.max(durable_seq);
+            self.last_seq = self.last_seq.max(durable_seq);
         }
         if shutdown {
             tracing::warn!(conn = id, "shutdown requested through the admin protocol");
             broker.shutdown.cancel();
         }
-        if let Some(reason) = close {
-            if hold_for_disk {
+        close
+    }
+
+    /// Takes the connection out of the broker (its jobs are handed back or dropped) and closes
+    /// its outbox. Held replies must have been released before.
+    pub fn close(self, broker: &Arc<Broker>, outbox: &Arc<Outbox>, reason: &'static str) {
+        let mut fx = Effects::default();
+        broker.with_state(|s| s.remove_conn(self.id, &mut fx));
+        broker.apply(fx);
+        if self.watching {
+            broker.watch_ended();
+        }
+        outbox.close();
+        broker.metrics.connections.dec();
+        tracing::debug!(conn = self.id, peer = %self.peer, reason, "connection closed");
+    }
+}
+
+/// The error packet sent to a peer whose half-received packet never completed.
+pub(crate) fn partial_packet_timeout(outbox: &Arc<Outbox>) {
+    let p = gearfleet_proto::Packet::res(
+        gearfleet_proto::PacketType::Error,
+        &[b"ERR_TIMEOUT", b"timed out waiting for the rest of a packet"],
+    );
+    outbox.push(|b| p.encode(b));
+}
+
+async fn read_loop(
+    broker: &Arc<Broker>,
+    session: &mut Session,
+    reader: &mut (impl AsyncRead + Unpin),
+    outbox: &Arc<Outbox>,
+) -> &'static str {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    // Made once: a new one per read would register with the token and leave it again each time.
+    let shutdown_signal = broker.shutdown.cancelled();
+    tokio::pin!(shutdown_signal);
+    loop {
+        if let Some(reason) = session.handle_input(broker, &mut buf, outbox) {
+            if session.hold_for_disk {
                 // The last replies (an error, say) still go out, after what they follow.
-                broker.wait_durable(last_seq).await;
-                outbox.release_durable(last_seq);
+                broker.wait_durable(session.last_seq).await;
+                outbox.release_durable(session.last_seq);
             }
             return reason;
         }
@@ -198,11 +241,7 @@ async fn read_loop(
             Ok(Some(0)) => return "peer closed",
             Ok(Some(_)) => {}
             Ok(None) => {
-                let p = gearfleet_proto::Packet::res(
-                    gearfleet_proto::PacketType::Error,
-                    &[b"ERR_TIMEOUT", b"timed out waiting for the rest of a packet"],
-                );
-                outbox.push(|b| p.encode(b));
+                partial_packet_timeout(outbox);
                 return "partial packet timeout";
             }
             Err(_) => return "read error",
@@ -219,7 +258,7 @@ async fn release_when_durable(outbox: Arc<Outbox>, mut durable: tokio::sync::wat
 }
 
 /// Aborts a task when dropped (the connection's helper tasks end with it).
-struct AbortOnDrop(tokio::task::AbortHandle);
+pub(crate) struct AbortOnDrop(tokio::task::AbortHandle);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -1,12 +1,12 @@
 //! A connection's pending output.
 //!
 //! Packets are appended under the broker lock; no socket I/O ever happens while that lock is held.
-//! For plain TCP connections the bytes are then written straight to the socket by whichever task
+//! For plain TCP connections the bytes are then written straight to the socket by whichever thread
 //! produced them, as soon as the broker lock is released ([`deferring`] collects the outboxes a
 //! locked section touched and flushes them afterwards): a reply costs one `send`, with no task to
-//! wake. Only when the socket's buffer is full does the connection's writer task take over, waiting
-//! for the socket to become writable. Connections without a direct sink (TLS) always go through
-//! their writer task.
+//! wake. When the socket's buffer is full the rest waits for the connection's event loop to see
+//! the socket writable again ([`Outbox::writable`]). Connections without a direct sink (TLS) go
+//! through their writer task.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Buf, BytesMut};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
 #[derive(Debug, Default)]
@@ -29,15 +28,19 @@ struct Buffers {
     held: VecDeque<(u64, BytesMut)>,
     /// Bytes in `open` and `held`.
     held_bytes: usize,
-    /// The socket refused bytes: the writer task owns the next write (once the socket is writable).
+    /// The socket refused bytes: the next write waits for the event loop to see it writable.
     blocked: bool,
 }
+
+/// The non-blocking socket of a connection served by an [`crate::event_loop`] thread, which
+/// watches it for writability.
+pub type Sink = Arc<std::net::TcpStream>;
 
 #[derive(Debug, Default)]
 pub struct Outbox {
     buf: Mutex<Buffers>,
     /// Where bytes go directly (plain TCP); None: the writer task writes everything.
-    sink: Option<Arc<OwnedWriteHalf>>,
+    sink: Option<Sink>,
     /// Bytes waiting, held ones included, readable without the lock (for back-pressure checks).
     pending: AtomicUsize,
     /// Bytes the writer may send now.
@@ -58,31 +61,31 @@ pub struct Outbox {
 thread_local! {
     /// Outboxes written to in the current [`deferring`] section of this thread.
     static DEFERRED: RefCell<Option<Vec<Arc<Outbox>>>> = const { RefCell::new(None) };
-    /// Pipelined outboxes whose writes wait for this thread's event loop to run out of work.
-    static UNTIL_PARK: RefCell<Vec<Arc<Outbox>>> = const { RefCell::new(Vec::new()) };
-    /// Sections ended since the oldest entry of [`UNTIL_PARK`] was deferred.
+    /// Pipelined outboxes whose writes wait for the end of this thread's round of events.
+    static UNTIL_ROUND_END: RefCell<Vec<Arc<Outbox>>> = const { RefCell::new(Vec::new()) };
+    /// Sections ended since the oldest entry of [`UNTIL_ROUND_END`] was deferred.
     static SECTIONS_WAITED: Cell<u32> = const { Cell::new(0) };
-    /// This thread calls [`before_park`] when its event loop runs out of work.
-    static PARKS: Cell<bool> = const { Cell::new(false) };
+    /// This thread is an event loop that calls [`end_of_round`].
+    static ROUNDS: Cell<bool> = const { Cell::new(false) };
 }
 
-/// How many sections a pipelined outbox's writes wait at most when the event loop never runs out
-/// of work (its runtime then polls for I/O without parking).
+/// How many sections a pipelined outbox's writes wait at most within one round (a round may
+/// handle hundreds of events).
 const MAX_SECTIONS_WAITED: u32 = 16;
 
-/// The runtime's park hook: writes what pipelined outboxes deferred to the end of this round of
-/// the event loop; from the first call on, this thread defers them.
-pub fn before_park() {
-    PARKS.set(true);
-    flush_until_park();
+/// Called by an event loop at the end of each round of events: writes what pipelined outboxes
+/// deferred to it; from the first call on, this thread defers them.
+pub fn end_of_round() {
+    ROUNDS.set(true);
+    flush_round();
 }
 
-fn flush_until_park() {
+fn flush_round() {
     SECTIONS_WAITED.set(0);
-    let list = UNTIL_PARK.with(|l| std::mem::take(&mut *l.borrow_mut()));
+    let list = UNTIL_ROUND_END.with(|l| std::mem::take(&mut *l.borrow_mut()));
     write_queued(&list);
     // Keep the allocation for the next round.
-    UNTIL_PARK.with(|l| {
+    UNTIL_ROUND_END.with(|l| {
         let mut l = l.borrow_mut();
         if l.is_empty() {
             *l = list;
@@ -123,25 +126,25 @@ pub fn deferring<R>(f: impl FnOnce() -> R) -> R {
     impl Drop for Flush {
         fn drop(&mut self) {
             let list = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
-            let parks = PARKS.get();
+            let rounds = ROUNDS.get();
             let mut now = Vec::new();
             for outbox in list {
-                if parks && outbox.pipelined.load(Ordering::Relaxed) {
-                    // Stays queued (flush_queued) in the park list: pushes from later sections,
+                if rounds && outbox.pipelined.load(Ordering::Relaxed) {
+                    // Stays queued (flush_queued) in the round's list: pushes from later sections,
                     // on this thread or another, join it there, so its bytes go out when this
-                    // thread parks (or after its 16th section), even if the peer has meanwhile
+                    // thread's round ends (or after its 16th section), even if the peer has meanwhile
                     // stopped being pipelined.
-                    UNTIL_PARK.with(|l| l.borrow_mut().push(outbox));
+                    UNTIL_ROUND_END.with(|l| l.borrow_mut().push(outbox));
                 } else {
                     now.push(outbox);
                 }
             }
             write_queued(&now);
-            if UNTIL_PARK.with(|l| !l.borrow().is_empty()) {
+            if UNTIL_ROUND_END.with(|l| !l.borrow().is_empty()) {
                 let waited = SECTIONS_WAITED.get() + 1;
                 SECTIONS_WAITED.set(waited);
                 if waited >= MAX_SECTIONS_WAITED {
-                    flush_until_park();
+                    flush_round();
                 }
             }
         }
@@ -157,11 +160,11 @@ impl Outbox {
     }
 
     /// An outbox that writes to `sink` directly when it can.
-    pub fn with_sink(sink: Arc<OwnedWriteHalf>) -> Outbox {
+    pub fn with_sink(sink: Sink) -> Outbox {
         Outbox { sink: Some(sink), ..Outbox::default() }
     }
 
-    /// Whether the peer waits on several replies at once (see [`before_park`]).
+    /// Whether the peer waits on several replies at once (see [`end_of_round`]).
     pub fn set_pipelined(&self, pipelined: bool) {
         self.pipelined.store(pipelined, Ordering::Relaxed);
     }
@@ -227,8 +230,9 @@ impl Outbox {
         ready_len
     }
 
-    /// Writes what is sendable to the direct sink, unless the writer task owns the socket (it
-    /// refused bytes before) or there is no sink (then the writer task is woken).
+    /// Writes what is sendable to the direct sink, unless the socket refused bytes before (the
+    /// event loop writes on once it is writable) or there is no sink (then the writer task is
+    /// woken).
     fn flush(&self) {
         let Some(sink) = &self.sink else {
             self.ready.notify_one();
@@ -242,22 +246,22 @@ impl Outbox {
     }
 
     /// Writes as much as the socket takes without waiting. When it refuses bytes, marks the
-    /// outbox blocked and wakes the writer task to wait for writability.
-    fn write_to(&self, sink: &OwnedWriteHalf, bufs: &mut Buffers) {
+    /// outbox blocked: the socket's edge to writable reaches its event loop
+    /// ([`Outbox::writable`]).
+    fn write_to(&self, sink: &Sink, bufs: &mut Buffers) {
         let before = bufs.ready.len();
         while !bufs.ready.is_empty() {
-            match sink.try_write(&bufs.ready) {
+            match io::Write::write(&mut &**sink, &bufs.ready) {
                 Ok(n) => bufs.ready.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     bufs.blocked = true;
-                    self.ready.notify_one();
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
+                    // The peer is gone; its event loop hears of it from the socket.
                     bufs.ready.clear();
                     self.closed.store(true, Ordering::Relaxed);
-                    self.ready.notify_one();
                     break;
                 }
             }
@@ -358,28 +362,17 @@ impl Outbox {
         }
     }
 
-    /// The writer task of an outbox with a direct sink: whenever the socket refused bytes, waits
-    /// until it is writable and writes on. Returns when the outbox is closed and empty, or the
-    /// socket fails.
-    pub async fn write_blocked(&self) {
-        let Some(sink) = &self.sink else { return };
-        loop {
-            self.wait_ready().await;
-            let blocked = self.lock().blocked;
-            if blocked || self.sendable.load(Ordering::Acquire) > 0 {
-                if sink.writable().await.is_err() {
-                    self.close();
-                    return;
-                }
-                let mut bufs = self.lock();
+    /// For an event loop's connection that became writable: writes what the socket refused
+    /// before. Returns whether the outbox is now below `limit` bytes (its peer may be read again).
+    pub fn writable(&self, limit: usize) -> bool {
+        if let Some(sink) = &self.sink {
+            let mut bufs = self.lock();
+            if bufs.blocked {
                 bufs.blocked = false;
                 self.write_to(sink, &mut bufs);
-                continue;
-            }
-            if self.is_closed() {
-                return;
             }
         }
+        self.pending() < limit
     }
 
     /// Waits until fewer than `limit` bytes are pending: a peer that does not read its replies
@@ -412,14 +405,13 @@ mod tests {
 
     use super::*;
 
-    /// An outbox writing straight to a socket, and the socket's other end (blocking reads, so a
-    /// read returns what one `send` carried on loopback).
-    async fn outbox_and_peer() -> (Arc<Outbox>, std::net::TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// An outbox writing straight to a socket, and the socket's other end.
+    fn outbox_and_peer() -> (Arc<Outbox>, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (stream, _) = listener.accept().await.unwrap();
-        let (_, sink) = stream.into_split();
-        (Arc::new(Outbox::with_sink(Arc::new(sink))), peer)
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_nonblocking(true).unwrap();
+        (Arc::new(Outbox::with_sink(Arc::new(stream))), peer)
     }
 
     /// Bytes the peer can read right now (loopback delivers within the sender's `send`).
@@ -434,11 +426,12 @@ mod tests {
         buf[..n].to_vec()
     }
 
-    /// A pipelined outbox and its peer, on a thread that has parked once (so it holds replies).
-    async fn pipelined_on_a_parking_thread() -> (Arc<Outbox>, std::net::TcpStream) {
-        let (outbox, peer) = outbox_and_peer().await;
+    /// A pipelined outbox and its peer, on a thread that has ended a round once (so it holds
+    /// replies).
+    fn pipelined_on_a_looping_thread() -> (Arc<Outbox>, std::net::TcpStream) {
+        let (outbox, peer) = outbox_and_peer();
         outbox.set_pipelined(true);
-        before_park();
+        end_of_round();
         (outbox, peer)
     }
 
@@ -446,37 +439,37 @@ mod tests {
         deferring(|| outbox.push(|b| b.extend_from_slice(bytes)));
     }
 
-    // Each test runs on a thread of its own: the thread-local park state starts fresh.
+    // Each test runs on a thread of its own: the thread-local round state starts fresh.
 
-    #[tokio::test]
-    async fn a_pipelined_peer_gets_a_rounds_replies_in_one_write_when_the_loop_parks() {
-        let (outbox, mut peer) = pipelined_on_a_parking_thread().await;
+    #[test]
+    fn a_pipelined_peer_gets_a_rounds_replies_in_one_write_when_the_round_ends() {
+        let (outbox, mut peer) = pipelined_on_a_looping_thread();
         push_in_section(&outbox, b"one,");
         push_in_section(&outbox, b"two");
-        assert_eq!(readable_now(&mut peer), b"", "held until the event loop runs out of work");
-        before_park();
+        assert_eq!(readable_now(&mut peer), b"", "held until the round ends");
+        end_of_round();
         assert_eq!(readable_now(&mut peer), b"one,two", "both replies in one send");
     }
 
-    #[tokio::test]
-    async fn other_peers_get_their_replies_when_the_section_ends() {
-        let (outbox, mut peer) = outbox_and_peer().await;
-        before_park();
+    #[test]
+    fn other_peers_get_their_replies_when_the_section_ends() {
+        let (outbox, mut peer) = outbox_and_peer();
+        end_of_round();
         push_in_section(&outbox, b"one");
         assert_eq!(readable_now(&mut peer), b"one");
     }
 
-    #[tokio::test]
-    async fn a_thread_that_never_parks_holds_nothing_back() {
-        let (outbox, mut peer) = outbox_and_peer().await;
+    #[test]
+    fn a_thread_that_ends_no_rounds_holds_nothing_back() {
+        let (outbox, mut peer) = outbox_and_peer();
         outbox.set_pipelined(true);
         push_in_section(&outbox, b"one");
         assert_eq!(readable_now(&mut peer), b"one");
     }
 
-    #[tokio::test]
-    async fn a_loop_that_never_parks_writes_held_replies_after_a_bounded_number_of_sections() {
-        let (outbox, mut peer) = pipelined_on_a_parking_thread().await;
+    #[test]
+    fn a_long_round_writes_held_replies_after_a_bounded_number_of_sections() {
+        let (outbox, mut peer) = pipelined_on_a_looping_thread();
         push_in_section(&outbox, b"held");
         for _ in 1..MAX_SECTIONS_WAITED - 1 {
             deferring(|| {});
@@ -489,15 +482,48 @@ mod tests {
         assert_eq!(readable_now(&mut peer), b"");
     }
 
-    #[tokio::test]
-    async fn a_pipelined_outbox_written_from_another_section_stays_queued_once() {
-        let (outbox, mut peer) = pipelined_on_a_parking_thread().await;
+    #[test]
+    fn a_pipelined_outbox_written_from_another_section_stays_queued_once() {
+        let (outbox, mut peer) = pipelined_on_a_looping_thread();
         for _ in 0..3 {
             push_in_section(&outbox, b"x");
         }
-        assert_eq!(UNTIL_PARK.with(|l| l.borrow().len()), 1);
-        before_park();
+        assert_eq!(UNTIL_ROUND_END.with(|l| l.borrow().len()), 1);
+        end_of_round();
         assert_eq!(readable_now(&mut peer), b"xxx");
-        assert!(UNTIL_PARK.with(|l| l.borrow().is_empty()));
+        assert!(UNTIL_ROUND_END.with(|l| l.borrow().is_empty()));
+    }
+
+    #[test]
+    fn a_full_socket_is_written_on_when_its_loop_sees_it_writable() {
+        let (outbox, mut peer) = outbox_and_peer();
+        let total = 8 << 20;
+        outbox.push(|b| b.resize(total, b'x'));
+        let left = outbox.pending();
+        assert!(left > 0, "the socket took all 8 MiB at once; the test needs a fuller one");
+        outbox.push(|b| b.extend_from_slice(b"end"));
+        assert_eq!(outbox.pending(), left + 3, "a blocked socket is not written to by a push");
+        assert!(!outbox.writable(left), "nothing was read: still at or above the limit");
+
+        peer.set_nonblocking(true).unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let (mut got, mut last) = (0, Vec::new());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while got < total + 3 && std::time::Instant::now() < deadline {
+            match peer.read(&mut buf) {
+                Ok(n) => {
+                    got += n;
+                    last.extend_from_slice(&buf[..n]);
+                    last.drain(..last.len().saturating_sub(3));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("reading: {e}"),
+            }
+            outbox.writable(usize::MAX);
+        }
+        assert_eq!(got, total + 3, "every byte arrives");
+        assert_eq!(last, b"end", "in order");
+        assert_eq!(outbox.pending(), 0);
+        assert!(outbox.writable(1));
     }
 }

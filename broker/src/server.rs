@@ -20,6 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::connection;
+use crate::event_loop::EventLoops;
 use crate::metrics::StateCollector;
 
 /// A started broker: its bound addresses and a handle to stop it.
@@ -68,9 +69,10 @@ pub async fn start(mut config: Config) -> std::io::Result<Running> {
         let acceptor = tls_acceptor(&broker.config)?;
         let tls = TcpListener::bind(addr).await?;
         tls_addr = Some(tls.local_addr()?);
-        tasks.push(tokio::spawn(accept_loop(broker.clone(), tls, Some(acceptor), permits.clone())));
+        tasks.push(tokio::spawn(accept_loop(broker.clone(), tls, Serve::Tls(acceptor), permits.clone())));
     }
-    tasks.push(tokio::spawn(accept_loop(broker.clone(), listener, None, permits)));
+    let loops = crate::event_loop::EventLoops::start(&broker, broker.config.runtime_threads())?;
+    tasks.push(tokio::spawn(accept_loop(broker.clone(), listener, Serve::Plain(loops), permits)));
     ready.store(true, Ordering::Release);
     tracing::info!(%gearman_addr, http = ?http_addr, tls = ?tls_addr, "gearfleet-broker listening");
     Ok(Running { broker, gearman_addr, http_addr, tls_addr, tasks })
@@ -104,9 +106,15 @@ fn tls_acceptor(config: &crate::Config) -> std::io::Result<TlsAcceptor> {
 /// How long a TLS handshake may take.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn accept_loop(broker: Arc<Broker>, listener: TcpListener, tls: Option<TlsAcceptor>, permits: Arc<Semaphore>) {
-    // A new connection ends an idle poll too.
-    crate::idle_poll::watch(std::os::fd::AsRawFd::as_raw_fd(&listener));
+/// Who serves a listener's connections.
+enum Serve {
+    /// Plain TCP: the event-loop threads.
+    Plain(Arc<EventLoops>),
+    /// TLS: a tokio task per connection, after its handshake.
+    Tls(TlsAcceptor),
+}
+
+async fn accept_loop(broker: Arc<Broker>, listener: TcpListener, serve: Serve, permits: Arc<Semaphore>) {
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -126,7 +134,6 @@ async fn accept_loop(broker: Arc<Broker>, listener: TcpListener, tls: Option<Tls
                 continue;
             }
         };
-        crate::idle_poll::watch(std::os::fd::AsRawFd::as_raw_fd(&stream));
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection limit reached; refusing");
             tokio::spawn(async move {
@@ -135,19 +142,21 @@ async fn accept_loop(broker: Arc<Broker>, listener: TcpListener, tls: Option<Tls
             });
             continue;
         };
-        let broker = broker.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            match tls {
-                None => connection::serve(broker, stream, peer).await,
-                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => connection::serve_tls(broker, stream, peer).await,
-                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
-                },
+        match &serve {
+            Serve::Plain(loops) => loops.serve(stream, peer, permit),
+            Serve::Tls(acceptor) => {
+                let broker = broker.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => connection::serve_tls(broker, stream, peer).await,
+                        Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                    }
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+        }
     }
     // Wait (bounded) for connections to flush and close.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -1,0 +1,182 @@
+//! The binary's event loops: plain TCP connections are dealt to `--threads` event-loop threads,
+//! each watching its connections through an `epoll` of its own until they close; a peer's close
+//! is seen even when it arrives together with its last bytes. Read from /proc: the kernel lists
+//! each epoll instance's watched descriptors in its fdinfo, and each thread's name.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{BrokerProcess, Peer};
+use gearfleet_proto::PacketType as T;
+use tokio::io::AsyncWriteExt;
+
+/// The sockets each epoll instance of the process watches, by epoll descriptor.
+fn socket_watches(pid: u32) -> BTreeMap<String, Vec<u32>> {
+    let mut found = BTreeMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else { continue };
+        if !target.to_string_lossy().contains("eventpoll") {
+            continue;
+        }
+        let epoll = entry.file_name().to_string_lossy().into_owned();
+        let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{epoll}")) else { continue };
+        let mut sockets = Vec::new();
+        for line in info.lines().filter(|l| l.starts_with("tfd:")) {
+            // tfd: 13 events: 8000201d data: ...
+            let Some(watched) = line.split_whitespace().nth(1).and_then(|w| w.parse::<u32>().ok()) else { continue };
+            let is_socket = std::fs::read_link(format!("/proc/{pid}/fd/{watched}"))
+                .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+            if is_socket {
+                sockets.push(watched);
+            }
+        }
+        found.insert(epoll, sockets);
+    }
+    found
+}
+
+/// How many sockets each epoll watches, beyond what it watched in `baseline`, largest first.
+fn added(pid: u32, baseline: &BTreeMap<String, Vec<u32>>) -> Vec<usize> {
+    let mut counts: Vec<usize> = socket_watches(pid)
+        .iter()
+        .map(|(epoll, sockets)| {
+            let before = baseline.get(epoll).map_or(&[][..], |v| &v[..]);
+            sockets.iter().filter(|s| !before.contains(s)).count()
+        })
+        .filter(|&n| n > 0)
+        .collect();
+    counts.sort_unstable_by(|a, b| b.cmp(a));
+    counts
+}
+
+/// `added` once it equals `want`, or after two seconds whatever it is.
+async fn added_settling_at(pid: u32, baseline: &BTreeMap<String, Vec<u32>>, want: &[usize]) -> Vec<usize> {
+    let mut now = added(pid, baseline);
+    for _ in 0..100 {
+        if now == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        now = added(pid, baseline);
+    }
+    now
+}
+
+async fn connected_peers(b: &BrokerProcess, n: usize) -> Vec<Peer> {
+    let mut peers = Vec::new();
+    for _ in 0..n {
+        let mut p = Peer::connect(b.addr).await;
+        // Answered, so accepted.
+        p.send(T::EchoReq, &[b"x"]).await;
+        p.expect(T::EchoRes).await;
+        peers.push(p);
+    }
+    peers
+}
+
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn connections_are_dealt_to_the_event_loops_and_leave_them_when_closed() {
+    let b = BrokerProcess::start(&["--threads", "2"]);
+    let pid = b.child.id();
+    let loops: Vec<String> = thread_names(pid).into_iter().filter(|n| n.starts_with("event-loop-")).collect();
+    assert_eq!(loops, ["event-loop-0", "event-loop-1"], "one event-loop thread per --threads");
+    // Whatever the start-up probe left has closed by now (or is not counted below).
+    let _settled = added_settling_at(pid, &BTreeMap::new(), &[]).await;
+    let baseline = socket_watches(pid);
+    let peers = connected_peers(&b, 4).await;
+    let dealt = added_settling_at(pid, &baseline, &[2, 2]).await;
+    assert_eq!(dealt, [2, 2], "four connections, two per event loop, each loop its own epoll");
+    drop(peers);
+    let left = added_settling_at(pid, &baseline, &[]).await;
+    assert!(left.is_empty(), "closed connections leave their loop's epoll: {left:?}");
+    b.kill();
+}
+
+#[tokio::test]
+async fn a_close_that_arrives_with_the_last_bytes_is_seen() {
+    let b = BrokerProcess::start(&[]);
+    let mut client = Peer::connect(b.addr).await;
+    for round in 0..10 {
+        let function = format!("f{round}");
+        client.submit(T::SubmitJobBg, &function, "", b"x").await;
+        // A worker grabs the job and closes at once: corked, so that its packets and its FIN
+        // travel in one segment and raise one readiness edge.
+        let mut first = Peer::connect(b.addr).await;
+        first.send(T::EchoReq, &[b"registered"]).await;
+        first.expect(T::EchoRes).await;
+        cork(&first.stream);
+        let mut bytes = gearfleet_proto::Packet::req(T::CanDo, &[function.as_bytes()]).to_bytes().to_vec();
+        bytes.extend_from_slice(&gearfleet_proto::Packet::req(T::GrabJob, &[]).to_bytes());
+        first.stream.write_all(&bytes).await.unwrap();
+        first.stream.shutdown().await.unwrap();
+        first.expect(T::JobAssign).await;
+        // Once the broker has seen that worker go, the job is handed to the next one.
+        let mut next = Peer::worker(b.addr, &[&function]).await;
+        let mut regrabbed = None;
+        for _ in 0..100 {
+            regrabbed = next.grab().await;
+            if regrabbed.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(regrabbed.is_some(), "round {round}: the broker never saw the first worker close");
+    }
+    b.kill();
+}
+
+/// Sets TCP_CORK: written bytes wait in the kernel, and a shutdown sends them with the FIN.
+fn cork(stream: &tokio::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a pointer to a c_int that outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_CORK: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn an_idle_poll_beyond_a_millisecond_is_refused() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gearfleet-broker"))
+        .args(["--idle-poll", "5ms", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    for _ in 0..250 {
+        status = child.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let Some(status) = status else {
+        let _ = child.kill();
+        panic!("the broker started with --idle-poll 5ms");
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("longer than the 1ms"), "{err}");
+}
