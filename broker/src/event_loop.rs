@@ -15,9 +15,9 @@
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -54,7 +54,6 @@ struct Thread {
 pub struct EventLoops {
     threads: Vec<Thread>,
     next: AtomicUsize,
-    joins: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl EventLoops {
@@ -63,21 +62,19 @@ impl EventLoops {
     pub fn start(broker: &Arc<Broker>, count: usize) -> io::Result<Arc<EventLoops>> {
         let runtime = tokio::runtime::Handle::current();
         let mut threads = Vec::new();
-        let mut joins = Vec::new();
         for n in 0..count.max(1) {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
             let (tx, rx) = mpsc::channel();
             let mut event_loop = EventLoop::new(broker.clone(), poll, rx);
             let runtime = runtime.clone();
-            let join = std::thread::Builder::new().name(format!("event-loop-{n}")).spawn(move || {
+            std::thread::Builder::new().name(format!("event-loop-{n}")).spawn(move || {
                 let _entered = runtime.enter();
                 event_loop.run();
             })?;
             threads.push(Thread { incoming: tx, waker });
-            joins.push(join);
         }
-        let loops = Arc::new(EventLoops { threads, next: AtomicUsize::new(0), joins: Mutex::new(joins) });
+        let loops = Arc::new(EventLoops { threads, next: AtomicUsize::new(0) });
         // Shutdown reaches the threads through their wakers.
         let shutdown = broker.shutdown.clone();
         let waking = loops.clone();
@@ -103,14 +100,8 @@ impl EventLoops {
         let thread = &self.threads[n];
         if thread.incoming.send(Accepted { stream, peer, permit }).is_ok() {
             let _ = thread.waker.wake();
-        }
-    }
-
-    /// Waits for the threads to end (after shutdown).
-    pub fn join(&self) {
-        let joins = std::mem::take(&mut *self.joins.lock().unwrap_or_else(|e| e.into_inner()));
-        for j in joins {
-            let _ = j.join();
+        } else {
+            tracing::error!(%peer, "event loop gone; connection dropped");
         }
     }
 }
