@@ -37,6 +37,10 @@ const READ_CHUNK: usize = 16 * 1024;
 /// (due within the partial-packet timeout) or a pause for back-pressure whose replies may have
 /// drained without the socket saying so (held replies released by the journal).
 const SCAN_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a closed connection's last replies may wait for its socket to take them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reads of one connection in one turn (16 KiB each at least) before the others go first.
+const READS_PER_TURN: usize = 16;
 
 /// A connection accepted by the listener, on its way to a thread.
 struct Accepted {
@@ -120,7 +124,8 @@ enum Input {
 /// One connection of a thread.
 struct Conn {
     stream: Arc<TcpStream>,
-    session: Session,
+    /// None once the connection is closed and only its last replies wait to go out.
+    session: Option<Session>,
     outbox: Arc<Outbox>,
     buf: BytesMut,
     /// Part of a packet is buffered: when its last bytes arrived (the rest is due within the
@@ -128,6 +133,8 @@ struct Conn {
     partial_since: Option<Instant>,
     /// Not read from until its peer reads its replies (back-pressure).
     paused: bool,
+    /// Closed: its last replies may go out until then.
+    draining_until: Option<Instant>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -140,19 +147,34 @@ struct EventLoop {
     window: Window,
     /// When to look at the connections that wait on a timer (None: none does).
     next_scan: Option<Instant>,
+    /// Connections whose socket may hold more input than their last turn read.
+    unfinished: Vec<usize>,
+    /// Connections closed in this round, to let go of once the round's replies are written.
+    closed: Vec<usize>,
+    /// Reads of one connection in one turn ([`READS_PER_TURN`]).
+    reads_per_turn: usize,
 }
 
 impl EventLoop {
     fn new(broker: Arc<Broker>, poll: Poll, incoming: mpsc::Receiver<Accepted>) -> EventLoop {
         let window = Window::new(broker.config.idle_poll);
-        EventLoop { broker, poll, incoming, conns: Slab::new(), window, next_scan: None }
+        EventLoop {
+            broker,
+            poll,
+            incoming,
+            conns: Slab::new(),
+            window,
+            next_scan: None,
+            unfinished: Vec::new(),
+            closed: Vec::new(),
+            reads_per_turn: READS_PER_TURN,
+        }
     }
 
     fn run(&mut self) {
         let mut events = Events::with_capacity(256);
         loop {
-            // The round is over: replies held for pipelining peers go out now.
-            crate::outbox::end_of_round();
+            self.end_round();
             if let Err(e) = self.wait(&mut events) {
                 tracing::error!(error = %e, "event loop: poll failed");
                 break;
@@ -173,6 +195,9 @@ impl EventLoop {
                     }
                 }
             }
+            for key in std::mem::take(&mut self.unfinished) {
+                self.ready(key, Input::Closing, false);
+            }
             if woken {
                 if self.broker.shutdown.is_cancelled() {
                     break;
@@ -182,25 +207,47 @@ impl EventLoop {
             self.check_timers();
         }
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            self.close(key, "shutdown");
+        for key in &keys {
+            self.close(*key, "shutdown");
         }
         crate::outbox::end_of_round();
+        for key in keys {
+            self.let_go(key);
+        }
+    }
+
+    /// The round is over: replies held for pipelining peers go out, and connections closed in
+    /// it are let go of once their last replies are out (or wait for their socket to take them).
+    fn end_round(&mut self) {
+        crate::outbox::end_of_round();
+        for key in std::mem::take(&mut self.closed) {
+            // (A key may have been let go and handed to a new connection meanwhile.)
+            if self.conns.get(key).is_some_and(|c| c.session.is_none() && c.outbox.pending() == 0) {
+                self.let_go(key);
+            }
+        }
     }
 
     /// Waits for the next round of events: polls without sleeping for this thread's window
-    /// first, then sleeps until an event or the next timer.
+    /// first, then sleeps until an event or the next timer. Does not sleep while a connection
+    /// has input left from its last turn.
     fn wait(&mut self, events: &mut Events) -> io::Result<()> {
-        if !self.window.current().is_zero() && idle_poll::poll_for(&mut self.poll, events, self.window.current())? {
+        let busy = !self.unfinished.is_empty();
+        if !busy
+            && !self.window.current().is_zero()
+            && idle_poll::poll_for(&mut self.poll, events, self.window.current())?
+        {
             return Ok(());
         }
-        let timeout = self.next_timer();
+        let timeout = if busy { Some(Duration::ZERO) } else { self.next_timer() };
         let asleep = Instant::now();
         match self.poll.poll(events, timeout) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => events.clear(),
             r => r?,
         }
-        self.window.slept(asleep.elapsed());
+        if !busy {
+            self.window.slept(asleep.elapsed());
+        }
         Ok(())
     }
 
@@ -221,11 +268,12 @@ impl EventLoop {
             let session = Session::open(&self.broker, &outbox, peer, i64::from(fd));
             entry.insert(Conn {
                 stream,
-                session,
+                session: Some(session),
                 outbox,
                 buf: BytesMut::with_capacity(READ_CHUNK),
                 partial_since: None,
                 paused: false,
+                draining_until: None,
                 _permit: permit,
             });
             // Bytes (or a close) that arrived before the registration raise no edge: read now.
@@ -237,6 +285,17 @@ impl EventLoop {
     fn ready(&mut self, key: usize, mut input: Input, writable: bool) {
         let limit = self.broker.config.outbox_limit_bytes;
         let Some(conn) = self.conns.get_mut(key) else { return };
+        if conn.session.is_none() {
+            // Closed, its last replies waiting for the socket (a peer that is gone makes the
+            // write fail, which drops them).
+            if writable {
+                conn.outbox.writable(usize::MAX);
+            }
+            if conn.outbox.pending() == 0 {
+                self.let_go(key);
+            }
+            return;
+        }
         if conn.paused {
             // Whatever is buffered waits; once resumed, the socket is read to its end.
             input = Input::None;
@@ -254,17 +313,19 @@ impl EventLoop {
         }
     }
 
-    /// Reads connection `key` until the socket is drained (the edge is consumed) or its peer
-    /// must wait for its replies to drain; returns why to close it, if it must close.
+    /// Reads connection `key` until the socket is drained (the edge is consumed), its peer must
+    /// wait for its replies to drain, or it has had its turn (then it goes on next round); returns
+    /// why to close it, if it must close.
     fn read(&mut self, key: usize, input: Input) -> Option<&'static str> {
         let limit = self.broker.config.outbox_limit_bytes;
         let interval = self.scan_interval();
-        let EventLoop { broker, conns, next_scan, .. } = self;
+        let EventLoop { broker, conns, next_scan, unfinished, reads_per_turn, .. } = self;
         let conn = conns.get_mut(key)?;
+        let session = conn.session.as_mut()?;
         let mut timed = || {
             next_scan.get_or_insert_with(|| Instant::now() + interval);
         };
-        loop {
+        for _ in 0..*reads_per_turn {
             if conn.outbox.is_closed() {
                 return Some("write failed");
             }
@@ -293,7 +354,7 @@ impl EventLoop {
             let n = n as usize;
             // SAFETY: recv initialised the first `n` bytes of the spare capacity.
             unsafe { conn.buf.set_len(conn.buf.len() + n) };
-            if let Some(reason) = conn.session.handle_input(broker, &mut conn.buf, &conn.outbox) {
+            if let Some(reason) = session.handle_input(broker, &mut conn.buf, &conn.outbox) {
                 return Some(reason);
             }
             if conn.buf.is_empty() {
@@ -308,28 +369,38 @@ impl EventLoop {
                 return None;
             }
         }
+        // Its turn is over, the socket maybe not drained: the other connections go first.
+        unfinished.push(key);
+        None
     }
 
-    /// Takes connection `key` out of the loop and the broker.
+    /// Closes connection `key`: takes it out of the broker, and lets go of it once its last
+    /// replies are out (an error, say, or what a peer that closed only its sending side still
+    /// reads), within [`DRAIN_TIMEOUT`].
     fn close(&mut self, key: usize, reason: &'static str) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(session) = conn.session.take() else { return };
+        if reason == connection::PROTOCOL_ERROR && session.hold_for_disk {
+            // The last replies (the error) go out after what they follow, once it is on disk.
+            let (broker, outbox, seq) = (self.broker.clone(), conn.outbox.clone(), session.last_seq);
+            tokio::spawn(async move {
+                broker.wait_durable(seq).await;
+                outbox.release_durable(seq);
+            });
+        }
+        session.close(&self.broker, &conn.outbox, reason);
+        conn.draining_until = Some(Instant::now() + DRAIN_TIMEOUT);
+        self.next_scan.get_or_insert_with(|| Instant::now() + SCAN_INTERVAL);
+        self.closed.push(key);
+    }
+
+    /// Forgets connection `key`: its socket is shut for writing (the peer reads the end of the
+    /// stream) and closed when the last reference to it goes.
+    fn let_go(&mut self, key: usize) {
         let Some(conn) = self.conns.try_remove(key) else { return };
         let fd = conn.stream.as_raw_fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
-        let Conn { stream, session, outbox, _permit, .. } = conn;
-        let broker = self.broker.clone();
-        if reason == connection::PROTOCOL_ERROR && session.hold_for_disk {
-            // The last replies (the error) still go out, after what they follow.
-            tokio::spawn(async move {
-                broker.wait_durable(session.last_seq).await;
-                outbox.release_durable(session.last_seq);
-                session.close(&broker, &outbox, reason);
-                let _ = stream.shutdown(Shutdown::Both);
-                drop(_permit);
-            });
-            return;
-        }
-        session.close(&broker, &outbox, reason);
-        let _ = stream.shutdown(Shutdown::Both);
+        let _ = conn.stream.shutdown(Shutdown::Write);
     }
 
     /// How long the thread may sleep: until the next look at its timed connections, if any.
@@ -338,7 +409,8 @@ impl EventLoop {
     }
 
     /// Looks at the timed connections once per [`SCAN_INTERVAL`] (at most): closes those whose
-    /// partial packet is overdue, resumes paused ones whose replies have drained.
+    /// partial packet is overdue, resumes paused ones whose replies have drained, lets go of
+    /// closed ones whose last replies are out or overdue.
     fn check_timers(&mut self) {
         let now = Instant::now();
         if self.next_scan.is_none_or(|at| now < at) {
@@ -348,9 +420,16 @@ impl EventLoop {
         let limit = self.broker.config.outbox_limit_bytes;
         let mut overdue = Vec::new();
         let mut resumed = Vec::new();
+        let mut done = Vec::new();
         let mut timed = false;
         for (key, conn) in &self.conns {
-            if conn.paused {
+            if let Some(until) = conn.draining_until {
+                if conn.outbox.pending() == 0 || now >= until {
+                    done.push(key);
+                } else {
+                    timed = true;
+                }
+            } else if conn.paused {
                 if conn.outbox.pending() < limit {
                     resumed.push(key);
                 } else {
@@ -365,6 +444,9 @@ impl EventLoop {
             }
         }
         self.next_scan = timed.then(|| now + self.scan_interval());
+        for key in done {
+            self.let_go(key);
+        }
         for key in overdue {
             if let Some(conn) = self.conns.get(key) {
                 connection::partial_packet_timeout(&conn.outbox);
@@ -381,5 +463,60 @@ impl EventLoop {
 
     fn scan_interval(&self) -> Duration {
         (self.broker.config.partial_packet_timeout / 4).clamp(Duration::from_millis(1), SCAN_INTERVAL)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    /// Bytes waiting in a socket's receive queue.
+    fn queued(stream: &TcpStream) -> usize {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int to the pointer, which outlives the call.
+        let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::FIONREAD, &mut n) };
+        assert_eq!(rc, 0, "FIONREAD: {}", io::Error::last_os_error());
+        usize::try_from(n).unwrap_or(0)
+    }
+
+    #[test]
+    fn a_connection_with_more_input_than_a_turn_goes_on_next_round() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _entered = runtime.enter();
+        let broker = Broker::new(crate::Config::for_tests());
+        let (tx, rx) = mpsc::channel();
+        let mut event_loop = EventLoop::new(broker, Poll::new().unwrap(), rx);
+        // Short turns, so that a few of them fit the socket's receive buffer.
+        event_loop.reads_per_turn = 2;
+        let turn = READ_CHUNK * 2;
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (served, peer) = listener.accept().unwrap();
+        served.set_nonblocking(true).unwrap();
+        // A pile of echo requests, several turns' worth, waiting in the served socket.
+        let echo = gearfleet_proto::Packet::req(gearfleet_proto::PacketType::EchoReq, &[b"x"]).to_bytes();
+        let pile: Vec<u8> = echo.iter().copied().cycle().take(turn * 8).collect();
+        let writer = std::thread::spawn(move || {
+            client.write_all(&pile).unwrap();
+            client
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while queued(&served) < turn * 3 / 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(queued(&served) >= turn * 3 / 2, "the pile did not arrive");
+
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        tx.send(Accepted { stream: served, peer, permit }).unwrap();
+        event_loop.accept_new();
+        let (key, conn) = event_loop.conns.iter().next().expect("the connection is served");
+        assert_eq!(event_loop.unfinished, [key], "its turn ended with input left");
+        assert!(queued(&conn.stream) > 0, "and the input is still there for the next round");
+        drop(writer);
     }
 }

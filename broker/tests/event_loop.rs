@@ -138,6 +138,82 @@ async fn a_close_that_arrives_with_the_last_bytes_is_seen() {
     b.kill();
 }
 
+#[tokio::test]
+async fn a_peer_that_closes_its_side_still_gets_every_reply() {
+    // More replies than the socket buffers hold, then the peer's FIN: the broker has closed the
+    // connection by the time most replies are still waiting for the socket, and sends them all.
+    let b = BrokerProcess::start(&[]);
+    let mut peer = Peer::connect(b.addr).await;
+    const N: usize = 200;
+    const SIZE: usize = 64 * 1024;
+    let (mut r, mut w) = peer.stream.into_split();
+    // Everything written, and the FIN, before a byte is read: the replies pile up in the broker.
+    for i in 0..N {
+        let mut body = vec![(i % 251) as u8; SIZE];
+        body[..4].copy_from_slice(&(i as u32).to_be_bytes());
+        w.write_all(&gearfleet_proto::Packet::req(T::EchoReq, &[&body]).to_bytes()).await.unwrap();
+    }
+    w.shutdown().await.unwrap();
+    let codec = gearfleet_proto::Codec::client();
+    let mut buf = bytes::BytesMut::new();
+    let mut next = 0usize;
+    let read_all = async {
+        use tokio::io::AsyncReadExt;
+        loop {
+            while let Some(frame) = codec.decode_frame(&mut buf).unwrap() {
+                let gearfleet_proto::Frame::Packet(p) = frame else { panic!("unexpected admin text") };
+                assert_eq!(p.ptype, T::EchoRes);
+                assert_eq!(p.arg(0).len(), SIZE);
+                assert_eq!(p.arg(0)[..4], (next as u32).to_be_bytes(), "in order");
+                next += 1;
+            }
+            if r.read_buf(&mut buf).await.unwrap() == 0 {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read_all).await.expect("the end of the stream within 30 s");
+    assert_eq!(next, N, "every reply, then the end of the stream");
+    drop(w);
+    peer = Peer::connect(b.addr).await;
+    peer.send(T::EchoReq, &[b"still serving"]).await;
+    peer.expect(T::EchoRes).await;
+    b.kill();
+}
+
+#[tokio::test]
+async fn a_flooding_peer_does_not_starve_the_others() {
+    // Room for all the flood's replies: back-pressure does not pause it.
+    let b = BrokerProcess::start(&["--outbox-limit-bytes", "268435456"]);
+    let mut other = Peer::connect(b.addr).await;
+    other.send(T::EchoReq, &[b"ping"]).await;
+    other.expect(T::EchoRes).await;
+    // One peer sends 32 MiB of small echo requests at once (millions of packets, seconds of
+    // work) and reads nothing: its socket has input for the broker all along.
+    let mut flood = Peer::connect(b.addr).await;
+    flood.send(T::EchoReq, &[b"ping"]).await;
+    flood.expect(T::EchoRes).await;
+    let one = gearfleet_proto::Packet::req(T::EchoReq, &[b"x"]).to_bytes();
+    let pile: Vec<u8> = one.iter().copied().cycle().take(32 << 20).collect();
+    let writer = tokio::spawn(async move {
+        let _ = flood.stream.write_all(&pile).await;
+        flood
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Meanwhile another peer's round trips are served at once.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let start = std::time::Instant::now();
+        other.send(T::EchoReq, &[b"ping"]).await;
+        other.expect(T::EchoRes).await;
+        slowest = slowest.max(start.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(slowest < Duration::from_millis(250), "a round trip took {slowest:?} beside the flood");
+    writer.abort();
+    b.kill();
+}
+
 /// Sets TCP_CORK: written bytes wait in the kernel, and a shutdown sends them with the FIN.
 fn cork(stream: &tokio::net::TcpStream) {
     use std::os::fd::AsRawFd;
