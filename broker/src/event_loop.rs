@@ -147,7 +147,8 @@ struct EventLoop {
     window: Window,
     /// When to look at the connections that wait on a timer (None: none does).
     next_scan: Option<Instant>,
-    /// Connections whose socket may hold more input than their last turn read.
+    /// Connections whose socket may hold input no edge will announce: more than their last turn
+    /// read, or bytes that came before the connection was registered.
     unfinished: Vec<usize>,
     /// Connections closed in this round, to let go of once the round's replies are written.
     closed: Vec<usize>,
@@ -195,9 +196,7 @@ impl EventLoop {
                     }
                 }
             }
-            for key in std::mem::take(&mut self.unfinished) {
-                self.ready(key, Input::Closing, false);
-            }
+            self.read_unfinished();
             if woken {
                 if self.broker.shutdown.is_cancelled() {
                     break;
@@ -251,6 +250,13 @@ impl EventLoop {
         Ok(())
     }
 
+    /// Reads the connections that may hold input no edge will announce.
+    fn read_unfinished(&mut self) {
+        for key in std::mem::take(&mut self.unfinished) {
+            self.ready(key, Input::Closing, false);
+        }
+    }
+
     fn accept_new(&mut self) {
         while let Ok(Accepted { stream, peer, permit }) = self.incoming.try_recv() {
             let _ = stream.set_nodelay(true);
@@ -276,8 +282,10 @@ impl EventLoop {
                 draining_until: None,
                 _permit: permit,
             });
-            // Bytes (or a close) that arrived before the registration raise no edge: read now.
-            self.ready(key, Input::Closing, false);
+            // Bytes (or a close) that arrived before the registration raise no edge: they are
+            // read next round, after the events already waiting (a peer's close that came
+            // before this connection's request is seen before the request).
+            self.unfinished.push(key);
         }
     }
 
@@ -514,7 +522,10 @@ mod tests {
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
         tx.send(Accepted { stream: served, peer, permit }).unwrap();
         event_loop.accept_new();
-        let (key, conn) = event_loop.conns.iter().next().expect("the connection is served");
+        let key = event_loop.conns.iter().next().expect("the connection is served").0;
+        assert_eq!(event_loop.unfinished, [key], "a new connection is read in the next round");
+        event_loop.read_unfinished();
+        let conn = &event_loop.conns[key];
         assert_eq!(event_loop.unfinished, [key], "its turn ended with input left");
         assert!(queued(&conn.stream) > 0, "and the input is still there for the next round");
         drop(writer);
