@@ -66,29 +66,42 @@ impl EventLoops {
     pub fn start(broker: &Arc<Broker>, count: usize) -> io::Result<Arc<EventLoops>> {
         let runtime = tokio::runtime::Handle::current();
         let mut threads = Vec::new();
-        for n in 0..count.max(1) {
+        let mut loops = Vec::new();
+        for _ in 0..count.max(1) {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
             let (tx, rx) = mpsc::channel();
-            let mut event_loop = EventLoop::new(broker.clone(), poll, rx);
-            let runtime = runtime.clone();
-            std::thread::Builder::new().name(format!("event-loop-{n}")).spawn(move || {
-                let _entered = runtime.enter();
-                event_loop.run();
-            })?;
+            loops.push(EventLoop::new(broker.clone(), poll, rx));
             threads.push(Thread { incoming: tx, waker });
         }
-        let loops = Arc::new(EventLoops { threads, next: AtomicUsize::new(0) });
+        let loops_handle = Arc::new(EventLoops { threads, next: AtomicUsize::new(0) });
+        for (n, mut event_loop) in loops.into_iter().enumerate() {
+            let runtime = runtime.clone();
+            let spawned = std::thread::Builder::new().name(format!("event-loop-{n}")).spawn(move || {
+                let _entered = runtime.enter();
+                event_loop.run();
+            });
+            if let Err(e) = spawned {
+                // The broker does not start: the threads already running stop with it.
+                broker.shutdown.cancel();
+                loops_handle.wake_all();
+                return Err(e);
+            }
+        }
         // Shutdown reaches the threads through their wakers.
         let shutdown = broker.shutdown.clone();
-        let waking = loops.clone();
+        let waking = loops_handle.clone();
         tokio::spawn(async move {
             shutdown.cancelled().await;
-            for t in &waking.threads {
-                let _ = t.waker.wake();
-            }
+            waking.wake_all();
         });
-        Ok(loops)
+        Ok(loops_handle)
+    }
+
+    fn wake_all(&self) {
+        for t in &self.threads {
+            let _ = t.waker.wake();
+        }
     }
 
     /// Hands an accepted connection to the next thread.
@@ -135,6 +148,8 @@ struct Conn {
     paused: bool,
     /// Closed: its last replies may go out until then.
     draining_until: Option<Instant>,
+    /// In the thread's `unfinished` list: read from there this round, not on its events.
+    queued: bool,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -205,11 +220,36 @@ impl EventLoop {
             }
             self.check_timers();
         }
+        self.shut_down(&mut events);
+    }
+
+    /// Closes every connection and gives their last replies up to [`DRAIN_TIMEOUT`] to go out.
+    fn shut_down(&mut self, events: &mut Events) {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for key in &keys {
-            self.close(*key, "shutdown");
+        for key in keys {
+            self.close(key, "shutdown");
         }
-        crate::outbox::end_of_round();
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        loop {
+            self.end_round();
+            self.check_timers();
+            let now = Instant::now();
+            if self.conns.is_empty() || now >= deadline {
+                break;
+            }
+            let timeout = (deadline - now).min(SCAN_INTERVAL);
+            if self.poll.poll(events, Some(timeout)).is_err() {
+                break;
+            }
+            for event in events.iter() {
+                if let Token(key) = event.token()
+                    && event.token() != WAKER
+                {
+                    self.ready(key, Input::None, event.is_writable());
+                }
+            }
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             self.let_go(key);
         }
@@ -244,7 +284,8 @@ impl EventLoop {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => events.clear(),
             r => r?,
         }
-        if !busy {
+        if !busy && !events.is_empty() {
+            // (A sleep ended by a timer says nothing about the traffic.)
             self.window.slept(asleep.elapsed());
         }
         Ok(())
@@ -253,6 +294,9 @@ impl EventLoop {
     /// Reads the connections that may hold input no edge will announce.
     fn read_unfinished(&mut self) {
         for key in std::mem::take(&mut self.unfinished) {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.queued = false;
+            }
             self.ready(key, Input::Closing, false);
         }
     }
@@ -280,6 +324,7 @@ impl EventLoop {
                 partial_since: None,
                 paused: false,
                 draining_until: None,
+                queued: true,
                 _permit: permit,
             });
             // Bytes (or a close) that arrived before the registration raise no edge: they are
@@ -304,6 +349,10 @@ impl EventLoop {
             }
             return;
         }
+        if conn.queued {
+            // Read from the `unfinished` list later this round: one turn per round.
+            input = Input::None;
+        }
         if conn.paused {
             // Whatever is buffered waits; once resumed, the socket is read to its end.
             input = Input::None;
@@ -314,10 +363,18 @@ impl EventLoop {
         } else if writable {
             conn.outbox.writable(limit);
         }
-        if input != Input::None
-            && let Some(reason) = self.read(key, input)
-        {
-            self.close(key, reason);
+        if input == Input::None {
+            return;
+        }
+        // A bug met by one connection's input closes that connection, not the thread's others.
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.read(key, input)));
+        match read {
+            Ok(None) => {}
+            Ok(Some(reason)) => self.close(key, reason),
+            Err(_) => {
+                tracing::error!(key, "event loop: handling a connection's input panicked; closing it");
+                self.close(key, "internal error");
+            }
         }
     }
 
@@ -378,7 +435,10 @@ impl EventLoop {
             }
         }
         // Its turn is over, the socket maybe not drained: the other connections go first.
-        unfinished.push(key);
+        if !conn.queued {
+            conn.queued = true;
+            unfinished.push(key);
+        }
         None
     }
 
@@ -388,8 +448,9 @@ impl EventLoop {
     fn close(&mut self, key: usize, reason: &'static str) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         let Some(session) = conn.session.take() else { return };
-        if reason == connection::PROTOCOL_ERROR && session.hold_for_disk {
-            // The last replies (the error) go out after what they follow, once it is on disk.
+        if session.hold_for_disk {
+            // Replies waiting for the journal (an error or a timeout notice among them) still
+            // go out, in order, once what they acknowledge is on disk.
             let (broker, outbox, seq) = (self.broker.clone(), conn.outbox.clone(), session.last_seq);
             tokio::spawn(async move {
                 broker.wait_durable(seq).await;
@@ -525,9 +586,13 @@ mod tests {
         let key = event_loop.conns.iter().next().expect("the connection is served").0;
         assert_eq!(event_loop.unfinished, [key], "a new connection is read in the next round");
         event_loop.read_unfinished();
-        let conn = &event_loop.conns[key];
         assert_eq!(event_loop.unfinished, [key], "its turn ended with input left");
-        assert!(queued(&conn.stream) > 0, "and the input is still there for the next round");
+        let left = queued(&event_loop.conns[key].stream);
+        assert!(left > 0, "and the input is still there for the next round");
+        // An edge for it in the meantime does not give it a second turn this round.
+        event_loop.ready(key, Input::Data, false);
+        assert_eq!(event_loop.unfinished, [key], "listed once");
+        assert!(queued(&event_loop.conns[key].stream) >= left, "not read again before its next turn");
         drop(writer);
     }
 }

@@ -181,6 +181,80 @@ async fn a_peer_that_closes_its_side_still_gets_every_reply() {
     b.kill();
 }
 
+/// Writes `n` echo requests of `size` bytes (numbered in their first 4 bytes) and the FIN,
+/// reading nothing meanwhile.
+async fn pile_of_echoes(w: &mut tokio::net::tcp::OwnedWriteHalf, n: usize, size: usize) {
+    for i in 0..n {
+        let mut body = vec![(i % 251) as u8; size];
+        body[..4].copy_from_slice(&(i as u32).to_be_bytes());
+        w.write_all(&gearfleet_proto::Packet::req(T::EchoReq, &[&body]).to_bytes()).await.unwrap();
+    }
+    w.shutdown().await.unwrap();
+}
+
+/// Reads packets until the end of the stream (30 s at most): their types, in order.
+async fn read_to_the_end(r: &mut tokio::net::tcp::OwnedReadHalf) -> Vec<gearfleet_proto::Packet> {
+    use tokio::io::AsyncReadExt;
+    let codec = gearfleet_proto::Codec::client();
+    let mut buf = bytes::BytesMut::new();
+    let mut got = Vec::new();
+    let read_all = async {
+        loop {
+            while let Some(frame) = codec.decode_frame(&mut buf).unwrap() {
+                let gearfleet_proto::Frame::Packet(p) = frame else { panic!("unexpected admin text") };
+                got.push(p);
+            }
+            if r.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read_all).await.expect("the end of the stream within 30 s");
+    got
+}
+
+#[tokio::test]
+async fn replies_waiting_for_the_disk_still_reach_a_peer_that_closed_its_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BrokerProcess::start(&["--data-dir", dir.path().to_str().unwrap(), "--durability", "fsync"]);
+    let peer = Peer::connect(b.addr).await;
+    let (mut r, mut w) = peer.stream.into_split();
+    // Submissions and the FIN at once: the FIN arrives while their JOB_CREATEDs wait for fsync.
+    let mut bytes = Vec::new();
+    for i in 0..50 {
+        let data = format!("job-{i}");
+        bytes.extend_from_slice(
+            &gearfleet_proto::Packet::req(T::SubmitJobBg, &[b"durable", b"", data.as_bytes()]).to_bytes(),
+        );
+    }
+    w.write_all(&bytes).await.unwrap();
+    w.shutdown().await.unwrap();
+    let got = read_to_the_end(&mut r).await;
+    assert_eq!(got.len(), 50, "every JOB_CREATED, then the end of the stream: {got:?}");
+    assert!(got.iter().all(|p| p.ptype == T::JobCreated));
+    b.kill();
+}
+
+#[tokio::test]
+async fn a_broker_that_stops_sends_the_replies_it_owes_first() {
+    let b = common::broker().await;
+    let peer = Peer::connect(b.gearman_addr).await;
+    let (mut r, mut w) = peer.stream.into_split();
+    const N: usize = 200;
+    const SIZE: usize = 64 * 1024;
+    // More replies than the sockets hold wait in the broker when it is told to stop.
+    pile_of_echoes(&mut w, N, SIZE).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = tokio::spawn(b.stop());
+    let got = read_to_the_end(&mut r).await;
+    assert_eq!(got.len(), N, "every reply before the end of the stream");
+    for (i, p) in got.iter().enumerate() {
+        assert_eq!(p.ptype, T::EchoRes);
+        assert_eq!(p.arg(0)[..4], (i as u32).to_be_bytes(), "in order");
+    }
+    stopping.await.unwrap();
+}
+
 #[tokio::test]
 async fn a_flooding_peer_does_not_starve_the_others() {
     // Room for all the flood's replies: back-pressure does not pause it.
