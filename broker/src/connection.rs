@@ -17,10 +17,11 @@ use crate::broker::Broker;
 use crate::outbox::Outbox;
 use crate::queue::Effects;
 
-const READ_CHUNK: usize = 16 * 1024;
+/// The least room a read offers (a connection's buffer grows by this much when full).
+pub(crate) const READ_CHUNK: usize = 16 * 1024;
 
 /// Why a connection that sent malformed input was closed.
-pub(crate) const PROTOCOL_ERROR: &str = "protocol error";
+const PROTOCOL_ERROR: &str = "protocol error";
 
 /// Serves a TLS connection (after its handshake): every write goes through the writer task.
 pub async fn serve_tls(broker: Arc<Broker>, stream: tokio_rustls::server::TlsStream<TcpStream>, peer: SocketAddr) {

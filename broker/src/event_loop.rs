@@ -27,12 +27,11 @@ use slab::Slab;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::broker::Broker;
-use crate::connection::{self, Session};
+use crate::connection::{self, READ_CHUNK, Session};
 use crate::idle_poll::{self, Window};
 use crate::outbox::Outbox;
 
 const WAKER: Token = Token(usize::MAX);
-const READ_CHUNK: usize = 16 * 1024;
 /// How often (at most) a thread looks at its connections that wait on a timer: a partial packet
 /// (due within the partial-packet timeout) or a pause for back-pressure whose replies may have
 /// drained without the socket saying so (held replies released by the journal).
@@ -238,14 +237,13 @@ impl EventLoop {
                 break;
             }
             let timeout = (deadline - now).min(SCAN_INTERVAL);
-            if self.poll.poll(events, Some(timeout)).is_err() {
+            if idle_poll::poll_events(&mut self.poll, events, Some(timeout)).is_err() {
                 break;
             }
             for event in events.iter() {
-                if let Token(key) = event.token()
-                    && event.token() != WAKER
-                {
-                    self.ready(key, Input::None, event.is_writable());
+                match event.token() {
+                    WAKER => {}
+                    Token(key) => self.ready(key, Input::None, event.is_writable()),
                 }
             }
         }
@@ -260,10 +258,7 @@ impl EventLoop {
     fn end_round(&mut self) {
         crate::outbox::end_of_round();
         for key in std::mem::take(&mut self.closed) {
-            // (A key may have been let go and handed to a new connection meanwhile.)
-            if self.conns.get(key).is_some_and(|c| c.session.is_none() && c.outbox.pending() == 0) {
-                self.let_go(key);
-            }
+            self.let_go_if_sent(key);
         }
     }
 
@@ -280,10 +275,7 @@ impl EventLoop {
         }
         let timeout = if busy { Some(Duration::ZERO) } else { self.next_timer() };
         let asleep = Instant::now();
-        match self.poll.poll(events, timeout) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => events.clear(),
-            r => r?,
-        }
+        idle_poll::poll_events(&mut self.poll, events, timeout)?;
         if !busy && !events.is_empty() {
             // (A sleep ended by a timer says nothing about the traffic.)
             self.window.slept(asleep.elapsed());
@@ -344,9 +336,7 @@ impl EventLoop {
             if writable {
                 conn.outbox.writable(usize::MAX);
             }
-            if conn.outbox.pending() == 0 {
-                self.let_go(key);
-            }
+            self.let_go_if_sent(key);
             return;
         }
         if conn.queued {
@@ -387,16 +377,13 @@ impl EventLoop {
         let EventLoop { broker, conns, next_scan, unfinished, reads_per_turn, .. } = self;
         let conn = conns.get_mut(key)?;
         let session = conn.session.as_mut()?;
-        let mut timed = || {
-            next_scan.get_or_insert_with(|| Instant::now() + interval);
-        };
         for _ in 0..*reads_per_turn {
             if conn.outbox.is_closed() {
                 return Some("write failed");
             }
             if conn.outbox.pending() >= limit {
                 conn.paused = true;
-                timed();
+                scan_within(next_scan, interval);
                 return None;
             }
             conn.buf.reserve(READ_CHUNK);
@@ -426,7 +413,7 @@ impl EventLoop {
                 conn.partial_since = None;
             } else {
                 conn.partial_since = Some(Instant::now());
-                timed();
+                scan_within(next_scan, interval);
             }
             if n < room && input == Input::Data {
                 // A short read drained the socket: the next byte raises a new edge. Not so when
@@ -459,8 +446,17 @@ impl EventLoop {
         }
         session.close(&self.broker, &conn.outbox, reason);
         conn.draining_until = Some(Instant::now() + DRAIN_TIMEOUT);
-        self.next_scan.get_or_insert_with(|| Instant::now() + SCAN_INTERVAL);
+        let interval = self.scan_interval();
+        scan_within(&mut self.next_scan, interval);
         self.closed.push(key);
+    }
+
+    /// Lets go of connection `key` if it is closed and its last replies are out. (A key in the
+    /// round's `closed` list may have been let go and handed to a new connection meanwhile.)
+    fn let_go_if_sent(&mut self, key: usize) {
+        if self.conns.get(key).is_some_and(|c| c.session.is_none() && c.outbox.pending() == 0) {
+            self.let_go(key);
+        }
     }
 
     /// Forgets connection `key`: its socket is shut for writing (the peer reads the end of the
@@ -533,6 +529,12 @@ impl EventLoop {
     fn scan_interval(&self) -> Duration {
         (self.broker.config.partial_packet_timeout / 4).clamp(Duration::from_millis(1), SCAN_INTERVAL)
     }
+}
+
+/// A connection now waits on a timer: the thread looks at its timed connections within
+/// `interval` (or sooner, if it already meant to).
+fn scan_within(next_scan: &mut Option<Instant>, interval: Duration) {
+    next_scan.get_or_insert_with(|| Instant::now() + interval);
 }
 
 #[cfg(test)]

@@ -27,16 +27,26 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Poll};
 
+/// Waits up to `timeout` (None: for ever) for events; a wait cut short by a signal is a wait
+/// that found none.
+pub fn poll_events(poll: &mut Poll, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
+    match poll.poll(events, timeout) {
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+            events.clear();
+            Ok(())
+        }
+        r => r,
+    }
+}
+
 /// Checks `poll` for events without sleeping, yielding the CPU between checks, until some arrive
 /// or `window` has passed; returns whether some did (they are in `events`).
 pub fn poll_for(poll: &mut Poll, events: &mut Events, window: Duration) -> io::Result<bool> {
     let start = Instant::now();
     loop {
-        match poll.poll(events, Some(Duration::ZERO)) {
-            Ok(()) if !events.is_empty() => return Ok(true),
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        poll_events(poll, events, Some(Duration::ZERO))?;
+        if !events.is_empty() {
+            return Ok(true);
         }
         if start.elapsed() >= window {
             return Ok(false);

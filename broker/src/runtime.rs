@@ -3,7 +3,7 @@
 //! threads instead ([`crate::event_loop`]).
 
 use std::io;
-use std::sync::Mutex;
+use std::sync::OnceLock;
 
 use crate::{Config, Running};
 
@@ -21,22 +21,11 @@ pub fn build(config: &Config) -> io::Result<tokio::runtime::Runtime> {
 }
 
 /// Starts a broker on a runtime built by [`build`], whatever runtime the caller runs on: tests get
-/// the binary's scheduling. One runtime per thread count, created by the first call that asks for
-/// it and never shut down.
+/// the binary's scheduling. The runtime is the first caller's, shared by every later broker and
+/// never shut down; each broker has its own event-loop threads (`config.threads` of them).
 pub async fn start_detached(config: Config) -> io::Result<Running> {
-    static RUNTIMES: Mutex<Vec<(usize, &'static tokio::runtime::Runtime)>> = Mutex::new(Vec::new());
-    let threads = config.runtime_threads();
-    let runtime = {
-        let mut runtimes = RUNTIMES.lock().unwrap_or_else(|e| e.into_inner());
-        match runtimes.iter().find(|(t, _)| *t == threads) {
-            Some((_, rt)) => *rt,
-            None => {
-                // Leaked: a runtime may not be dropped from within another's context.
-                let rt: &'static tokio::runtime::Runtime = Box::leak(Box::new(build(&config)?));
-                runtimes.push((threads, rt));
-                rt
-            }
-        }
-    };
+    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    let runtime = RUNTIME.get_or_init(|| build(&config).map_err(|e| e.to_string()));
+    let runtime = runtime.as_ref().map_err(|e| io::Error::other(e.clone()))?;
     runtime.spawn(crate::start(config)).await.map_err(io::Error::other)?
 }

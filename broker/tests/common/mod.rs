@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 pub const WAIT: Duration = Duration::from_secs(5);
 
-/// A broker on the binary's runtime (one event-loop thread per spare core, park hooks, idle poll).
+/// A broker on the binary's runtime, with its defaults (one event-loop thread per spare core).
 pub async fn broker() -> gearfleet_broker::Running {
     gearfleet_broker::runtime::start_detached(gearfleet_broker::Config::for_tests()).await.expect("broker starts")
 }
