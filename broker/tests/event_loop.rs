@@ -143,39 +143,16 @@ async fn a_peer_that_closes_its_side_still_gets_every_reply() {
     // More replies than the socket buffers hold, then the peer's FIN: the broker has closed the
     // connection by the time most replies are still waiting for the socket, and sends them all.
     let b = BrokerProcess::start(&[]);
-    let mut peer = Peer::connect(b.addr).await;
+    let peer = Peer::connect(b.addr).await;
     const N: usize = 200;
     const SIZE: usize = 64 * 1024;
     let (mut r, mut w) = peer.stream.into_split();
     // Everything written, and the FIN, before a byte is read: the replies pile up in the broker.
-    for i in 0..N {
-        let mut body = vec![(i % 251) as u8; SIZE];
-        body[..4].copy_from_slice(&(i as u32).to_be_bytes());
-        w.write_all(&gearfleet_proto::Packet::req(T::EchoReq, &[&body]).to_bytes()).await.unwrap();
-    }
-    w.shutdown().await.unwrap();
-    let codec = gearfleet_proto::Codec::client();
-    let mut buf = bytes::BytesMut::new();
-    let mut next = 0usize;
-    let read_all = async {
-        use tokio::io::AsyncReadExt;
-        loop {
-            while let Some(frame) = codec.decode_frame(&mut buf).unwrap() {
-                let gearfleet_proto::Frame::Packet(p) = frame else { panic!("unexpected admin text") };
-                assert_eq!(p.ptype, T::EchoRes);
-                assert_eq!(p.arg(0).len(), SIZE);
-                assert_eq!(p.arg(0)[..4], (next as u32).to_be_bytes(), "in order");
-                next += 1;
-            }
-            if r.read_buf(&mut buf).await.unwrap() == 0 {
-                return;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), read_all).await.expect("the end of the stream within 30 s");
-    assert_eq!(next, N, "every reply, then the end of the stream");
+    pile_of_echoes(&mut w, N, SIZE).await;
+    let got = read_to_the_end(&mut r).await;
+    assert_echoes_in_order(&got, N, SIZE);
     drop(w);
-    peer = Peer::connect(b.addr).await;
+    let mut peer = Peer::connect(b.addr).await;
     peer.send(T::EchoReq, &[b"still serving"]).await;
     peer.expect(T::EchoRes).await;
     b.kill();
@@ -192,7 +169,17 @@ async fn pile_of_echoes(w: &mut tokio::net::tcp::OwnedWriteHalf, n: usize, size:
     w.shutdown().await.unwrap();
 }
 
-/// Reads packets until the end of the stream (30 s at most): their types, in order.
+/// Replies to [`pile_of_echoes`]: `n` of them, each `size` bytes, in order, then nothing.
+fn assert_echoes_in_order(got: &[gearfleet_proto::Packet], n: usize, size: usize) {
+    assert_eq!(got.len(), n, "every reply, then the end of the stream");
+    for (i, p) in got.iter().enumerate() {
+        assert_eq!(p.ptype, T::EchoRes);
+        assert_eq!(p.arg(0).len(), size);
+        assert_eq!(p.arg(0)[..4], (i as u32).to_be_bytes(), "in order");
+    }
+}
+
+/// Reads packets until the end of the stream (30 s at most), in order.
 async fn read_to_the_end(r: &mut tokio::net::tcp::OwnedReadHalf) -> Vec<gearfleet_proto::Packet> {
     use tokio::io::AsyncReadExt;
     let codec = gearfleet_proto::Codec::client();
@@ -204,7 +191,7 @@ async fn read_to_the_end(r: &mut tokio::net::tcp::OwnedReadHalf) -> Vec<gearflee
                 let gearfleet_proto::Frame::Packet(p) = frame else { panic!("unexpected admin text") };
                 got.push(p);
             }
-            if r.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+            if r.read_buf(&mut buf).await.expect("reading") == 0 {
                 return;
             }
         }
@@ -247,11 +234,7 @@ async fn a_broker_that_stops_sends_the_replies_it_owes_first() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stopping = tokio::spawn(b.stop());
     let got = read_to_the_end(&mut r).await;
-    assert_eq!(got.len(), N, "every reply before the end of the stream");
-    for (i, p) in got.iter().enumerate() {
-        assert_eq!(p.ptype, T::EchoRes);
-        assert_eq!(p.arg(0)[..4], (i as u32).to_be_bytes(), "in order");
-    }
+    assert_echoes_in_order(&got, N, SIZE);
     stopping.await.unwrap();
 }
 
