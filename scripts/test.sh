@@ -21,6 +21,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> generated files are up to date"
 bash scripts/generate.sh --check
 
+echo "==> code layout: file lengths, no import circles (scripts/check-layout.py)"
+python3 scripts/check-layout.py
+
 echo "==> fuzzing the codec and admin parsers (bounded)"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install -q --locked cargo-fuzz
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
