@@ -152,7 +152,39 @@ def cycles(graph: dict) -> list[list]:
     return found
 
 
+def self_test() -> None:
+    """The checker finds what it is for, on a made-up crate (so a broken checker cannot pass)."""
+    import tempfile
+
+    global ROOT
+    saved = ROOT
+    with tempfile.TemporaryDirectory() as tmp:
+        ROOT = pathlib.Path(tmp)
+        src = ROOT / "demo" / "src"
+        (src / "state").mkdir(parents=True)
+        files = {
+            "lib.rs": "mod a;\nmod b;\nmod state;\n",
+            "a.rs": "use crate::{b::{B, C as D}, state};\n",
+            "b.rs": "pub struct B;\nfn f() { crate::a::g(); }\n",
+            "state/mod.rs": "mod model;\npub use self::model::Job;\n",
+            "state/model.rs": "pub struct Job;\n#[cfg(test)]\nmod tests {\n    use super::super::*;\n}\n",
+            "state/submit.rs": "use super::Job; // crate::a::x in a comment is no import\n",
+        }
+        for name, text in files.items():
+            (src / name).write_text(text)
+        found = check_crate("demo")
+        assert found == ["demo: import circle: demo/src/a.rs -> demo/src/b.rs"], found
+        (src / "b.rs").write_text("pub struct B;\n")
+        assert check_crate("demo") == []
+        (src / "state" / "model.rs").write_text("use super::submit::X;\n")
+        (src / "state" / "submit.rs").write_text("use crate::state::model::Job;\n")
+        found = check_crate("demo")
+        assert found == ["demo: import circle: demo/src/state/model.rs -> demo/src/state/submit.rs"], found
+    ROOT = saved
+
+
 def main() -> int:
+    self_test()
     problems: list[str] = []
     for crate in LENGTH_CHECKED:
         for f in sorted((ROOT / crate / "src").rglob("*.rs")):
