@@ -32,11 +32,14 @@ mod backoff;
 pub mod client;
 pub mod config;
 mod connect;
+mod error;
 mod function;
 mod http;
 mod job;
 mod lifecycle;
 mod metrics;
+mod run;
+mod shared;
 mod slot;
 mod worker;
 
@@ -44,10 +47,12 @@ pub use client::{
     Client, ClientBuilder, ClientError, JobEvent, JobHandle, JobStatus, Priority, Strategy, Submit, SubmitBackground,
 };
 pub use config::ServerAddr;
+pub use error::WorkerError;
 pub use function::{BoxError, Function, Handler};
 pub use job::{CancelReason, Job, JobError, JobOutput};
 pub use lifecycle::WorkerState;
-pub use worker::{ExitReason, RunSummary, Worker, WorkerBuilder, WorkerError, WorkerStatus};
+pub use shared::{ExitReason, RunSummary, WorkerStatus};
+pub use worker::{Worker, WorkerBuilder};
 
 /// Re-exported so handlers can hold or combine the job's token without a direct dependency.
 pub use tokio_util::sync::CancellationToken;

@@ -26,7 +26,7 @@ use crate::connect::{Conn, connect};
 use crate::function::Function;
 use crate::job::{CancelReason, Job, JobError};
 use crate::metrics::Outcome;
-use crate::worker::Shared;
+use crate::shared::Shared;
 
 /// Reports (WORK_STATUS/DATA/WARNING) a handler may queue before it waits for the connection.
 const UPDATE_QUEUE: usize = 64;

@@ -1,210 +1,23 @@
-//! The worker: configuration, lifecycle, drain and force-stop.
+//! The worker's public face: [`WorkerBuilder`] (configuration from the environment and setters,
+//! checked by `build`) and [`Worker`], whose run is in `run.rs`.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::BackoffPolicy;
 use crate::client::Client;
 use crate::config::{self, ConfigError, ServerAddr};
 use crate::connect::DEFAULT_CONNECT_TIMEOUT;
+use crate::error::WorkerError;
 use crate::function::{BoxError, Function, Handler};
-use crate::http;
-use crate::lifecycle::WorkerState;
 use crate::metrics::Metrics;
-use crate::slot;
-
-type InitHook = Box<dyn Fn() -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
-
-/// Why a worker could not start or run.
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("no function registered")]
-    NoFunctions,
-    #[error("function {0:?} registered twice")]
-    DuplicateFunction(String),
-    #[error("concurrency must be at least 1")]
-    ZeroConcurrency,
-    #[error("max_jobs must be at least 1")]
-    ZeroMaxJobs,
-    #[error("cannot listen for http on {addr}: {source}")]
-    Http {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot install signal handlers: {0}")]
-    Signal(#[source] std::io::Error),
-    #[error("init hook failed: {0}")]
-    Init(#[source] BoxError),
-}
-
-/// Why a worker stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ExitReason {
-    /// SIGTERM/SIGINT, or the future given to [`Worker::run_until`] resolved.
-    Shutdown,
-    /// `max_jobs` jobs were handled: the process should exit 0 so it is replaced (recycling).
-    MaxJobs,
-    /// [`WorkerStatus::drain`] was called.
-    Requested,
-}
-
-/// What [`Worker::run`] reports when the worker has stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RunSummary {
-    pub reason: ExitReason,
-    /// Jobs handled (any outcome except a lost connection).
-    pub jobs_done: u64,
-    /// Jobs still running when the force-stop timeout passed were cancelled and failed.
-    pub forced: bool,
-}
-
-/// State shared by the worker's slots, its HTTP endpoint and [`WorkerStatus`] handles.
-pub(crate) struct Shared {
-    pub(crate) servers: Vec<ServerAddr>,
-    pub(crate) client_id: String,
-    pub(crate) concurrency: usize,
-    pub(crate) max_jobs: Option<u64>,
-    pub(crate) drain_timeout: Duration,
-    pub(crate) cancel_grace: Duration,
-    pub(crate) reconnect: BackoffPolicy,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) sleep_poll: Option<Duration>,
-    pub(crate) functions: Vec<Function>,
-    pub(crate) metrics: Metrics,
-    /// Stop taking jobs (drain).
-    pub(crate) drain: CancellationToken,
-    /// Cancel the jobs in hand and fail them (force-stop).
-    pub(crate) force: CancellationToken,
-    /// Grabs allowed before `max_jobs` is reached: a permit is taken before GRAB_JOB, given back
-    /// on NO_JOB and kept (forgotten) when a job is assigned.
-    pub(crate) job_permits: Option<Semaphore>,
-    /// Submits chained jobs.
-    pub(crate) chain: Client,
-    state: watch::Sender<WorkerState>,
-    exit_reason: OnceLock<ExitReason>,
-    jobs_done: AtomicU64,
-    http_addr: Option<SocketAddr>,
-}
-
-impl Shared {
-    pub(crate) fn state(&self) -> WorkerState {
-        *self.state.borrow()
-    }
-
-    fn set_state(&self, s: WorkerState) {
-        let old = self.state.send_replace(s);
-        self.metrics.set_state(s);
-        if old != s {
-            tracing::info!(from = %old, to = %s, "worker state");
-        }
-    }
-
-    /// A slot registered with a server: the worker is running unless it has moved past that.
-    pub(crate) fn mark_registered(&self) {
-        let changed = self.state.send_if_modified(|s| {
-            if *s == WorkerState::Initialized {
-                *s = WorkerState::Running;
-                true
-            } else {
-                false
-            }
-        });
-        if changed {
-            self.metrics.set_state(WorkerState::Running);
-            tracing::info!(from = "initialized", to = "running", "worker state");
-        }
-    }
-
-    pub(crate) fn begin_drain(&self, reason: ExitReason) {
-        let _ = self.exit_reason.set(reason);
-        self.drain.cancel();
-    }
-
-    /// Counts a handled job; reaching `max_jobs` starts the drain.
-    pub(crate) fn job_finished(&self) {
-        let done = self.jobs_done.fetch_add(1, Ordering::AcqRel) + 1;
-        if self.max_jobs.is_some_and(|max| done >= max) && !self.drain.is_cancelled() {
-            tracing::info!(jobs = done, "max_jobs reached; draining so the process can be replaced");
-            self.begin_drain(ExitReason::MaxJobs);
-        }
-    }
-
-    pub(crate) fn function(&self, name: &[u8]) -> Option<&Function> {
-        self.functions.iter().find(|f| f.name.as_bytes() == name)
-    }
-}
-
-/// A read-only (plus [`drain`](WorkerStatus::drain)) view of a worker, usable while it runs.
-#[derive(Clone)]
-pub struct WorkerStatus {
-    shared: Arc<Shared>,
-}
-
-impl WorkerStatus {
-    pub fn state(&self) -> WorkerState {
-        self.shared.state()
-    }
-
-    /// Follows state changes.
-    pub fn watch(&self) -> watch::Receiver<WorkerState> {
-        self.shared.state.subscribe()
-    }
-
-    /// Waits until the state satisfies `pred` (returns at once if it already does).
-    pub async fn wait_for(&self, pred: impl Fn(WorkerState) -> bool) -> WorkerState {
-        let mut rx = self.watch();
-        match rx.wait_for(|s| pred(*s)).await {
-            Ok(s) => *s,
-            Err(_) => self.state(),
-        }
-    }
-
-    /// Jobs handled so far.
-    pub fn jobs_done(&self) -> u64 {
-        self.shared.jobs_done.load(Ordering::Acquire)
-    }
-
-    /// Jobs running now.
-    pub fn busy(&self) -> i64 {
-        self.shared.metrics.busy.get()
-    }
-
-    /// Connections currently registered with a server.
-    pub fn connections(&self) -> i64 {
-        self.shared.metrics.connections.get()
-    }
-
-    /// The bound address of the HTTP endpoint, if enabled.
-    pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.shared.http_addr
-    }
-
-    /// The client id sent to the servers.
-    pub fn client_id(&self) -> &str {
-        &self.shared.client_id
-    }
-
-    /// Starts draining, as SIGTERM does: no new jobs, finish those in hand, then stop.
-    pub fn drain(&self) {
-        self.shared.begin_drain(ExitReason::Requested);
-    }
-
-    /// The metrics in OpenMetrics text form, as served on `/metrics`.
-    pub fn metrics_text(&self) -> String {
-        self.shared.metrics.encode()
-    }
-}
+use crate::run::{self, Init, InitHook};
+use crate::shared::{Progress, RunSummary, Shared, WorkerStatus};
 
 /// Configures a [`Worker`]. Starts from the environment (see [`crate::config`]); every setter
 /// overrides it.
@@ -450,18 +263,11 @@ impl WorkerBuilder {
             drain: CancellationToken::new(),
             force: CancellationToken::new(),
             chain,
-            state: watch::Sender::new(WorkerState::Disabled),
-            exit_reason: OnceLock::new(),
-            jobs_done: AtomicU64::new(0),
             http_addr,
+            progress: Progress::new(),
         });
-        Ok(Worker {
-            shared,
-            init: self.init,
-            init_retries: self.init_retries,
-            init_backoff: self.init_backoff,
-            http_listener,
-        })
+        let init = self.init.map(|hook| Init { hook, retries: self.init_retries, backoff: self.init_backoff });
+        Ok(Worker { shared, init, http_listener })
     }
 }
 
@@ -475,9 +281,7 @@ impl Default for WorkerBuilder {
 /// [`run_until`](Worker::run_until).
 pub struct Worker {
     shared: Arc<Shared>,
-    init: Option<InitHook>,
-    init_retries: u32,
-    init_backoff: BackoffPolicy,
+    init: Option<Init>,
     http_listener: Option<std::net::TcpListener>,
 }
 
@@ -489,7 +293,7 @@ impl Worker {
 
     /// A handle to observe (and drain) the worker while it runs.
     pub fn status(&self) -> WorkerStatus {
-        WorkerStatus { shared: self.shared.clone() }
+        WorkerStatus::new(self.shared.clone())
     }
 
     /// Runs until SIGTERM or SIGINT (then drains), `max_jobs`, or [`WorkerStatus::drain`]. A
@@ -497,191 +301,16 @@ impl Worker {
     pub async fn run(self) -> Result<RunSummary, WorkerError> {
         let first = CancellationToken::new();
         let second = CancellationToken::new();
-        let listener = spawn_signal_listener(first.clone(), second.clone())?;
-        let result = self.run_inner(first.cancelled_owned(), second.cancelled_owned()).await;
+        let listener = run::spawn_signal_listener(first.clone(), second.clone())?;
+        let result =
+            run::run(self.shared, self.init, self.http_listener, first.cancelled_owned(), second.cancelled_owned())
+                .await;
         listener.abort();
         result
     }
 
     /// Runs until `shutdown` resolves (then drains), `max_jobs`, or [`WorkerStatus::drain`].
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<RunSummary, WorkerError> {
-        self.run_inner(shutdown, std::future::pending()).await
+        run::run(self.shared, self.init, self.http_listener, shutdown, std::future::pending()).await
     }
-
-    async fn run_inner(
-        self,
-        shutdown: impl Future<Output = ()> + Send,
-        force: impl Future<Output = ()> + Send,
-    ) -> Result<RunSummary, WorkerError> {
-        let Worker { shared, init, init_retries, init_backoff, http_listener } = self;
-        let http_stop = CancellationToken::new();
-        let http_task = match http_listener {
-            Some(l) => {
-                let addr = l.local_addr().ok();
-                let l = tokio::net::TcpListener::from_std(l).map_err(|source| WorkerError::Http {
-                    addr: addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
-                    source,
-                })?;
-                tracing::info!(addr = ?addr, "worker http endpoint listening");
-                Some(tokio::spawn(http::serve(l, shared.clone(), http_stop.clone())))
-            }
-            None => None,
-        };
-        let result = lifecycle(&shared, init, init_retries, init_backoff, shutdown, force).await;
-        http_stop.cancel();
-        if let Some(t) = http_task {
-            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
-        }
-        result
-    }
-}
-
-async fn lifecycle(
-    shared: &Arc<Shared>,
-    init: Option<InitHook>,
-    init_retries: u32,
-    init_backoff: BackoffPolicy,
-    shutdown: impl Future<Output = ()> + Send,
-    force: impl Future<Output = ()> + Send,
-) -> Result<RunSummary, WorkerError> {
-    tokio::pin!(shutdown);
-    tokio::pin!(force);
-    let stopped_early = |shared: &Shared| {
-        shared.set_state(WorkerState::Stopped);
-        RunSummary { reason: ExitReason::Shutdown, jobs_done: 0, forced: false }
-    };
-
-    if let Some(hook) = init {
-        let mut backoff = init_backoff.start();
-        let mut attempt = 0u32;
-        loop {
-            let outcome = tokio::select! {
-                r = hook() => r,
-                _ = &mut shutdown => return Ok(stopped_early(shared)),
-            };
-            let Err(e) = outcome else { break };
-            shared.set_state(WorkerState::Failed);
-            if attempt >= init_retries {
-                tracing::error!(error = %e, attempts = attempt + 1, "init hook failed; giving up");
-                return Err(WorkerError::Init(e));
-            }
-            attempt += 1;
-            let delay = backoff.next_delay();
-            tracing::warn!(error = %e, retry_in = ?delay, attempt, "init hook failed; retrying");
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = &mut shutdown => return Ok(stopped_early(shared)),
-            }
-        }
-    }
-    shared.set_state(WorkerState::Initialized);
-    let functions: Vec<&str> = shared.functions.iter().map(|f| f.name()).collect();
-    let servers: Vec<String> = shared.servers.iter().map(ToString::to_string).collect();
-    tracing::info!(?functions, ?servers, client_id = %shared.client_id, concurrency = shared.concurrency, "worker starting");
-
-    let mut slots = JoinSet::new();
-    for server in &shared.servers {
-        for index in 0..shared.concurrency {
-            slots.spawn(slot::run(shared.clone(), server.clone(), index));
-        }
-    }
-
-    tokio::select! {
-        biased;
-        _ = shared.drain.cancelled() => {}
-        _ = &mut shutdown => {
-            tracing::info!("shutdown requested");
-            shared.begin_drain(ExitReason::Shutdown);
-        }
-    }
-    shared.set_state(WorkerState::Draining);
-    tracing::info!(
-        busy = shared.metrics.busy.get(),
-        timeout = ?shared.drain_timeout,
-        "draining: taking no new jobs, waiting for the jobs in hand"
-    );
-
-    let deadline = tokio::time::sleep(shared.drain_timeout);
-    let forced = tokio::select! {
-        _ = join_all(&mut slots) => false,
-        _ = deadline => {
-            tracing::warn!(busy = shared.metrics.busy.get(), "drain timeout passed; cancelling and failing the jobs in hand");
-            true
-        }
-        _ = &mut force => {
-            tracing::warn!(busy = shared.metrics.busy.get(), "second signal; cancelling and failing the jobs in hand");
-            true
-        }
-    };
-    if forced {
-        shared.force.cancel();
-        // Slots cancel their jobs, wait at most the cancel grace, send WORK_FAIL and close.
-        let bound = shared.cancel_grace + Duration::from_secs(3);
-        if tokio::time::timeout(bound, join_all(&mut slots)).await.is_err() {
-            tracing::error!("connections did not close after force-stop; aborting them");
-            slots.abort_all();
-            join_all(&mut slots).await;
-        }
-    }
-    shared.set_state(WorkerState::Stopped);
-    let summary = RunSummary {
-        reason: shared.exit_reason.get().copied().unwrap_or(ExitReason::Shutdown),
-        jobs_done: shared.jobs_done.load(Ordering::Acquire),
-        forced,
-    };
-    tracing::info!(reason = ?summary.reason, jobs = summary.jobs_done, forced, "worker stopped");
-    Ok(summary)
-}
-
-async fn join_all(slots: &mut JoinSet<()>) {
-    while let Some(r) = slots.join_next().await {
-        if let Err(e) = r
-            && e.is_panic()
-        {
-            tracing::error!(error = %e, "worker connection task panicked");
-        }
-    }
-}
-
-#[cfg(unix)]
-fn spawn_signal_listener(
-    first: CancellationToken,
-    second: CancellationToken,
-) -> Result<tokio::task::JoinHandle<()>, WorkerError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(WorkerError::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(WorkerError::Signal)?;
-    Ok(tokio::spawn(async move {
-        let mut count = 0;
-        loop {
-            let name = tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-            };
-            count += 1;
-            if count == 1 {
-                tracing::info!(signal = name, "signal received; draining");
-                first.cancel();
-            } else {
-                tracing::warn!(signal = name, "second signal received; force-stopping");
-                second.cancel();
-                return;
-            }
-        }
-    }))
-}
-
-#[cfg(not(unix))]
-fn spawn_signal_listener(
-    first: CancellationToken,
-    second: CancellationToken,
-) -> Result<tokio::task::JoinHandle<()>, WorkerError> {
-    Ok(tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            first.cancel();
-        }
-        if tokio::signal::ctrl_c().await.is_ok() {
-            second.cancel();
-        }
-    }))
 }
