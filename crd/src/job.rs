@@ -172,7 +172,8 @@ pub struct PayloadSource {
     pub secret_key_ref: Option<KeyRef>,
 }
 
-/// Gearman job priority.
+/// Gearman job priority. Which `SUBMIT_JOB*` packet carries it is the wire protocol's business
+/// (`gearfleet_proto::Priority::submit_type`); the operator maps this API type onto that one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum Priority {
     /// Run before Normal and Low jobs.
@@ -191,33 +192,6 @@ impl Priority {
             Priority::High => "High",
             Priority::Normal => "Normal",
             Priority::Low => "Low",
-        }
-    }
-
-    /// Gearman packet type (request code) used to submit a job with this
-    /// priority: SUBMIT_JOB (7), SUBMIT_JOB_HIGH (21) and SUBMIT_JOB_LOW
-    /// (33), or their background variants SUBMIT_JOB_BG (18),
-    /// SUBMIT_JOB_HIGH_BG (32) and SUBMIT_JOB_LOW_BG (34).
-    pub fn submit_packet_type(self, background: bool) -> u32 {
-        match (self, background) {
-            (Priority::Normal, false) => 7,
-            (Priority::Normal, true) => 18,
-            (Priority::High, false) => 21,
-            (Priority::High, true) => 32,
-            (Priority::Low, false) => 33,
-            (Priority::Low, true) => 34,
-        }
-    }
-
-    /// Name of the packet returned by [`Priority::submit_packet_type`].
-    pub fn submit_packet_name(self, background: bool) -> &'static str {
-        match (self, background) {
-            (Priority::Normal, false) => "SUBMIT_JOB",
-            (Priority::Normal, true) => "SUBMIT_JOB_BG",
-            (Priority::High, false) => "SUBMIT_JOB_HIGH",
-            (Priority::High, true) => "SUBMIT_JOB_HIGH_BG",
-            (Priority::Low, false) => "SUBMIT_JOB_LOW",
-            (Priority::Low, true) => "SUBMIT_JOB_LOW_BG",
         }
     }
 }
@@ -595,11 +569,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn priority_packets() {
+    fn priority_default_and_spelling() {
         assert_eq!(Priority::default(), Priority::Normal);
-        assert_eq!(Priority::Normal.submit_packet_type(false), 7);
-        assert_eq!(Priority::High.submit_packet_type(true), 32);
-        assert_eq!(Priority::Low.submit_packet_name(true), "SUBMIT_JOB_LOW_BG");
         assert_eq!(Priority::High.to_string(), "High");
     }
 

@@ -586,25 +586,6 @@ impl FunctionSpec {
         }
     }
 
-    /// Replica count wanted for the given broker load, before rate limits,
-    /// stabilization and the pool-wide cap:
-    ///
-    /// * `ceil((queued + running) / targetJobsPerWorker)`, clamped to
-    ///   `[minReplicas, maxReplicas]`;
-    /// * a function at zero replicas (`current_replicas == 0`) stays at
-    ///   `minReplicas` while `queued <= activationThreshold`.
-    pub fn desired_replicas(&self, queued: i64, running: i64, current_replicas: i32) -> i32 {
-        let min = self.min_replicas.max(0);
-        let max = self.max_replicas.max(min);
-        if current_replicas <= 0 && queued <= i64::from(self.activation_threshold) {
-            return min;
-        }
-        let load = queued.max(0).saturating_add(running.max(0));
-        let per = i64::from(self.target_jobs_per_worker.max(1));
-        let want = load / per + i64::from(load % per != 0);
-        i32::try_from(want.clamp(i64::from(min), i64::from(max))).unwrap_or(max)
-    }
-
     /// The `timeout` as a [`Duration`], if set and valid.
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout.as_ref().and_then(|t| t.to_duration().ok())
@@ -788,42 +769,6 @@ impl WorkerPoolStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn func(min: i32, max: i32, per: i32, activation: i32) -> FunctionSpec {
-        FunctionSpec {
-            min_replicas: min,
-            max_replicas: max,
-            target_jobs_per_worker: per,
-            activation_threshold: activation,
-            ..FunctionSpec::new("f")
-        }
-    }
-
-    #[test]
-    fn desired_replicas_formula() {
-        let f = func(0, 10, 1, 0);
-        assert_eq!(f.desired_replicas(0, 0, 0), 0);
-        assert_eq!(f.desired_replicas(1, 0, 0), 1);
-        assert_eq!(f.desired_replicas(3, 2, 1), 5);
-        assert_eq!(f.desired_replicas(100, 0, 5), 10);
-        let f = func(2, 10, 4, 0);
-        assert_eq!(f.desired_replicas(0, 0, 2), 2);
-        assert_eq!(f.desired_replicas(9, 0, 2), 3); // ceil(9 / 4)
-        assert_eq!(f.desired_replicas(8, 4, 2), 3);
-        assert_eq!(f.desired_replicas(-5, -5, 2), 2);
-        assert_eq!(f.desired_replicas(i64::MAX, i64::MAX, 2), 10);
-    }
-
-    #[test]
-    fn activation_threshold_only_applies_at_zero() {
-        let f = func(0, 10, 1, 3);
-        assert_eq!(f.desired_replicas(3, 0, 0), 0);
-        assert_eq!(f.desired_replicas(4, 0, 0), 4);
-        // Once running, normal scaling applies.
-        assert_eq!(f.desired_replicas(2, 0, 1), 2);
-        // Only queued jobs count towards activation.
-        assert_eq!(f.desired_replicas(0, 7, 0), 0);
-    }
 
     fn rules(select: SelectPolicy, policies: Vec<(ScalingPolicyType, i32, &str)>) -> ScalingRules {
         ScalingRules {

@@ -12,6 +12,7 @@
 pub mod broker_client;
 pub mod error;
 pub mod job;
+pub mod kube_util;
 pub mod leader;
 pub mod metrics;
 pub mod workerpool;

@@ -15,20 +15,19 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{self, Action as Requeue, Controller};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::runner::Runner;
 use super::state::{self, Action, PayloadFrom, Plan};
 use crate::broker_client::BrokerClient;
+use crate::kube_util::{EventPublisher, FIELD_MANAGER, apply_status};
 use crate::metrics::Metrics;
 
-const FIELD_MANAGER: &str = "gearfleet-operator";
 /// Cancels the Job's attempt in the broker before the Job goes.
 pub const FINALIZER: &str = "gearfleet.dev/job-cleanup";
 /// A followed attempt is looked at again at least this often (a safety net; the broker's reports
@@ -52,18 +51,32 @@ pub enum JobError {
     Missing(&'static str),
 }
 
+impl JobError {
+    /// A short, stable label for the `gearfleet_operator_reconcile_errors_total` metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            JobError::Kube(_) => "job_kube",
+            JobError::Finalizer(_) => "job_finalizer",
+            JobError::Payload(_) => "job_payload",
+            JobError::Missing(_) => "job_missing",
+        }
+    }
+}
+
 /// Shared state of the Job controller.
 pub struct JobContext {
     client: Client,
     runner: Runner,
     broker: BrokerClient,
     metrics: Arc<Metrics>,
+    events: EventPublisher,
 }
 
 impl JobContext {
     /// A context whose attempts go through `runner`; `broker` is the admin address for cancels.
     pub fn new(client: Client, runner: Runner, broker: BrokerClient, metrics: Arc<Metrics>) -> Self {
-        Self { client, runner, broker, metrics }
+        let events = EventPublisher::new(client.clone());
+        Self { client, runner, broker, metrics, events }
     }
 }
 
@@ -93,7 +106,7 @@ pub async fn run(
 }
 
 fn error_policy(job: Arc<Job>, error: &JobError, ctx: Arc<JobContext>) -> Requeue {
-    ctx.metrics.error("job");
+    ctx.metrics.error(error.metric_label());
     tracing::warn!(job = %job.name_any(), error = %error, "job reconcile error");
     Requeue::requeue(Duration::from_secs(5))
 }
@@ -274,22 +287,12 @@ async fn cleanup(job: Arc<Job>, ctx: &JobContext) -> Result<Requeue, JobError> {
 async fn patch_status(api: &Api<Job>, name: &str, status: &JobStatus, generation: Option<i64>) -> Result<(), JobError> {
     let mut status = status.clone();
     status.observed_generation = generation;
-    let patch = json!({"apiVersion": Job::api_version(&()), "kind": Job::kind(&()), "status": status});
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    apply_status(api, name, &status).await?;
     Ok(())
 }
 
 async fn publish(ctx: &JobContext, job: &Job, warning: bool, reason: &str, note: String) {
-    let event = Event {
-        type_: if warning { EventType::Warning } else { EventType::Normal },
-        reason: reason.to_string(),
-        note: Some(note),
-        action: "Run".into(),
-        secondary: None,
-    };
-    // A fresh recorder: every Job event carries its own note (no folding into a series).
-    let recorder = Recorder::new(ctx.client.clone(), FIELD_MANAGER.into());
-    if let Err(e) = recorder.publish(&event, &job.object_ref(&())).await {
-        tracing::warn!(job = %job.name_any(), error = %e, "could not publish event");
-    }
+    let type_ = if warning { EventType::Warning } else { EventType::Normal };
+    // Not aggregated: every Job event carries its own note (no folding into a series).
+    ctx.events.publish(job, type_, reason, "Run", note, false).await;
 }

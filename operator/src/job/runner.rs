@@ -1,7 +1,7 @@
 //! One Gearman client connection to the broker, shared by every Job: submits attempts as
 //! foreground jobs, follows their WORK_* packets by handle, and accumulates an [`Observation`] per
 //! attempt's unique key for the reconciler. It asks the broker to retain outcomes
-//! (`OPTION_REQ gearfleet-retain-outcomes`), so an attempt resubmitted after a lost connection or an
+//! (`OPTION_REQ` [`RETAIN_OUTCOMES`]), so an attempt resubmitted after a lost connection or an
 //! operator restart gets the outcome of its run instead of a second run.
 //!
 //! Every change to an observation sends the Job's reference on the trigger channel, which the Job
@@ -15,6 +15,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use gearfleet_crd::Job;
 use gearfleet_crd::job::{DATA_MAX_BYTES, MAX_WARNINGS, Priority};
+use gearfleet_proto::options::{EXCEPTIONS, RETAIN_OUTCOMES};
 use gearfleet_proto::{Codec, Frame, Packet, PacketType};
 use kube::runtime::reflector::ObjectRef;
 use tokio::net::TcpStream;
@@ -22,9 +23,6 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{BytesCodec, FramedRead, FramedWrite};
 
 use super::state::{AttemptOutcome, Observation};
-
-/// The option that makes the broker keep finished jobs' outcomes for this connection.
-const RETAIN_OPTION: &[u8] = b"gearfleet-retain-outcomes";
 
 #[derive(Debug)]
 struct Tracked {
@@ -108,12 +106,18 @@ impl Runner {
     }
 }
 
+/// The wire protocol's priority for a Job's API priority.
+fn wire_priority(priority: Priority) -> gearfleet_proto::Priority {
+    match priority {
+        Priority::High => gearfleet_proto::Priority::High,
+        Priority::Normal => gearfleet_proto::Priority::Normal,
+        Priority::Low => gearfleet_proto::Priority::Low,
+    }
+}
+
+/// The foreground submission of an attempt (the runner follows its WORK_* packets).
 fn submit_packet(unique: &str, t: &Tracked) -> Packet {
-    let ptype = match t.priority {
-        Priority::High => PacketType::SubmitJobHigh,
-        Priority::Low => PacketType::SubmitJobLow,
-        Priority::Normal => PacketType::SubmitJob,
-    };
+    let ptype = wire_priority(t.priority).submit_type(false);
     Packet::req(ptype, &[t.function.as_bytes(), unique.as_bytes(), &t.payload])
 }
 
@@ -163,8 +167,8 @@ async fn serve(
     let (read, write) = stream.into_split();
     let mut frames = FramedRead::new(read, Codec::client());
     let mut out = FramedWrite::new(write, BytesCodec::new());
-    let mut hello = Packet::req(PacketType::OptionReq, &[b"exceptions"]).to_bytes().to_vec();
-    hello.extend_from_slice(&Packet::req(PacketType::OptionReq, &[RETAIN_OPTION]).to_bytes());
+    let mut hello = Packet::req(PacketType::OptionReq, &[EXCEPTIONS]).to_bytes().to_vec();
+    hello.extend_from_slice(&Packet::req(PacketType::OptionReq, &[RETAIN_OUTCOMES]).to_bytes());
     // Everything followed but unfinished goes (again) to this connection.
     let resubmit: Vec<Bytes> = {
         let mut g = inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -294,5 +298,23 @@ fn handle_packet(inner: &Arc<Mutex<Inner>>, trigger: &mpsc::UnboundedSender<Obje
             let _ = trigger.send(t.job.clone());
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every API priority submits in the foreground with the packet of the same priority.
+    #[test]
+    fn api_priorities_map_onto_the_wire_priorities() {
+        let cases = [
+            (Priority::High, PacketType::SubmitJobHigh),
+            (Priority::Normal, PacketType::SubmitJob),
+            (Priority::Low, PacketType::SubmitJobLow),
+        ];
+        for (priority, packet) in cases {
+            assert_eq!(wire_priority(priority).submit_type(false), packet, "{priority}");
+        }
     }
 }

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::channel::mpsc;
 use gearfleet_crd::{
-    ANNOTATION_RESTART, API_VERSION, FunctionSpec, FunctionStatus, LABEL_FUNCTION, LABEL_POOL, WorkerPool,
-    WorkerPoolStatus, is_condition_true, new_condition, pool_condition, set_condition,
+    ANNOTATION_RESTART, FunctionSpec, FunctionStatus, LABEL_FUNCTION, LABEL_POOL, WorkerPool, WorkerPoolStatus,
+    is_condition_true, new_condition, pool_condition, set_condition,
 };
 use gearfleet_proto::admin::{FunctionStats, WorkerStats};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -29,9 +29,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::EventType;
 use kube::runtime::watcher;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 use super::desired::desired_deployment;
@@ -42,10 +42,8 @@ use super::scale_in::{POD_DELETION_COST, PodView, scale_in_plan};
 use super::scaling::{ScaleHistory, ScaleKind, ScalingDecision, decide, share_pool_cap};
 use crate::broker_client::BrokerClient;
 use crate::error::Error;
+use crate::kube_util::{EventPublisher, FIELD_MANAGER, apply_status, is_pod_ready};
 use crate::metrics::Metrics;
-
-/// Field manager of every server-side apply.
-pub const FIELD_MANAGER: &str = "gearfleet-operator";
 
 /// Broker stats by function name.
 pub type StatsMap = HashMap<String, FunctionStats>;
@@ -104,7 +102,7 @@ pub struct Context {
     workers_broker_address: String,
     cache: StatsCache,
     metrics: Arc<Metrics>,
-    recorder: Recorder,
+    events: EventPublisher,
     functions: Mutex<HashMap<FunctionKey, FunctionState>>,
     epoch: Instant,
 }
@@ -113,14 +111,14 @@ impl Context {
     /// A context whose operator talks to the broker at `broker` and whose workers are given
     /// `workers_broker_address` in `GEARMAN_SERVERS`.
     pub fn new(client: Client, broker: BrokerClient, workers_broker_address: String, metrics: Arc<Metrics>) -> Self {
-        let recorder = Recorder::new(client.clone(), FIELD_MANAGER.into());
+        let events = EventPublisher::new(client.clone());
         Self {
             client,
             broker,
             workers_broker_address,
             cache: StatsCache::default(),
             metrics,
-            recorder,
+            events,
             functions: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
         }
@@ -134,9 +132,8 @@ impl Context {
         self.functions.lock().unwrap_or_else(|e| e.into_inner()).insert(key, state);
     }
 
-    /// Publishes an Event about `pool`. Repeats of an aggregated event (same reason and action)
-    /// become one Event with a count, keeping the first note; scaling events are never aggregated,
-    /// since each carries different replica numbers.
+    /// Publishes an Event about `pool` (see [`EventPublisher::publish`]); scaling events are never
+    /// aggregated, since each carries different replica numbers.
     async fn publish(
         &self,
         pool: &WorkerPool,
@@ -146,18 +143,7 @@ impl Context {
         note: String,
         aggregate: bool,
     ) {
-        let event =
-            Event { type_, reason: reason.to_string(), note: Some(note), action: action.into(), secondary: None };
-        let fresh;
-        let recorder = if aggregate {
-            &self.recorder
-        } else {
-            fresh = Recorder::new(self.client.clone(), FIELD_MANAGER.into());
-            &fresh
-        };
-        if let Err(e) = recorder.publish(&event, &pool.object_ref(&())).await {
-            tracing::warn!(error = %e, pool = %pool.name_any(), "could not publish event");
-        }
+        self.events.publish(pool, type_, reason, action, note, aggregate).await;
     }
 }
 
@@ -315,13 +301,6 @@ async fn recycle(
     (!plan.is_empty() || !state.recycle_drained.is_empty() || (replacing && more_due), evicted)
 }
 
-fn is_pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 /// The broker admin command that applies a function's retry policy to its background jobs.
 fn retries_command(function: &str, r: &gearfleet_crd::RetryPolicy) -> String {
     format!("fleet retries {function} {} {} {}", r.limit, r.backoff.initial, r.backoff.max)
@@ -332,8 +311,7 @@ fn now_time() -> Time {
 }
 
 async fn patch_status(api: &Api<WorkerPool>, name: &str, status: &WorkerPoolStatus) -> Result<(), Error> {
-    let patch = json!({"apiVersion": API_VERSION, "kind": "WorkerPool", "status": status});
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    apply_status(api, name, status).await?;
     Ok(())
 }
 
@@ -636,16 +614,11 @@ fn clamp_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn pod_ready(pod: &Pod) -> bool {
-    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
-    conditions.is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 fn pod_view(pod: &Pod) -> PodView {
     let created = pod.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second());
     PodView {
         name: pod.name_any(),
-        ready: pod_ready(pod),
+        ready: is_pod_ready(pod),
         created_at: Duration::from_secs(u64::try_from(created).unwrap_or(0)),
     }
 }
