@@ -21,6 +21,8 @@ use crate::connect::{DEFAULT_CONNECT_TIMEOUT, connect};
 mod connection;
 mod reply;
 
+/// Job priority: gearfleet-proto's, which also says which packet submits which.
+pub use gearfleet_proto::Priority;
 pub use reply::{ClientError, JobEvent, JobStatus};
 
 /// How a client picks a server for each request.
@@ -31,15 +33,6 @@ pub enum Strategy {
     Sequence,
     /// Rotate the starting server on every request: load spreading.
     RoundRobin,
-}
-
-/// Job priority.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Priority {
-    High,
-    #[default]
-    Normal,
-    Low,
 }
 
 /// A submitted foreground job: its handle, its events, and (awaited) its result.
@@ -348,12 +341,8 @@ impl Submit {
     }
 
     async fn send(self) -> Result<JobHandle, ClientError> {
-        let ptype = match self.priority {
-            Priority::High => PacketType::SubmitJobHigh,
-            Priority::Normal => PacketType::SubmitJob,
-            Priority::Low => PacketType::SubmitJobLow,
-        };
-        let packet = Packet::req(ptype, &[self.function.as_bytes(), &self.unique, &self.payload]);
+        let packet =
+            Packet::req(self.priority.submit_type(false), &[self.function.as_bytes(), &self.unique, &self.payload]);
         let (created, created_rx) = oneshot::channel();
         let (events_tx, events) = mpsc::unbounded_channel();
         let (result_tx, result) = oneshot::channel();
@@ -415,14 +404,7 @@ impl SubmitBackground {
                 let epoch = epoch.to_string();
                 Packet::req(PacketType::SubmitJobEpoch, &[fields[0], fields[1], epoch.as_bytes(), &self.payload])
             }
-            None => {
-                let ptype = match self.priority {
-                    Priority::High => PacketType::SubmitJobHighBg,
-                    Priority::Normal => PacketType::SubmitJobBg,
-                    Priority::Low => PacketType::SubmitJobLowBg,
-                };
-                Packet::req(ptype, &[fields[0], fields[1], &self.payload])
-            }
+            None => Packet::req(self.priority.submit_type(true), &[fields[0], fields[1], &self.payload]),
         };
         let (created, created_rx) = oneshot::channel();
         self.client.dispatch(Request::Submit { packet, reply: created, sink: None }).await?;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use gearfleet_proto::options::TIMEOUT_MESSAGE;
 use gearfleet_proto::{Frame, Packet, PacketType, ProtoError};
 use tokio::sync::mpsc;
 use tokio::task::JoinError;
@@ -34,9 +35,6 @@ const UPDATE_QUEUE: usize = 64;
 const PANIC_WINDOW: Duration = Duration::from_secs(10);
 /// A server that does not answer GRAB_JOB within this time is considered gone.
 const GRAB_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
-/// The message sent with WORK_EXCEPTION when a function's timeout passes; gearfleet-broker
-/// sends the same when its own timer fires first.
-const TIMEOUT_MESSAGE: &[u8] = b"gearfleet: job timed out";
 
 /// Runs one slot until the worker drains.
 pub(crate) async fn run(shared: Arc<Shared>, server: ServerAddr, index: usize) {
@@ -353,6 +351,7 @@ impl Session<'_> {
                     task.abort();
                 }
                 match reason {
+                    // gearfleet-broker sends the same text when its own timer fires first.
                     CancelReason::Timeout => {
                         (Packet::req(PacketType::WorkException, &[&handle, TIMEOUT_MESSAGE]), Outcome::Timeout)
                     }

@@ -7,6 +7,7 @@ use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use gearfleet_proto::options::EXCEPTIONS;
 use gearfleet_proto::{Frame, Packet, PacketType};
 use tokio::sync::{mpsc, oneshot};
 
@@ -80,7 +81,7 @@ pub(super) async fn serve_connection(
 ) {
     let mut st = ConnState { server, pending: VecDeque::new(), jobs: HashMap::new() };
     // Ask for WORK_EXCEPTION packets; without this option servers turn exceptions into WORK_FAIL.
-    let mut alive = conn.send(Packet::req(PacketType::OptionReq, &[b"exceptions"])).await.is_ok();
+    let mut alive = conn.send(Packet::req(PacketType::OptionReq, &[EXCEPTIONS])).await.is_ok();
     if alive {
         st.pending.push_back(Pending::Option);
     }
