@@ -9,8 +9,8 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::server::ServerKind;
+use crate::shape::Shape;
 use crate::suite::Results;
-use crate::workload::Shape;
 
 fn color(kind: ServerKind) -> RGBColor {
     match kind {

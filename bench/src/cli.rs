@@ -9,8 +9,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::load::{PriorityMix, UniqueMode};
 use crate::server::{Server, ServerKind, ServerOptions};
+use crate::shape::Shape;
 use crate::suite::{self, SuiteOptions, thousands};
-use crate::workload::{self, Amount, Shape, Workload};
+use crate::workload::{self, Amount, Workload};
 use crate::{chart, report};
 
 #[derive(Debug, Parser)]

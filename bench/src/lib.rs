@@ -3,13 +3,14 @@
 //!
 //! * [`conn`]: a client-side connection with batched writes.
 //! * [`load`]: client connections (K jobs in flight) and workers (GRAB_JOB_UNIQ, PRE_SLEEP, NOOP).
-//! * [`workload`]: the workload shapes and what one run measures (jobs/s, CPU, RSS).
+//! * [`shape`], [`workload`]: the workload shapes, and what one run measures (jobs/s, CPU, RSS).
 //! * [`disk`]: this disk's sync latency, the floor of an fsync-acknowledged submission.
 //! * [`floor`]: the cheapest possible answer to a background submission (what the kernel costs).
 //! * [`router_floor`]: the least a server can do to route foreground jobs (the same for them).
 //! * [`server`]: starting gearmand and gearfleet-broker on loopback ports, one at a time.
 //! * [`suite`]: the standard workloads and the comparison loop.
-//! * [`report`], [`chart`]: the Markdown table, the goals check, and the SVG chart.
+//! * [`report`], [`chart`]: the Markdown table, the goals check, and the SVG chart;
+//!   [`timestamp`]: their dates.
 
 pub mod chart;
 pub mod cli;
@@ -21,5 +22,7 @@ pub mod procstat;
 pub mod report;
 pub mod router_floor;
 pub mod server;
+pub mod shape;
 pub mod suite;
+pub mod timestamp;
 pub mod workload;

@@ -3,8 +3,10 @@
 use std::fmt::Write as _;
 
 use crate::server::ServerKind;
+use crate::shape::Shape;
 use crate::suite::{Cell, Results, thousands};
-use crate::workload::{Sample, Shape};
+use crate::timestamp::utc_timestamp;
+use crate::workload::Sample;
 
 /// Median, min and max of some values.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -94,30 +96,6 @@ fn fmt_us(v: Option<f64>) -> String {
 
 fn fmt_mib(bytes: f64) -> String {
     format!("{:.1} MiB", bytes / (1024.0 * 1024.0))
-}
-
-/// A UTC timestamp, `YYYY-MM-DD HH:MM UTC`.
-pub fn utc_timestamp(t: std::time::SystemTime) -> String {
-    let secs = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let days = (secs / 86_400) as i64;
-    let (y, m, d) = civil_date(days);
-    let rem = secs % 86_400;
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
-}
-
-/// Proleptic Gregorian date of a day count since 1970-01-01, computed over 400-year eras
-/// (146,097 days each) counted from 0000-03-01, so the leap day falls at the end of a year.
-fn civil_date(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468; // days from 0000-03-01 to 1970-01-01
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153; // 0 = March
-    let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
-    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// The work tree's commit, marked when it has uncommitted changes (None outside a git checkout).
@@ -487,14 +465,5 @@ mod tests {
         assert_eq!(spread([3.0, 1.0, 2.0]), Some(Spread { median: 2.0, min: 1.0, max: 3.0 }));
         assert_eq!(spread([4.0, 1.0]), Some(Spread { median: 2.5, min: 1.0, max: 4.0 }));
         assert_eq!(spread(Vec::<f64>::new()), None);
-    }
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_date(0), (1970, 1, 1));
-        assert_eq!(civil_date(59), (1970, 3, 1));
-        assert_eq!(civil_date(11_016), (2000, 2, 29));
-        assert_eq!(civil_date(19_782), (2024, 2, 29));
-        assert_eq!(civil_date(20_454), (2026, 1, 1));
     }
 }

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::procstat;
+use crate::shape::Shape;
+use crate::timestamp::utc_timestamp;
 
 /// Name prefix of the runtime threads of an in-process broker (their CPU time is the server's).
 pub const IN_PROCESS_THREAD_PREFIX: &str = "gfbroker";
@@ -57,8 +59,8 @@ impl ServerKind {
 
     /// Whether this server can run workloads of `shape` (the floor keeps no background jobs, so
     /// it has no memory per queued job to show).
-    pub fn runs(self, shape: crate::workload::Shape) -> bool {
-        self != ServerKind::Floor || shape != crate::workload::Shape::Memory
+    pub fn runs(self, shape: Shape) -> bool {
+        self != ServerKind::Floor || shape != Shape::Memory
     }
 
     pub fn is_gearmand(self) -> bool {
@@ -147,7 +149,7 @@ impl ServerOptions {
                 } else {
                     let built = std::fs::metadata(&self.broker_bin)
                         .and_then(|m| m.modified())
-                        .map(|t| format!(" built {}", crate::report::utc_timestamp(t)))
+                        .map(|t| format!(" built {}", utc_timestamp(t)))
                         .unwrap_or_default();
                     // The broker reads the same environment, so this is the poll it will use.
                     let idle_poll = <gearfleet_broker::Config as clap::Parser>::try_parse_from(["gearfleet-broker"])
@@ -201,7 +203,7 @@ static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
 
 impl Server {
     /// Starts `kind` for workloads of `shape` (which decides the floor's program).
-    pub fn start(kind: ServerKind, opts: &ServerOptions, shape: crate::workload::Shape) -> Result<Server> {
+    pub fn start(kind: ServerKind, opts: &ServerOptions, shape: Shape) -> Result<Server> {
         if kind == ServerKind::Gearfleet && opts.gearfleet_in_process {
             return Server::start_in_process(opts);
         }
@@ -253,7 +255,7 @@ impl Server {
                 };
                 let mut c = Command::new(bin);
                 c.arg("floor-server").arg("--listen").arg(addr.to_string());
-                if shape == crate::workload::Shape::Fg {
+                if shape == Shape::Fg {
                     c.arg("--route");
                 }
                 c

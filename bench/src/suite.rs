@@ -6,7 +6,8 @@ use anyhow::Result;
 
 use crate::load::{PriorityMix, UniqueMode};
 use crate::server::{Server, ServerKind, ServerOptions};
-use crate::workload::{self, Amount, Sample, Shape, Workload};
+use crate::shape::Shape;
+use crate::workload::{self, Amount, Sample, Workload};
 
 /// Sizes of the standard workloads.
 #[derive(Debug, Clone)]
