@@ -72,24 +72,3 @@ impl Conn {
         }
     }
 }
-
-/// The submission packet type for a foreground or background job of a priority.
-pub fn submit_type(background: bool, priority: Priority) -> PacketType {
-    use PacketType as T;
-    match (background, priority) {
-        (false, Priority::High) => T::SubmitJobHigh,
-        (false, Priority::Normal) => T::SubmitJob,
-        (false, Priority::Low) => T::SubmitJobLow,
-        (true, Priority::High) => T::SubmitJobHighBg,
-        (true, Priority::Normal) => T::SubmitJobBg,
-        (true, Priority::Low) => T::SubmitJobLowBg,
-    }
-}
-
-/// Job priority of a submission.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Priority {
-    High,
-    Normal,
-    Low,
-}

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use bytes::Bytes;
-use gearfleet_proto::PacketType;
+use gearfleet_proto::{PacketType, Priority};
 use tokio::sync::{Notify, Semaphore};
 
-use crate::conn::{Conn, Priority, submit_type};
+use crate::conn::Conn;
 
 /// The function every benchmark job is submitted to.
 pub const FUNCTION: &[u8] = b"gearfleet_bench_echo";
@@ -34,7 +34,7 @@ impl PriorityMix {
             PriorityMix::Normal => Priority::Normal,
             PriorityMix::High => Priority::High,
             PriorityMix::Low => Priority::Low,
-            PriorityMix::Mixed => [Priority::High, Priority::Normal, Priority::Low][(seq % 3) as usize],
+            PriorityMix::Mixed => Priority::ALL[(seq % 3) as usize],
         }
     }
 }
@@ -85,7 +85,7 @@ pub struct SubmitSpec {
 }
 
 fn submit(conn: &mut Conn, spec: &SubmitSpec, client: u64, seq: &mut u64, unique: &mut Vec<u8>) {
-    let ptype = submit_type(spec.background, spec.priority.pick(*seq));
+    let ptype = spec.priority.pick(*seq).submit_type(spec.background);
     unique.clear();
     if spec.unique == UniqueMode::Uuid {
         let _ = write!(unique, "{:08x}-0000-4000-8000-{:012x}", client & 0xffff_ffff, *seq & 0xffff_ffff_ffff);
