@@ -223,6 +223,11 @@ pub struct StatusRow {
 }
 
 impl StatusRow {
+    /// The line as gearmand writes it.
+    pub fn to_line(&self) -> String {
+        format!("{}\t{}\t{}\t{}", self.function, self.total, self.running, self.available_workers)
+    }
+
     pub fn parse(line: &str) -> Option<StatusRow> {
         let mut parts = line.rsplitn(4, '\t');
         let available_workers = parts.next()?.trim().parse().ok()?;
@@ -243,6 +248,17 @@ pub struct WorkerRow {
 }
 
 impl WorkerRow {
+    /// The line as gearmand writes it: ` :` ends the address part, each function follows after a
+    /// space.
+    pub fn to_line(&self) -> String {
+        let mut s = format!("{} {} {} :", self.fd, self.address, self.client_id);
+        for f in &self.functions {
+            s.push(' ');
+            s.push_str(f);
+        }
+        s
+    }
+
     pub fn parse(line: &str) -> Option<WorkerRow> {
         let mut words = line.split_ascii_whitespace();
         let fd = words.next()?.parse().ok()?;
@@ -254,6 +270,123 @@ impl WorkerRow {
         let functions = words.map(str::to_string).collect();
         Some(WorkerRow { fd, address, client_id, functions })
     }
+}
+
+/// One line of `prioritystatus`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriorityStatusRow {
+    pub function: String,
+    /// Queued jobs by priority: high, normal, low.
+    pub queued: [u64; 3],
+    pub available_workers: u64,
+}
+
+impl PriorityStatusRow {
+    pub fn to_line(&self) -> String {
+        let [h, n, l] = self.queued;
+        format!("{}\t{h}\t{n}\t{l}\t{}", self.function, self.available_workers)
+    }
+
+    pub fn parse(line: &str) -> Option<PriorityStatusRow> {
+        let mut parts = line.rsplitn(5, '\t');
+        let available_workers = parts.next()?.trim().parse().ok()?;
+        let low = parts.next()?.trim().parse().ok()?;
+        let normal = parts.next()?.trim().parse().ok()?;
+        let high = parts.next()?.trim().parse().ok()?;
+        let function = parts.next()?.to_string();
+        Some(PriorityStatusRow { function, queued: [high, normal, low], available_workers })
+    }
+}
+
+/// One line of `show jobs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRow {
+    pub handle: String,
+    /// Tries before the current one.
+    pub retries: u32,
+    /// gearmand's "ignore job" flag (cancelled, not yet removed); never set by gearfleet.
+    pub ignored: bool,
+    /// Waiting in a queue (not running, scheduled or dead).
+    pub queued: bool,
+}
+
+impl JobRow {
+    pub fn to_line(&self) -> String {
+        format!("{}\t{}\t{}\t{}", self.handle, self.retries, u8::from(self.ignored), u8::from(self.queued))
+    }
+
+    pub fn parse(line: &str) -> Option<JobRow> {
+        let flag = |s: &str| match s.trim() {
+            "0" => Some(false),
+            "1" => Some(true),
+            _ => None,
+        };
+        let f: Vec<&str> = line.split('\t').collect();
+        let [handle, retries, ignored, queued] = f[..] else { return None };
+        Some(JobRow {
+            handle: handle.to_string(),
+            retries: retries.trim().parse().ok()?,
+            ignored: flag(ignored)?,
+            queued: flag(queued)?,
+        })
+    }
+}
+
+/// One line of `show unique jobs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UniqueJobRow {
+    pub unique: String,
+    pub handle: String,
+}
+
+impl UniqueJobRow {
+    pub fn to_line(&self) -> String {
+        format!("{}\t{}", self.unique, self.handle)
+    }
+
+    pub fn parse(line: &str) -> Option<UniqueJobRow> {
+        // A handle has no tab; a unique key may.
+        let (unique, handle) = line.rsplit_once('\t')?;
+        Some(UniqueJobRow { unique: unique.to_string(), handle: handle.to_string() })
+    }
+}
+
+/// One line of `show dead`: a dead-lettered job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadJobRow {
+    pub handle: String,
+    pub function: String,
+    /// Tries it had.
+    pub attempts: u32,
+    /// Why the last try failed (written with [`sanitize_field`]).
+    pub error: String,
+}
+
+impl DeadJobRow {
+    pub fn to_line(&self) -> String {
+        format!("{}\t{}\t{}\t{}", self.handle, self.function, self.attempts, sanitize_field(&self.error))
+    }
+
+    pub fn parse(line: &str) -> Option<DeadJobRow> {
+        let (handle, rest) = line.split_once('\t')?;
+        // The error is sanitised; a function name may hold a tab.
+        let mut parts = rest.rsplitn(3, '\t');
+        let error = parts.next()?.to_string();
+        let attempts = parts.next()?.trim().parse().ok()?;
+        let function = parts.next()?.to_string();
+        Some(DeadJobRow { handle: handle.to_string(), function, attempts, error })
+    }
+}
+
+/// A list reply: one line per row, then the closing `.`.
+pub fn list_reply<T>(rows: impl IntoIterator<Item = T>, to_line: impl Fn(&T) -> String) -> String {
+    let mut out = String::new();
+    for row in rows {
+        out.push_str(&to_line(&row));
+        out.push('\n');
+    }
+    out.push_str(".\n");
+    out
 }
 
 /// Replaces the bytes that would break a tab-separated line.
@@ -512,6 +645,52 @@ mod tests {
     }
 
     #[test]
+    fn gearmand_rows_round_trip() {
+        let status = StatusRow { function: "with\ttab".into(), total: 3, running: 1, available_workers: 2 };
+        assert_eq!(status.to_line(), "with\ttab\t3\t1\t2");
+        assert_eq!(StatusRow::parse(&status.to_line()), Some(status));
+
+        let prio = PriorityStatusRow { function: "f".into(), queued: [1, 2, 3], available_workers: 4 };
+        assert_eq!(prio.to_line(), "f\t1\t2\t3\t4");
+        assert_eq!(PriorityStatusRow::parse(&prio.to_line()), Some(prio));
+        assert_eq!(PriorityStatusRow::parse("f\t1\t2\t3"), None);
+
+        let worker = WorkerRow {
+            fd: 12,
+            address: "127.0.0.1".into(),
+            client_id: "pod-a".into(),
+            functions: vec!["echo".into(), "reverse".into()],
+        };
+        assert_eq!(worker.to_line(), "12 127.0.0.1 pod-a : echo reverse");
+        assert_eq!(WorkerRow::parse(&worker.to_line()), Some(worker));
+        let bare = WorkerRow { fd: -1, address: "::1".into(), client_id: "-".into(), functions: vec![] };
+        assert_eq!(bare.to_line(), "-1 ::1 - :");
+        assert_eq!(WorkerRow::parse(&bare.to_line()), Some(bare));
+
+        let job = JobRow { handle: "H:x:7".into(), retries: 2, ignored: false, queued: true };
+        assert_eq!(job.to_line(), "H:x:7\t2\t0\t1");
+        assert_eq!(JobRow::parse(&job.to_line()), Some(job));
+        assert_eq!(JobRow::parse("H:x:7\t2\t0\t2"), None);
+
+        let unique = UniqueJobRow { unique: "key\twith tab".into(), handle: "H:x:8".into() };
+        assert_eq!(unique.to_line(), "key\twith tab\tH:x:8");
+        assert_eq!(UniqueJobRow::parse(&unique.to_line()), Some(unique));
+
+        let dead = DeadJobRow { handle: "H:x:9".into(), function: "flaky".into(), attempts: 3, error: "boom".into() };
+        assert_eq!(dead.to_line(), "H:x:9\tflaky\t3\tboom");
+        assert_eq!(DeadJobRow::parse(&dead.to_line()), Some(dead));
+        let messy = DeadJobRow { error: "a\tb,c\n".into(), ..DeadJobRow::parse("H:x:1\tf\t1\t").unwrap() };
+        assert_eq!(DeadJobRow::parse(&messy.to_line()).unwrap().error, "a_b_c_", "the error is sanitised");
+
+        assert_eq!(list_reply([status_row("a"), status_row("b")], StatusRow::to_line), "a\t0\t0\t0\nb\t0\t0\t0\n.\n");
+        assert_eq!(list_reply(Vec::<StatusRow>::new(), StatusRow::to_line), ".\n");
+    }
+
+    fn status_row(function: &str) -> StatusRow {
+        StatusRow { function: function.into(), total: 0, running: 0, available_workers: 0 }
+    }
+
+    #[test]
     fn fleet_lines_round_trip() {
         let f = FunctionStats {
             function: "sleep".into(),
@@ -592,6 +771,10 @@ mod proptests {
             let _ = split_list(&text);
             let _ = StatusRow::parse(&text);
             let _ = WorkerRow::parse(&text);
+            let _ = PriorityStatusRow::parse(&text);
+            let _ = JobRow::parse(&text);
+            let _ = UniqueJobRow::parse(&text);
+            let _ = DeadJobRow::parse(&text);
             // What `to_line` writes parses back, and writing it again is a fixed point (the first
             // write may normalise: sanitised fields, the draining flag).
             if let Some(stats) = FunctionStats::parse(&text) {
