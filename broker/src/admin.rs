@@ -1,8 +1,11 @@
 //! Answers text admin commands from the broker state, in gearmand's formats.
 
-use gearfleet_proto::admin::{AdminCommand, WorkerStats};
+use gearfleet_proto::admin::{
+    AdminCommand, DeadJobRow, FunctionStats, JobRow, PriorityStatusRow, StatusRow, UniqueJobRow, WorkerRow,
+    WorkerStats, list_reply,
+};
 
-use crate::queue::{ConnId, Effects, RetryPolicy, State};
+use crate::state::{ConnId, Effects, RetryPolicy, State};
 
 /// What the connection must do after sending the reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,23 +20,7 @@ pub enum AdminAction {
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub fn fleet_status_block(state: &State) -> String {
-    let mut out = String::new();
-    for f in state.fleet_status() {
-        out.push_str(&f.to_line());
-        out.push('\n');
-    }
-    out.push_str(".\n");
-    out
-}
-
-fn fleet_workers_block(rows: Vec<WorkerStats>) -> String {
-    let mut out = String::new();
-    for w in rows {
-        out.push_str(&w.to_line());
-        out.push('\n');
-    }
-    out.push_str(".\n");
-    out
+    list_reply(state.fleet_status(), FunctionStats::to_line)
 }
 
 /// How a connection stands towards the admin token.
@@ -73,64 +60,53 @@ pub fn run(
     if cmd.mutates() && auth.token.is_some() && !auth.authenticated {
         return ("ERR AUTH_REQUIRED send+auth+TOKEN+first\r\n".into(), AdminAction::None);
     }
-    let mut out = String::new();
     let mut action = AdminAction::None;
-    match cmd {
-        AdminCommand::Status => state.admin_status(&mut out),
-        AdminCommand::PriorityStatus => state.admin_priority_status(&mut out),
-        AdminCommand::Workers => state.admin_workers(&mut out),
-        AdminCommand::Version => out = format!("OK {VERSION}\n"),
-        AdminCommand::GetPid => out = format!("OK {}\n", std::process::id()),
-        AdminCommand::Verbose => out = "OK INFO\n".into(),
-        AdminCommand::ShowJobs => state.admin_show_jobs(&mut out),
-        AdminCommand::ShowUniqueJobs => state.admin_show_unique_jobs(&mut out),
-        AdminCommand::CancelJob(handle) => {
-            out = match state.admin_cancel(&handle, fx) {
-                Ok(()) => "OK\r\n".into(),
-                Err(code) => format!("ERR {code}\r\n"),
-            }
-        }
+    let out = match cmd {
+        AdminCommand::Status => list_reply(state.status_rows(), StatusRow::to_line),
+        AdminCommand::PriorityStatus => list_reply(state.priority_status_rows(), PriorityStatusRow::to_line),
+        AdminCommand::Workers => list_reply(state.worker_rows(), WorkerRow::to_line),
+        AdminCommand::Version => format!("OK {VERSION}\n"),
+        AdminCommand::GetPid => format!("OK {}\n", std::process::id()),
+        AdminCommand::Verbose => "OK INFO\n".into(),
+        AdminCommand::ShowJobs => list_reply(state.job_rows(), JobRow::to_line),
+        AdminCommand::ShowUniqueJobs => list_reply(state.unique_job_rows(), UniqueJobRow::to_line),
+        AdminCommand::CancelJob(handle) => match state.admin_cancel(&handle, fx) {
+            Ok(()) => "OK\r\n".into(),
+            Err(code) => format!("ERR {code}\r\n"),
+        },
         AdminCommand::CreateFunction(name) => {
             state.admin_create_function(&name);
-            out = "OK\r\n".into();
+            "OK\r\n".into()
         }
-        AdminCommand::DropFunction(name) => {
-            out = match state.admin_drop_function(&name) {
-                Ok(()) => "OK\r\n".into(),
-                Err(why) => format!("ERR {why}\r\n"),
-            }
-        }
+        AdminCommand::DropFunction(name) => match state.admin_drop_function(&name) {
+            Ok(()) => "OK\r\n".into(),
+            Err(why) => format!("ERR {why}\r\n"),
+        },
         AdminCommand::MaxQueue { function, limits } => {
             state.admin_maxqueue(&function, limits);
-            out = "OK\r\n".into();
+            "OK\r\n".into()
         }
         AdminCommand::Shutdown { .. } if allow_shutdown => {
-            out = "OK\r\n".into();
             action = AdminAction::Shutdown;
+            "OK\r\n".into()
         }
-        AdminCommand::Shutdown { .. } => out = "ERR SHUTDOWN_DISABLED start+with+--allow-admin-shutdown\r\n".into(),
-        AdminCommand::FleetStatus => out = fleet_status_block(state),
-        AdminCommand::FleetWorkers => out = fleet_workers_block(state.fleet_workers()),
+        AdminCommand::Shutdown { .. } => "ERR SHUTDOWN_DISABLED start+with+--allow-admin-shutdown\r\n".into(),
+        AdminCommand::FleetStatus => fleet_status_block(state),
+        AdminCommand::FleetWorkers => list_reply(state.fleet_workers(), WorkerStats::to_line),
         AdminCommand::FleetWatch => {
             state.set_watching(conn, true);
-            out = fleet_status_block(state);
             action = AdminAction::StartWatch;
+            fleet_status_block(state)
         }
-        AdminCommand::FleetDrain(id) => {
-            let n = state.set_draining(&id, true, fx);
-            out = format!("OK {n}\n");
-        }
-        AdminCommand::FleetUndrain(id) => {
-            let n = state.set_draining(&id, false, fx);
-            out = format!("OK {n}\n");
-        }
+        AdminCommand::FleetDrain(id) => format!("OK {}\n", state.set_draining(&id, true, fx)),
+        AdminCommand::FleetUndrain(id) => format!("OK {}\n", state.set_draining(&id, false, fx)),
         AdminCommand::FleetRetries { function, limit, initial, max } => {
             let defaults = RetryPolicy::default();
             let parse = |s: Option<String>, default| match s {
                 None => Ok(default),
                 Some(s) => humantime::parse_duration(&s).map_err(|_| s),
             };
-            out = match (parse(initial, defaults.initial), parse(max, defaults.max)) {
+            match (parse(initial, defaults.initial), parse(max, defaults.max)) {
                 (Ok(initial), Ok(max)) if initial <= max => {
                     state.set_retry_policy(&function, RetryPolicy { limit, initial, max });
                     "OK\r\n".into()
@@ -139,15 +115,15 @@ pub fn run(
                 (Err(bad), _) | (_, Err(bad)) => format!("ERR INVALID_ARGUMENTS bad+duration+{bad}\r\n"),
             }
         }
-        AdminCommand::ShowDead(function) => state.admin_show_dead(function.as_deref(), &mut out),
+        AdminCommand::ShowDead(function) => list_reply(state.dead_rows(function.as_deref()), DeadJobRow::to_line),
         AdminCommand::RetryDead { function, handle } => {
-            out = format!("OK {}\n", state.admin_retry_dead(&function, handle.as_deref(), fx));
+            format!("OK {}\n", state.admin_retry_dead(&function, handle.as_deref(), fx))
         }
         AdminCommand::PurgeDead { function, handle } => {
-            out = format!("OK {}\n", state.admin_purge_dead(&function, handle.as_deref(), fx));
+            format!("OK {}\n", state.admin_purge_dead(&function, handle.as_deref(), fx))
         }
         // Answered above, before the token check.
-        AdminCommand::Auth(_) => out = "OK\r\n".into(),
-    }
+        AdminCommand::Auth(_) => "OK\r\n".into(),
+    };
     (out, action)
 }

@@ -5,12 +5,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use gearfleet_proto::admin::FunctionStats;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock;
 use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::queue::{Effects, Limits, RetryPolicy, State, unix_now_ms};
+use crate::metrics::{FunctionCounters, Metrics, StatsSource};
+use crate::state::{Effects, Limits, RetryPolicy, State};
 use crate::store::{Durability, Journal};
 
 pub struct Broker {
@@ -42,7 +44,7 @@ impl Broker {
         if let (Some(dir), Some(mode)) = (&broker.config.data_dir, mode) {
             let (journal, recovered) = Journal::open(dir, mode, broker.config.compact_after_bytes)?;
             tracing::info!(dir = %dir.display(), ?mode, jobs = recovered.len(), "journal opened");
-            broker.with_state(|s| s.attach_journal(journal, recovered));
+            broker.with_state(|s| s.attach_journal(journal, recovered, clock::now()));
         }
         Ok(broker)
     }
@@ -102,7 +104,7 @@ impl Broker {
             tokio::spawn(async move {
                 tokio::time::sleep(after).await;
                 let mut fx = Effects::default();
-                if broker.with_state(|s| s.expire(job, attempt, &mut fx)) {
+                if broker.with_state(|s| s.expire(job, attempt, clock::now(), &mut fx)) {
                     tracing::warn!(job, attempt, timeout = ?after, "job timed out; failed to its clients");
                 }
                 broker.apply(fx);
@@ -150,9 +152,9 @@ impl Broker {
             let mut fx = Effects::default();
             let (next, shrunk) = self.with_state(|s| {
                 s.maybe_compact();
-                s.expire_outcomes();
+                s.expire_outcomes(clock::now());
                 let shrunk = s.shrink_if_drained();
-                (s.release_due(unix_now_ms(), &mut fx), shrunk)
+                (s.release_due(clock::now(), &mut fx), shrunk)
             });
             self.apply(fx);
             if shrunk {
@@ -166,7 +168,7 @@ impl Broker {
             // Wake at the next due job, and at least every second for housekeeping (journal
             // compaction, giving memory back after a drain).
             let wait = match next {
-                Some(at) => Duration::from_millis(at.saturating_sub(unix_now_ms()))
+                Some(at) => Duration::from_millis(at.saturating_sub(clock::unix_now_ms()))
                     .clamp(Duration::from_millis(5), Duration::from_secs(1)),
                 None => Duration::from_secs(1),
             };
@@ -196,6 +198,12 @@ impl Broker {
                 w.push(|b| b.extend_from_slice(block.as_bytes()));
             }
         }
+    }
+}
+
+impl StatsSource for Broker {
+    fn function_stats(&self) -> (Vec<FunctionStats>, Vec<FunctionCounters>) {
+        self.with_state(|s| (s.fleet_status(), s.function_counters()))
     }
 }
 

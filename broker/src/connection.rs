@@ -14,8 +14,9 @@ use tokio::net::TcpStream;
 
 use crate::admin::{self, AdminAction, AdminAuth};
 use crate::broker::Broker;
+use crate::clock;
 use crate::outbox::Outbox;
-use crate::queue::Effects;
+use crate::state::Effects;
 
 /// The least room a read offers (a connection's buffer grows by this much when full).
 pub(crate) const READ_CHUNK: usize = 16 * 1024;
@@ -113,7 +114,7 @@ impl Session {
             let seq_before = state.journal().map_or(0, |j| j.last_seq());
             loop {
                 match codec.decode_frame(buf) {
-                    Ok(Some(Frame::Packet(p))) => state.handle(id, &p, &mut fx),
+                    Ok(Some(Frame::Packet(p))) => state.handle(id, &p, clock::now(), &mut fx),
                     Ok(Some(Frame::Admin(line))) => {
                         let mut auth = AdminAuth {
                             token: broker.config.admin_token.as_deref(),

@@ -1,6 +1,9 @@
 //! Prometheus metrics. Event counters and histograms are updated as things happen; queue depths
 //! and per-function counters are read from the broker state at scrape time by [`StateCollector`],
 //! so the hot path pays nothing for per-function labels.
+//!
+//! This module depends on nothing else of the crate: the state updates [`Metrics`] and produces
+//! [`FunctionCounters`]; the broker is the [`StatsSource`] the collector reads.
 
 use std::sync::Arc;
 
@@ -12,8 +15,8 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::broker::Broker;
-use crate::queue::Priority;
+use gearfleet_proto::Priority;
+use gearfleet_proto::admin::FunctionStats;
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -112,13 +115,30 @@ impl Metrics {
     }
 }
 
+/// Per-function counters, exported as metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionCounters {
+    pub function: String,
+    pub submitted: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub retried: u64,
+    pub dead_lettered: u64,
+}
+
+/// Where the collector reads per-function queue state and counters from (the broker, which
+/// takes them from its state under the lock).
+pub trait StatsSource: std::fmt::Debug + Send + Sync + 'static {
+    fn function_stats(&self) -> (Vec<FunctionStats>, Vec<FunctionCounters>);
+}
+
 /// Reads per-function queue state at scrape time.
 #[derive(Debug)]
-pub struct StateCollector(pub Arc<Broker>);
+pub struct StateCollector<S>(pub Arc<S>);
 
-impl Collector for StateCollector {
+impl<S: StatsSource> Collector for StateCollector<S> {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let (stats, counters) = self.0.with_state(|s| (s.fleet_status(), s.function_counters()));
+        let (stats, counters) = self.0.function_stats();
         let gauge = |encoder: &mut DescriptorEncoder,
                      name: &str,
                      help: &str,

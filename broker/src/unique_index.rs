@@ -14,7 +14,8 @@ use std::hash::{BuildHasher, RandomState};
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 
-use crate::queue::JobId;
+/// The state's job id. A plain integer here, so this module depends on nothing else of the crate.
+type JobId = u64;
 
 #[derive(Debug, Default)]
 pub struct UniqueIndex {

@@ -1,0 +1,90 @@
+//! A connection's entry in the state: its outbox, what it can do as a worker and waits on as a
+//! client, and its options.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::model::{Ability, JobId};
+use crate::outbox::Outbox;
+
+#[derive(Debug)]
+pub(super) struct Conn {
+    pub(super) outbox: Arc<Outbox>,
+    pub(super) peer: String,
+    pub(super) fd: i64,
+    pub(super) client_id: Bytes,
+    pub(super) abilities: Vec<Ability>,
+    pub(super) sleeping: bool,
+    /// Counts this connection's sleeps (PRE_SLEEP), to tell current sleeper entries from stale ones.
+    pub(super) sleeps: u32,
+    pub(super) draining: bool,
+    pub(super) exceptions: bool,
+    /// Sent OPTION_REQ gearfleet-retain-outcomes.
+    pub(super) retain_outcomes: bool,
+    /// Jobs this connection holds as a worker.
+    pub(super) holding: Vec<JobId>,
+    /// Foreground jobs this connection waits on as a client, oldest first.
+    pub(super) waiting_on: VecDeque<JobId>,
+    pub(super) jobs_done: u64,
+    pub(super) watching: bool,
+}
+
+impl Conn {
+    /// Starts waiting on a foreground job's result.
+    pub(super) fn wait_on(&mut self, job: JobId) {
+        self.waiting_on.push_back(job);
+        self.outbox.set_pipelined(self.waiting_on.len() > 1);
+    }
+
+    /// Stops waiting on a job's result (it ended, or the job is gone).
+    pub(super) fn stop_waiting(&mut self, job: JobId) {
+        // At most once in the list, and results mostly come in submission order: found near the
+        // front, and removed by shifting the shorter side.
+        if let Some(i) = self.waiting_on.iter().position(|&j| j == job) {
+            self.waiting_on.remove(i);
+        }
+        self.outbox.set_pipelined(self.waiting_on.len() > 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gearfleet_proto::PacketType;
+
+    use super::super::testing::{grab_handle, req, worker_and_client};
+
+    #[test]
+    fn a_client_waiting_on_several_jobs_is_pipelined_until_one_is_left() {
+        let (mut s, _worker) = worker_and_client();
+        let client = s.conns[&2].outbox.clone();
+        req(&mut s, 1, PacketType::CanDo, &[b"f"]);
+        req(&mut s, 2, PacketType::SubmitJob, &[b"f", b"", b"a"]);
+        assert!(!client.is_pipelined(), "one job in flight: its replies go out at once");
+        req(&mut s, 2, PacketType::SubmitJob, &[b"f", b"", b"b"]);
+        assert!(client.is_pipelined());
+        // A background submission is nothing to wait on.
+        req(&mut s, 2, PacketType::SubmitJobBg, &[b"f", b"", b"c"]);
+        assert!(client.is_pipelined());
+        let handle = grab_handle(&mut s);
+        req(&mut s, 1, PacketType::WorkComplete, &[&handle, b""]);
+        assert!(!client.is_pipelined(), "one job left in flight");
+    }
+
+    #[test]
+    fn a_client_counts_a_shared_unique_key_once_and_stops_waiting_on_a_failed_job() {
+        let (mut s, _worker) = worker_and_client();
+        let client = s.conns[&2].outbox.clone();
+        req(&mut s, 1, PacketType::CanDo, &[b"f"]);
+        req(&mut s, 2, PacketType::SubmitJob, &[b"f", b"k", b"a"]);
+        req(&mut s, 2, PacketType::SubmitJob, &[b"f", b"k", b"a"]);
+        assert!(!client.is_pipelined(), "the same job twice is one job to wait on");
+        req(&mut s, 2, PacketType::SubmitJob, &[b"f", b"", b"b"]);
+        assert!(client.is_pipelined());
+        let handle = grab_handle(&mut s);
+        req(&mut s, 1, PacketType::WorkFail, &[&handle]);
+        assert!(!client.is_pipelined());
+        assert_eq!(s.conns[&2].waiting_on.len(), 1);
+    }
+}
