@@ -111,10 +111,11 @@ impl Session {
         let admin_authenticated = &mut self.admin_authenticated;
         let codec = &self.codec;
         broker.with_state(|state| {
+            let clocks = clock::Batch::start();
             let seq_before = state.journal().map_or(0, |j| j.last_seq());
             loop {
                 match codec.decode_frame(buf) {
-                    Ok(Some(Frame::Packet(p))) => state.handle(id, &p, clock::now(), &mut fx),
+                    Ok(Some(Frame::Packet(p))) => state.handle(id, &p, clocks.now(), &mut fx),
                     Ok(Some(Frame::Admin(line))) => {
                         let mut auth = AdminAuth {
                             token: broker.config.admin_token.as_deref(),
