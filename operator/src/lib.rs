@@ -1,11 +1,14 @@
 //! The gearfleet operator: reconciles `WorkerPool`s into one Deployment per
-//! Gearman function and scales each from its queue depth in the broker.
+//! Gearman function and scales each from its queue depth in the broker, and
+//! routes `Job`s through the broker.
 //!
-//! The pure decision logic (no I/O, no clock reads) lives in
-//! [`workerpool::scaling`], [`workerpool::scale_in`] and
-//! [`workerpool::desired`]; the controller that applies it is
-//! [`workerpool::reconcile`], talking to the broker through
-//! [`broker_client`].
+//! A WorkerPool reconcile goes observe → plan → apply
+//! ([`workerpool::observe`], [`workerpool::plan`], [`workerpool::apply`],
+//! driven by [`workerpool::reconcile`]); the plan is pure and built from the
+//! pure decision modules ([`workerpool::scaling`], [`workerpool::scale_in`],
+//! [`workerpool::recycle`], [`workerpool::desired`], …). The Job controller
+//! is [`job`]. Both talk to the broker through [`broker_client`] and share the
+//! Kubernetes helpers in [`kube_util`].
 
 #![warn(missing_docs)]
 

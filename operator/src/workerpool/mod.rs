@@ -1,8 +1,27 @@
 //! Everything the operator decides for a `WorkerPool`.
+//!
+//! A reconcile ([`reconcile`]) goes observe → plan → apply:
+//!
+//! * [`observe`] (I/O): the pool, its Deployments and pods, the broker's stats and worker
+//!   connections, the time, as one [`observe::Observed`] value;
+//! * [`plan`] (pure): everything to do, as one [`plan::Plan`] value, using the pure decision
+//!   modules [`scaling`], [`scale_in`], [`recycle`], [`health`], [`phase`], [`desired`], [`drain`]
+//!   and [`connections`];
+//! * [`apply`] (I/O): carries the plan out.
+//!
+//! [`context`] holds the I/O handles and the [`memory`]: what the controller remembers between
+//! reconciles because it cannot be observed.
 
+pub mod apply;
+pub mod connections;
+pub mod context;
 pub mod desired;
+pub mod drain;
 pub mod health;
+pub mod memory;
+pub mod observe;
 pub mod phase;
+pub mod plan;
 pub mod reconcile;
 pub mod recycle;
 pub mod scale_in;

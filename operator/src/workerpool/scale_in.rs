@@ -31,6 +31,8 @@ use std::time::Duration;
 
 use gearfleet_proto::admin::{WorkerState, WorkerStats};
 
+use super::connections::{PodIdentity, connections_of};
+
 /// Annotation the ReplicaSet controller reads to choose pods to delete.
 pub const POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 /// Deletion cost of a kept pod whose worker is not busy.
@@ -54,7 +56,7 @@ pub struct PodView {
 pub enum PodActivity {
     /// The pod is not ready.
     NotReady,
-    /// Ready, but no worker connection with the pod's name is registered.
+    /// Ready, but no worker connection of the pod is registered.
     Unregistered,
     /// Every connection of its worker is idle or sleeping.
     Idle,
@@ -82,7 +84,7 @@ pub struct PodPlan {
 /// first in removal order, then the kept pods in the same ranking.
 pub fn scale_in_plan(pods: &[PodView], workers: &[WorkerStats], remove: usize) -> Vec<PodPlan> {
     let activity = |pod: &PodView| {
-        let mut conns = workers.iter().filter(|w| w.client_id == pod.name).peekable();
+        let mut conns = connections_of(workers, PodIdentity { name: &pod.name }).peekable();
         if !pod.ready {
             PodActivity::NotReady
         } else if conns.peek().is_none() {

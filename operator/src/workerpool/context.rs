@@ -1,0 +1,82 @@
+//! What the WorkerPool controller holds between reconciles: its I/O handles (Kubernetes client,
+//! broker client, metrics, event publisher), the latest `fleet watch` snapshot, and the little
+//! memory that cannot be observed ([`PoolMemory`]: scaling history, retry policies sent, the last
+//! recycle).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use gearfleet_proto::admin::FunctionStats;
+use kube::Client;
+
+use super::memory::PoolMemory;
+use crate::broker_client::BrokerClient;
+use crate::kube_util::EventPublisher;
+use crate::metrics::Metrics;
+
+/// Broker stats by function name.
+pub type StatsMap = HashMap<String, FunctionStats>;
+
+/// Broker stats as a map by function name.
+pub fn to_map(stats: Vec<FunctionStats>) -> StatsMap {
+    stats.into_iter().map(|s| (s.function.clone(), s)).collect()
+}
+
+/// The latest `fleet watch` snapshot, `None` while the watch connection is down.
+#[derive(Default)]
+pub struct StatsCache {
+    inner: RwLock<Option<StatsMap>>,
+}
+
+impl StatsCache {
+    /// The latest snapshot.
+    pub fn get(&self) -> Option<StatsMap> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replace the snapshot.
+    pub fn set(&self, snapshot: Option<StatsMap>) {
+        *self.inner.write().unwrap_or_else(|e| e.into_inner()) = snapshot;
+    }
+}
+
+/// A pool, by namespace and name.
+pub type PoolKey = (String, String);
+
+/// Shared state of the WorkerPool controller.
+pub struct Context {
+    pub(super) client: Client,
+    pub(super) broker: BrokerClient,
+    pub(super) workers_broker_address: String,
+    pub(super) cache: StatsCache,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) events: EventPublisher,
+    memory: Mutex<HashMap<PoolKey, PoolMemory>>,
+}
+
+impl Context {
+    /// A context whose operator talks to the broker at `broker` and whose workers are given
+    /// `workers_broker_address` in `GEARMAN_SERVERS`.
+    pub fn new(client: Client, broker: BrokerClient, workers_broker_address: String, metrics: Arc<Metrics>) -> Self {
+        let events = EventPublisher::new(client.clone());
+        Self {
+            client,
+            broker,
+            workers_broker_address,
+            cache: StatsCache::default(),
+            metrics,
+            events,
+            memory: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// What the controller remembers about a pool (empty for a pool it has not seen).
+    pub(super) fn memory(&self, key: &PoolKey) -> PoolMemory {
+        self.memory.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned().unwrap_or_default()
+    }
+
+    /// Replaces what the controller remembers about a pool.
+    pub(super) fn remember(&self, key: PoolKey, memory: PoolMemory) {
+        self.memory.lock().unwrap_or_else(|e| e.into_inner()).insert(key, memory);
+    }
+}

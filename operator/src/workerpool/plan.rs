@@ -1,0 +1,485 @@
+//! Plan (pure: no I/O, no clock reads): from what a reconcile [observed](super::observe) and the
+//! little the controller remembers ([`PoolMemory`]), everything the reconcile is to do, as a
+//! [`Plan`] value that [`apply`](super::apply) carries out.
+//!
+//! Per function: [`decide`] the replicas, fit the pool under `spec.maxReplicas`
+//! ([`share_pool_cap`]), go to zero when paused, hold growth at `crashLoopLimit`
+//! ([`health::cap_for_crashes`]); make a scale-in safe and take back drains nobody needs
+//! (`plan/pods.rs`); build the Deployment ([`desired_deployment`]); step the recycling. Then the whole
+//! new status with its conditions, the Events, and when to look again.
+
+mod pods;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use gearfleet_crd::{
+    ANNOTATION_RESTART, FunctionStatus, LABEL_FUNCTION, WorkerPool, WorkerPoolStatus, is_condition_true, new_condition,
+    pool_condition, set_condition,
+};
+use gearfleet_proto::admin::FunctionStats;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
+
+use self::pods::{FunctionPods, plan_recycle, plan_scale_in, plan_undrains};
+use super::desired::{DesiredError, desired_deployment};
+use super::drain::{DrainReason, elapsed};
+use super::health;
+use super::memory::PoolMemory;
+use super::observe::Observed;
+use super::phase::{PhaseInput, pool_phase};
+use super::recycle::{RecyclePolicy, RecycleReason, last_scheduled_restart};
+use super::scaling::{ScaleKind, decide, share_pool_cap};
+
+/// A retry policy is sent again this often, so a restarted broker gets it back.
+pub const RETRIES_RESEND: Duration = Duration::from_secs(60);
+
+/// A `fleet retries` command to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetriesCommand {
+    /// The function.
+    pub function: String,
+    /// The command line.
+    pub command: String,
+}
+
+/// Something to do to a pod or to its worker in the broker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodAction {
+    /// Merge-patch the pod's annotations (`None` removes one).
+    Annotate {
+        /// The pod.
+        pod: String,
+        /// Annotation values.
+        annotations: BTreeMap<String, Option<String>>,
+    },
+    /// `fleet drain <pod>`: the broker gives the pod's worker no more jobs.
+    Drain {
+        /// The pod (its worker's client id).
+        pod: String,
+        /// Its function.
+        function: String,
+        /// Why.
+        reason: DrainReason,
+        /// Details for the log.
+        why: String,
+    },
+    /// `fleet undrain <pod>`: the broker gives the pod's worker jobs again.
+    Undrain {
+        /// The pod (its worker's client id).
+        pod: String,
+        /// Its function.
+        function: String,
+        /// Why, for the log.
+        why: &'static str,
+    },
+    /// Evict the pod for recycling (its ReplicaSet starts a replacement); on success a Normal
+    /// `Recycle` Event with `note` and `status.lastRecycleTime`.
+    Evict {
+        /// The pod.
+        pod: String,
+        /// Its function.
+        function: String,
+        /// Why.
+        reason: RecycleReason,
+        /// The Event's note.
+        note: String,
+    },
+}
+
+/// An Event to publish about the pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedEvent {
+    /// Normal or Warning.
+    pub type_: EventType,
+    /// The reason, e.g. `ScaleUp`.
+    pub reason: String,
+    /// The action, e.g. `Scale`.
+    pub action: &'static str,
+    /// The note.
+    pub note: String,
+    /// Whether repeats fold into one Event (see [`EventPublisher`](crate::kube_util::EventPublisher)).
+    pub aggregate: bool,
+}
+
+/// What one function gets.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FunctionPlan {
+    /// The function.
+    pub name: String,
+    /// Kind of the scaling decision (before holding for drains or crashes), for the metric.
+    pub decision: ScaleKind,
+    /// Replicas of its Deployment now.
+    pub current: i32,
+    /// Replicas it gets.
+    pub target: i32,
+    /// Why (the scaling decision's reason).
+    pub reason: String,
+    /// Its Deployment, to apply.
+    pub deployment: Deployment,
+    /// Its troubled pods, for the gauge.
+    pub troubled_pods: i32,
+}
+
+/// Everything one reconcile of a pool does, in the order [`apply`](super::apply) does it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// When the observation was made.
+    pub now: Timestamp,
+    /// Retry policies to send to the broker.
+    pub retries: Vec<RetriesCommand>,
+    /// Deletion costs, drain marks, drains and undrains: before any replicas are lowered.
+    pub before_scaling: Vec<PodAction>,
+    /// Per function in spec order: the Deployment to apply.
+    pub functions: Vec<FunctionPlan>,
+    /// Deployments of functions no longer in the spec, to delete.
+    pub delete_deployments: Vec<String>,
+    /// Recycling: drain marks, drains, evictions.
+    pub recycling: Vec<PodAction>,
+    /// The whole new status.
+    pub status: WorkerPoolStatus,
+    /// Events to publish.
+    pub events: Vec<PlannedEvent>,
+    /// When to reconcile again; `None` waits for the next change of the pool.
+    pub requeue: Option<Duration>,
+    /// The memory after this reconcile, assuming its actions succeed (retry policies and
+    /// evictions are recorded by `apply` when they do).
+    pub memory: PoolMemory,
+}
+
+/// The broker admin command that applies a function's retry policy to its background jobs.
+pub fn retries_command(function: &str, r: &gearfleet_crd::RetryPolicy) -> String {
+    format!("fleet retries {function} {} {} {}", r.limit, r.backoff.initial, r.backoff.max)
+}
+
+/// `now` as a duration since the Unix epoch: the clock of [`decide`] and [`ScaleHistory`].
+fn scaling_clock(now: Timestamp) -> Duration {
+    Duration::try_from(now.as_duration()).unwrap_or_default()
+}
+
+fn clamp_i32(v: u64) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+fn clamp_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The pool's recycle policy at `now`, if it has a trigger (recycle spec or a restart request)
+/// and is not paused.
+pub fn recycle_policy(pool: &WorkerPool, now: Timestamp) -> Option<RecyclePolicy> {
+    let restart_before_unix = pool
+        .annotations()
+        .get(ANNOTATION_RESTART)
+        .and_then(|v| {
+            v.parse::<Timestamp>().map_err(|e| tracing::warn!(value = %v, error = %e, "bad restart annotation")).ok()
+        })
+        .map(|t| t.as_second());
+    let spec = pool.spec.recycle.clone().unwrap_or_default();
+    // A scheduled restart is a restart request at the schedule's latest firing.
+    let scheduled = spec.schedule.as_deref().and_then(|s| last_scheduled_restart(s, spec.time_zone.as_deref(), now));
+    let restart_before_unix = restart_before_unix.max(scheduled);
+    let policy = RecyclePolicy {
+        max_age: spec.max_age.as_ref().and_then(|d| d.to_duration().ok()),
+        max_jobs: spec.max_jobs.and_then(|n| u64::try_from(n).ok()),
+        restart_before_unix,
+        max_unavailable: usize::try_from(spec.max_unavailable).unwrap_or(1).max(1),
+        drain_timeout: pool.spec.scaling.drain_timeout(),
+    };
+    let active = policy.max_age.is_some() || policy.max_jobs.is_some() || policy.restart_before_unix.is_some();
+    (active && !pool.spec.paused).then_some(policy)
+}
+
+/// The plan for a pool whose spec is invalid (`message` says why): `Ready=False` with reason
+/// `InvalidSpec`, one Warning Event when that is news, and no requeue.
+pub fn plan_invalid(pool: &WorkerPool, message: String, now: Timestamp, memory: &PoolMemory) -> Plan {
+    let generation = pool.metadata.generation;
+    let mut status = pool.status.clone().unwrap_or_default();
+    let cond = new_condition(pool_condition::READY, false, "InvalidSpec", message.clone(), generation, Time(now));
+    let changed = set_condition(&mut status.conditions, cond);
+    status.observed_generation = generation;
+    status.message = Some(message.clone());
+    let events = if changed {
+        vec![PlannedEvent {
+            type_: EventType::Warning,
+            reason: "InvalidSpec".into(),
+            action: "Validate",
+            note: message,
+            aggregate: true,
+        }]
+    } else {
+        Vec::new()
+    };
+    Plan {
+        now,
+        retries: Vec::new(),
+        before_scaling: Vec::new(),
+        functions: Vec::new(),
+        delete_deployments: Vec::new(),
+        recycling: Vec::new(),
+        status,
+        events,
+        requeue: None,
+        memory: memory.clone(),
+    }
+}
+
+/// Plans one reconcile of a pool with a valid spec.
+pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredError> {
+    let pool = &*observed.pool;
+    let now = observed.now;
+    let clock = scaling_clock(now);
+    let generation = pool.metadata.generation;
+    let mut status = pool.status.clone().unwrap_or_default();
+    let by_name: HashMap<String, &Deployment> = observed.deployments.iter().map(|d| (d.name_any(), d)).collect();
+    let pods_of = |function: &str| -> Vec<&Pod> {
+        let of_function = |p: &&Pod| p.labels().get(LABEL_FUNCTION).map(String::as_str) == Some(function);
+        observed.pods.iter().filter(of_function).collect()
+    };
+    let mut next_memory = PoolMemory { functions: BTreeMap::new(), last_recycle: memory.last_recycle.clone() };
+    let mut retries = Vec::new();
+
+    // Decide.
+    let mut decisions = Vec::new();
+    let mut function_stats = Vec::new();
+    for f in &pool.spec.functions {
+        let current = by_name.get(&pool.deployment_name(&f.name)).and_then(|d| d.spec.as_ref()?.replicas).unwrap_or(0);
+        let stats = observed.stats.as_ref().map(|m| {
+            m.get(&f.name).cloned().unwrap_or_else(|| FunctionStats { function: f.name.clone(), ..Default::default() })
+        });
+        let mut fmemory = memory.functions.get(&f.name).cloned().unwrap_or_default();
+        if let Some(r) = &f.retries
+            && observed.stats.is_some()
+        {
+            let command = retries_command(&f.name, r);
+            let fresh = fmemory
+                .retries_sent
+                .as_ref()
+                .is_some_and(|(c, at)| *c == command && elapsed(*at, now) < RETRIES_RESEND);
+            if !fresh {
+                retries.push(RetriesCommand { function: f.name.clone(), command });
+            }
+        }
+        let (decision, history) = decide(f, &pool.spec.scaling, stats.as_ref(), current, &fmemory.history, clock);
+        fmemory.history = history;
+        decisions.push(decision);
+        next_memory.functions.insert(f.name.clone(), fmemory);
+        function_stats.push(stats);
+    }
+    let mut decisions = share_pool_cap(decisions, pool.spec.max_replicas);
+    if pool.spec.paused {
+        for d in &mut decisions {
+            d.desired = 0;
+            d.kind = ScaleKind::between(d.current, 0);
+            d.reason = "the pool is paused".to_string();
+        }
+    }
+
+    let recycle_policy = recycle_policy(pool, now);
+    let mut requeue = pool.spec.scaling.poll_interval();
+    let mut before_scaling = Vec::new();
+    let mut recycling = Vec::new();
+    let mut function_plans = Vec::new();
+    let mut functions = Vec::new();
+    let mut events = Vec::new();
+    let mut scaling = Vec::new();
+    let mut degraded: Vec<String> = Vec::new();
+    let mut degraded_reason: Option<&'static str> = None;
+    for ((f, decision), fstats) in pool.spec.functions.iter().zip(&decisions).zip(function_stats) {
+        let dep_name = pool.deployment_name(&f.name);
+        let fpods = FunctionPods {
+            function: &f.name,
+            pods: pods_of(&f.name),
+            workers: observed.workers.as_deref(),
+            current: decision.current,
+            now,
+        };
+        let fhealth = health::function_health(fpods.pods.iter().copied(), now);
+        if let Some((trouble, line)) = &fhealth.first {
+            degraded.push(format!("{}: {} pod(s) {} ({line})", f.name, fhealth.troubled, trouble.reason()));
+            degraded_reason.get_or_insert(trouble.reason());
+        }
+        let (mut target, held) =
+            health::cap_for_crashes(decision.desired, decision.current, fhealth.troubled, pool.spec.crash_loop_limit);
+        if let Some(why) = held {
+            scaling.push(format!("{}: {why}", f.name));
+        }
+        let mut victims = Vec::new();
+        let mut waiting_for_drain = false;
+        if target < decision.current {
+            let step = plan_scale_in(&fpods, decision.desired, pool.spec.scaling.drain_timeout());
+            before_scaling.extend(step.actions);
+            victims = step.victims;
+            if let Some(why) = step.wait {
+                waiting_for_drain = true;
+                target = decision.current;
+                requeue = requeue.min(Duration::from_secs(1));
+                scaling.push(format!("{}: {why}", f.name));
+            }
+        }
+        before_scaling.extend(plan_undrains(&fpods, &victims, recycle_policy.is_some()));
+
+        let deployment = desired_deployment(pool, f, target, &observed.workers_broker_address)?;
+        let previous = pool.function_status(&f.name);
+        let (mut last_scale_time, mut last_scale_reason) =
+            (previous.and_then(|p| p.last_scale_time.clone()), previous.and_then(|p| p.last_scale_reason.clone()));
+        if target != decision.current {
+            if let Some(fmemory) = next_memory.functions.get_mut(&f.name) {
+                fmemory.history = std::mem::take(&mut fmemory.history).record_scale(clock, decision.current, target);
+            }
+            last_scale_time = Some(Time(now));
+            last_scale_reason = Some(decision.reason.clone());
+            scaling.push(format!("{}: {} -> {}", f.name, decision.current, target));
+            events.push(PlannedEvent {
+                type_: EventType::Normal,
+                reason: ScaleKind::between(decision.current, target).to_string(),
+                action: "Scale",
+                note: format!("{}: {} -> {} replicas: {}", f.name, decision.current, target, decision.reason),
+                aggregate: false,
+            });
+        }
+        if let Some(policy) = &recycle_policy
+            && !waiting_for_drain
+            && target == decision.current
+        {
+            let step = plan_recycle(&fpods, policy);
+            recycling.extend(step.actions);
+            if step.in_progress {
+                requeue = requeue.min(Duration::from_secs(2));
+                scaling.push(format!("{}: recycling pods", f.name));
+            } else if let Some(next) = step.next_due {
+                requeue = requeue.min(next.max(Duration::from_secs(1)));
+            }
+        }
+
+        let observed_status = by_name.get(&dep_name).and_then(|d| d.status.as_ref());
+        let fstats = fstats.unwrap_or_default();
+        let busy = fstats.workers.saturating_sub(fstats.idle_workers);
+        functions.push(FunctionStatus {
+            name: f.name.clone(),
+            deployment: dep_name,
+            replicas: observed_status.and_then(|s| s.replicas).unwrap_or(0),
+            ready_replicas: observed_status.and_then(|s| s.ready_replicas).unwrap_or(0),
+            desired_replicas: decision.desired,
+            busy_workers: clamp_i32(busy),
+            idle_workers: clamp_i32(fstats.idle_workers),
+            crash_looping: fhealth.troubled,
+            queued: clamp_i64(fstats.queued_total()),
+            running: clamp_i64(fstats.running),
+            last_scale_time,
+            last_scale_reason,
+        });
+        function_plans.push(FunctionPlan {
+            name: f.name.clone(),
+            decision: decision.kind,
+            current: decision.current,
+            target,
+            reason: decision.reason.clone(),
+            deployment,
+            troubled_pods: fhealth.troubled,
+        });
+    }
+
+    // Deployments of functions no longer in the spec.
+    let delete_deployments = observed
+        .deployments
+        .iter()
+        .filter(|d| pool.spec.function(d.labels().get(LABEL_FUNCTION).map_or("", String::as_str)).is_none())
+        .map(|d| d.name_any())
+        .collect();
+
+    // Status.
+    let t = Time(now);
+    let broker_cond = if observed.stats.is_none() {
+        let msg = format!("broker {} is unreachable: holding current replicas", observed.broker_address);
+        new_condition(pool_condition::BROKER_UNAVAILABLE, true, "BrokerUnreachable", msg, generation, t.clone())
+    } else {
+        new_condition(pool_condition::BROKER_UNAVAILABLE, false, "BrokerReachable", "", generation, t.clone())
+    };
+    let scaling_cond = if scaling.is_empty() {
+        new_condition(pool_condition::SCALING, false, "Stable", "", generation, t.clone())
+    } else {
+        new_condition(pool_condition::SCALING, true, "Scaling", scaling.join("; "), generation, t.clone())
+    };
+    let ready_cond = new_condition(pool_condition::READY, true, "Reconciled", "", generation, t.clone());
+    set_condition(&mut status.conditions, ready_cond);
+    set_condition(&mut status.conditions, scaling_cond);
+    set_condition(&mut status.conditions, broker_cond);
+    let degraded_cond = match degraded_reason {
+        Some(reason) => {
+            new_condition(pool_condition::DEGRADED, true, reason, degraded.join("; "), generation, t.clone())
+        }
+        None => new_condition(pool_condition::DEGRADED, false, "Healthy", "", generation, t.clone()),
+    };
+    let newly_degraded = degraded_reason.is_some() && !is_condition_true(&status.conditions, pool_condition::DEGRADED);
+    set_condition(&mut status.conditions, degraded_cond);
+    if newly_degraded {
+        events.push(PlannedEvent {
+            type_: EventType::Warning,
+            reason: "Degraded".into(),
+            action: "Health",
+            note: degraded.join("; "),
+            aggregate: true,
+        });
+    }
+    let (phase, draining, drained) = pool_phase(PhaseInput {
+        paused: pool.spec.paused,
+        pods: observed.pods.len(),
+        degraded: degraded_reason.is_some(),
+        scaling: !scaling.is_empty(),
+    });
+    let was_drained = is_condition_true(&status.conditions, pool_condition::DRAINED);
+    let (draining_reason, drained_reason) =
+        if pool.spec.paused { ("Paused", "Paused") } else { ("NotPaused", "NotPaused") };
+    let message =
+        if draining { format!("{} worker pod(s) finishing their jobs", observed.pods.len()) } else { String::new() };
+    set_condition(
+        &mut status.conditions,
+        new_condition(pool_condition::DRAINING, draining, draining_reason, message, generation, t.clone()),
+    );
+    set_condition(
+        &mut status.conditions,
+        new_condition(pool_condition::DRAINED, drained, drained_reason, "", generation, t),
+    );
+    if drained && !was_drained {
+        events.push(PlannedEvent {
+            type_: EventType::Normal,
+            reason: "Drained".into(),
+            action: "Pause",
+            note: "paused: no worker pods left; queued jobs wait in the broker".into(),
+            aggregate: true,
+        });
+    }
+    if draining {
+        requeue = requeue.min(Duration::from_secs(2));
+    }
+    if let Some(t) = &next_memory.last_recycle
+        && status.last_recycle_time.as_ref().is_none_or(|old| old.0 < t.0)
+    {
+        status.last_recycle_time = Some(t.clone());
+    }
+    status.phase = Some(phase);
+    status.observed_generation = generation;
+    status.message = None;
+    status.functions = functions;
+    status.recompute_totals();
+
+    Ok(Plan {
+        now,
+        retries,
+        before_scaling,
+        functions: function_plans,
+        delete_deployments,
+        recycling,
+        status,
+        events,
+        requeue: Some(requeue),
+        memory: next_memory,
+    })
+}

@@ -1,0 +1,195 @@
+//! Every condition, the phase, the Events and the requeue, one table row each.
+
+use super::*;
+
+/// Every condition: (type, status, reason, a piece of the message) for the conditions a row
+/// checks, the phase, the Events' reasons and the requeue.
+#[test]
+fn conditions_phase_events_and_requeue() {
+    use gearfleet_crd::WorkerPoolPhase;
+    use pool_condition::{BROKER_UNAVAILABLE, DEGRADED, DRAINED, DRAINING, READY, SCALING};
+    type Cond = (&'static str, &'static str, &'static str, &'static str);
+    struct Case {
+        name: &'static str,
+        fx: Fx,
+        conditions: &'static [Cond],
+        phase: WorkerPoolPhase,
+        events: &'static [&'static str],
+        requeue_s: u64,
+    }
+    let case = |name, fx, conditions, phase, events, requeue_s| Case { name, fx, conditions, phase, events, requeue_s };
+    let degraded_status = {
+        let mut s = WorkerPoolStatus::default();
+        set_condition(
+            &mut s.conditions,
+            new_condition(DEGRADED, true, "CrashLoopBackOff", "old", Some(1), Time(ago(600))),
+        );
+        s
+    };
+    let drained_status = {
+        let mut s = WorkerPoolStatus::default();
+        set_condition(&mut s.conditions, new_condition(DRAINED, true, "Paused", "", Some(1), Time(ago(600))));
+        s
+    };
+    let cases = [
+        case(
+            "steady",
+            fx().pods([pod("a")]),
+            &[
+                (READY, "True", "Reconciled", ""),
+                (SCALING, "False", "Stable", ""),
+                (BROKER_UNAVAILABLE, "False", "BrokerReachable", ""),
+                (DEGRADED, "False", "Healthy", ""),
+                (DRAINING, "False", "NotPaused", ""),
+                (DRAINED, "False", "NotPaused", ""),
+            ],
+            WorkerPoolPhase::Running,
+            &[],
+            5,
+        ),
+        case(
+            "a backlog scales up",
+            fx().backlog(3, 0).pods([pod("a")]),
+            &[(READY, "True", "Reconciled", ""), (SCALING, "True", "Scaling", "echo: 1 -> 3")],
+            WorkerPoolPhase::Scaling,
+            &["ScaleUp"],
+            5,
+        ),
+        case(
+            "from zero",
+            fx().replicas(0).backlog(2, 0),
+            &[(SCALING, "True", "Scaling", "echo: 0 -> 2")],
+            WorkerPoolPhase::Scaling,
+            &["ScaleFromZero"],
+            5,
+        ),
+        case(
+            "broker unreachable",
+            fx().replicas(2).broker_down().pods([pod("a"), pod("b")]),
+            &[
+                (
+                    BROKER_UNAVAILABLE,
+                    "True",
+                    "BrokerUnreachable",
+                    "broker broker:4730 is unreachable: holding current replicas",
+                ),
+                (SCALING, "False", "Stable", ""),
+                (READY, "True", "Reconciled", ""),
+            ],
+            WorkerPoolPhase::Running,
+            &[],
+            5,
+        ),
+        case(
+            "crash loop",
+            fx().pods([pod("a").container(waiting("CrashLoopBackOff"))]),
+            &[(DEGRADED, "True", "CrashLoopBackOff", "echo: 1 pod(s) CrashLoopBackOff (a: boom)")],
+            WorkerPoolPhase::Degraded,
+            &["Degraded"],
+            5,
+        ),
+        case(
+            "OOM kills",
+            fx().pods([pod("a").container(oom_killed())]),
+            &[(DEGRADED, "True", "OOMKilled", "echo: 1 pod(s) OOMKilled (a: container worker OOMKilled 3 times)")],
+            WorkerPoolPhase::Degraded,
+            &["Degraded"],
+            5,
+        ),
+        case(
+            "image pull",
+            fx().pods([pod("a").container(waiting("ErrImagePull"))]),
+            &[(DEGRADED, "True", "ImagePullBackOff", "echo: 1 pod(s) ImagePullBackOff (a: boom)")],
+            WorkerPoolPhase::Degraded,
+            &["Degraded"],
+            5,
+        ),
+        case(
+            "still degraded: no second Event",
+            fx().status(degraded_status).pods([pod("a").container(waiting("CrashLoopBackOff"))]),
+            &[(DEGRADED, "True", "CrashLoopBackOff", "echo: 1 pod(s)")],
+            WorkerPoolPhase::Degraded,
+            &[],
+            5,
+        ),
+        case(
+            "crashLoopLimit holds growth",
+            fx().spec("crashLoopLimit: 1").backlog(4, 0).pods([pod("a").container(waiting("CrashLoopBackOff"))]),
+            &[(
+                SCALING,
+                "True",
+                "Scaling",
+                "echo: 1 crashing pod(s) reach crashLoopLimit 1: holding at 1 instead of 4",
+            )],
+            WorkerPoolPhase::Degraded,
+            &["Degraded"],
+            5,
+        ),
+        case(
+            "paused with pods left",
+            fx().spec("paused: true").replicas(1).pods([pod("a").terminating()]),
+            &[(DRAINING, "True", "Paused", "1 worker pod(s) finishing their jobs"), (DRAINED, "False", "Paused", "")],
+            WorkerPoolPhase::Draining,
+            &["ScaleToZero"],
+            2,
+        ),
+        case(
+            "paused and no pods left",
+            fx().spec("paused: true").replicas(0),
+            &[(DRAINING, "False", "Paused", ""), (DRAINED, "True", "Paused", "")],
+            WorkerPoolPhase::Drained,
+            &["Drained"],
+            5,
+        ),
+        case(
+            "still drained: no second Event",
+            fx().spec("paused: true").replicas(0).status(drained_status),
+            &[(DRAINED, "True", "Paused", "")],
+            WorkerPoolPhase::Drained,
+            &[],
+            5,
+        ),
+        case(
+            "a scale-in waiting for a drain",
+            fx().replicas(2).backlog(0, 1).pods([pod("old").busy().age(7200), pod("new").busy().age(60)]),
+            &[(SCALING, "True", "Scaling", "waiting for 1 busy worker(s)")],
+            WorkerPoolPhase::Scaling,
+            &[],
+            1,
+        ),
+    ];
+    for c in cases {
+        let plan = c.fx.plan();
+        for &(type_, status, reason, message) in c.conditions {
+            let (s, r, m) = condition(&plan, type_);
+            assert_eq!((s.as_str(), r.as_str()), (status, reason), "{}: {type_}", c.name);
+            assert!(m.contains(message), "{}: {type_} message {m:?} lacks {message:?}", c.name);
+        }
+        assert_eq!(plan.status.conditions.len(), 6, "{}: every condition is set", c.name);
+        assert_eq!(plan.status.phase, Some(c.phase), "{}", c.name);
+        let events: Vec<&str> = plan.events.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(events, c.events, "{}: events", c.name);
+        assert_eq!(plan.requeue, Some(Duration::from_secs(c.requeue_s)), "{}: requeue", c.name);
+        assert_eq!(plan.status.observed_generation, Some(2), "{}", c.name);
+        assert_eq!(plan.status.message, None, "{}", c.name);
+    }
+}
+
+#[test]
+fn events_carry_the_notes_of_today() {
+    let plan = fx().backlog(3, 0).pods([pod("a").container(waiting("CrashLoopBackOff"))]).plan();
+    let scale = &plan.events[0];
+    assert_eq!((scale.type_, scale.action, scale.aggregate), (EventType::Normal, "Scale", false));
+    assert!(scale.note.starts_with("echo: 1 -> 3 replicas: backlog 3 jobs"), "{}", scale.note);
+    let degraded = &plan.events[1];
+    assert_eq!((degraded.type_, degraded.action, degraded.aggregate), (EventType::Warning, "Health", true));
+    assert_eq!(degraded.note, "echo: 1 pod(s) CrashLoopBackOff (a: boom)");
+    let drained = fx().spec("paused: true").replicas(0).plan();
+    let e = &drained.events[0];
+    assert_eq!((e.type_, e.action, e.aggregate), (EventType::Normal, "Pause", true));
+    assert_eq!(e.note, "paused: no worker pods left; queued jobs wait in the broker");
+    let recycled = fx().spec("recycle: {maxAge: 1h}").pods([pod("a").age(7200)]).plan();
+    assert!(
+        matches!(&recycled.recycling[..], [PodAction::Evict { note, .. }] if note == "echo: replacing pod a (maxAge reached)")
+    );
+}
