@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use gearfleet_proto::logging::{self, LogFormat, Writer};
 use gearfleet_worker::config::{parse_duration, parse_optional_addr};
 use gearfleet_worker::{Function, Job, JobError, JobOutput, Worker};
 
@@ -68,7 +69,7 @@ struct Args {
 
     /// Log format: text or json.
     #[arg(long, env = "GEARFLEET_LOG_FORMAT", default_value = "text")]
-    log_format: String,
+    log_format: LogFormat,
 }
 
 /// Executions per unique key (or handle), printed for the tests.
@@ -187,17 +188,6 @@ fn function(name: &str, executions: &Arc<Executions>) -> Result<Function, String
     })
 }
 
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 fn configure(args: Args) -> Result<Worker, String> {
     let mut names = args.functions;
     if names.is_empty() {
@@ -247,7 +237,7 @@ fn configure(args: Args) -> Result<Worker, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(&args.log_format);
+    logging::init(args.log_format, "RUST_LOG", "info", Writer::Stderr);
     let worker = match configure(args) {
         Ok(w) => w,
         Err(e) => {

@@ -6,6 +6,7 @@ use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use gearfleet_proto::logging::{self, LogFormat, Writer};
 use gearfleet_worker::{RunSummary, ServerAddr, Worker, WorkerBuilder, WorkerError, WorkerStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -13,13 +14,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
+    let _ = logging::try_init(LogFormat::Text, "RUST_LOG", "warn", Writer::Test);
 }
 
 pub async fn start_broker() -> gearfleet_broker::Running {
