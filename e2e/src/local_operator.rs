@@ -100,17 +100,6 @@ impl Operator {
         let _ = self.child.wait();
     }
 
-    /// Runs `test`; if it panics, prints the operator's log before the panic goes on.
-    pub fn run<T>(&self, test: impl FnOnce() -> T) -> T {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(test)) {
-            Ok(value) => value,
-            Err(panic) => {
-                self.dump_log();
-                std::panic::resume_unwind(panic)
-            }
-        }
-    }
-
     /// Prints the operator's log to stderr.
     pub fn dump_log(&self) {
         eprintln!("--- operator log\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use gearfleet_e2e::local_operator::{Operator, deploy_broker};
+use gearfleet_e2e::fixture::Fixture;
 use gearfleet_e2e::{Cluster, EXAMPLE_WORKERS_IMAGE, Namespace};
 
 fn worker_pool() -> String {
@@ -56,81 +56,71 @@ fn wait_for(ns: &Namespace<'_>, job: &str, condition: &str, timeout: &str) {
     );
 }
 
-fn setup(cluster: &Cluster) -> (Namespace<'_>, Operator) {
-    cluster.install_crds();
-    let ns = cluster.namespace("gf-jobs");
-    let broker = deploy_broker(&ns);
-    let operator = Operator::start(&ns, &broker);
-    ns.apply(&worker_pool());
+/// The fixture (which deletes the Jobs while the operator still runs, so their finalizers go) with
+/// the pool's four Deployments rolled out.
+fn setup(cluster: &Cluster) -> Fixture<'_> {
+    let fixture = Fixture::new(cluster, "gf-jobs");
+    fixture.ns().apply(&worker_pool());
     for d in ["jobs-echo", "jobs-reverse", "jobs-fail", "jobs-sleep"] {
-        ns.wait_for_rollout(d, Duration::from_secs(180));
+        fixture.ns().wait_for_rollout(d, Duration::from_secs(180));
     }
-    (ns, operator)
+    fixture
 }
 
 #[test]
 fn jobs_complete_retry_time_out_and_chain() {
     let Some(cluster) = Cluster::connect() else { return };
-    let (ns, operator) = setup(&cluster);
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        ns.apply(&job("reverse-one", "  function: reverse\n  payload: hello gearfleet"));
-        ns.apply(&job(
-            "fails",
-            "  function: fail\n  payload: exception\n  retries: {limit: 2, backoff: {initial: 1s, max: 2s}}",
-        ));
-        ns.apply(&job("too-slow", "  function: sleep\n  payload: \"8000\"\n  timeout: 2s"));
-        ns.apply(&job("chain", "  function: reverse\n  payload: abc\n  next: [echo, reverse]\n  priority: High"));
+    let fixture = setup(&cluster);
+    let ns = fixture.ns();
+    ns.apply(&job("reverse-one", "  function: reverse\n  payload: hello gearfleet"));
+    ns.apply(&job(
+        "fails",
+        "  function: fail\n  payload: exception\n  retries: {limit: 2, backoff: {initial: 1s, max: 2s}}",
+    ));
+    ns.apply(&job("too-slow", "  function: sleep\n  payload: \"8000\"\n  timeout: 2s"));
+    ns.apply(&job("chain", "  function: reverse\n  payload: abc\n  next: [echo, reverse]\n  priority: High"));
 
-        wait_for(&ns, "reverse-one", "Complete", "--timeout=120s");
-        assert_eq!(field(&ns, "reverse-one", ".status.result"), "teelfraeg olleh");
-        assert_eq!(field(&ns, "reverse-one", ".status.phase"), "Succeeded");
-        assert_eq!(field(&ns, "reverse-one", ".status.attempts"), "1");
-        assert!(!field(&ns, "reverse-one", ".status.completionTime").is_empty());
+    wait_for(ns, "reverse-one", "Complete", "--timeout=120s");
+    assert_eq!(field(ns, "reverse-one", ".status.result"), "teelfraeg olleh");
+    assert_eq!(field(ns, "reverse-one", ".status.phase"), "Succeeded");
+    assert_eq!(field(ns, "reverse-one", ".status.attempts"), "1");
+    assert!(!field(ns, "reverse-one", ".status.completionTime").is_empty());
 
-        wait_for(&ns, "fails", "Failed", "--timeout=120s");
-        assert_eq!(field(&ns, "fails", ".status.attempts"), "3", "limit 2 → 3 attempts");
-        assert_eq!(field(&ns, "fails", ".status.reason"), "WorkException");
-        assert_eq!(field(&ns, "fails", ".status.message"), "requested exception");
+    wait_for(ns, "fails", "Failed", "--timeout=120s");
+    assert_eq!(field(ns, "fails", ".status.attempts"), "3", "limit 2 → 3 attempts");
+    assert_eq!(field(ns, "fails", ".status.reason"), "WorkException");
+    assert_eq!(field(ns, "fails", ".status.message"), "requested exception");
 
-        wait_for(&ns, "too-slow", "Failed", "--timeout=60s");
-        assert_eq!(field(&ns, "too-slow", ".status.reason"), "Timeout");
+    wait_for(ns, "too-slow", "Failed", "--timeout=60s");
+    assert_eq!(field(ns, "too-slow", ".status.reason"), "Timeout");
 
-        wait_for(&ns, "chain", "Complete", "--timeout=120s");
-        assert_eq!(field(&ns, "chain", ".status.result"), "abc", "reverse, echo, reverse");
-        assert_eq!(
-            field(&ns, "chain", ".status.steps[*].phase"),
-            "Succeeded Succeeded Succeeded",
-            "{}",
-            field(&ns, "chain", ".status")
-        );
+    wait_for(ns, "chain", "Complete", "--timeout=120s");
+    assert_eq!(field(ns, "chain", ".status.result"), "abc", "reverse, echo, reverse");
+    assert_eq!(
+        field(ns, "chain", ".status.steps[*].phase"),
+        "Succeeded Succeeded Succeeded",
+        "{}",
+        field(ns, "chain", ".status")
+    );
 
-        // Events tell the story: the failing Job's retries and its end.
-        let events = ns.kubectl_ok(
-            &["get", "events", "--field-selector", "involvedObject.name=fails", "-o", "jsonpath={.items[*].reason}"],
-            None,
-        );
-        for reason in ["Submitted", "Retrying", "Failed"] {
-            assert!(events.contains(reason), "no {reason} event for the failing Job: {events}");
-        }
-
-        // Deleting a finished Job releases its finalizer.
-        ns.kubectl_ok(&["delete", "gj", "reverse-one", "--timeout=30s"], None);
-    }));
-    if result.is_err() {
-        operator.dump_log();
+    // Events tell the story: the failing Job's retries and its end.
+    let events = ns.kubectl_ok(
+        &["get", "events", "--field-selector", "involvedObject.name=fails", "-o", "jsonpath={.items[*].reason}"],
+        None,
+    );
+    for reason in ["Submitted", "Retrying", "Failed"] {
+        assert!(events.contains(reason), "no {reason} event for the failing Job: {events}");
     }
-    // While the operator still runs: it removes the Jobs' finalizers, so the namespace can go.
-    ns.kubectl(&["delete", "gj", "--all", "--wait=true", "--timeout=60s"], None);
-    drop(operator);
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+
+    // Deleting a finished Job releases its finalizer.
+    ns.kubectl_ok(&["delete", "gj", "reverse-one", "--timeout=30s"], None);
 }
 
 #[test]
 fn operator_killed_while_50_jobs_run_loses_none_and_runs_none_twice() {
     let Some(cluster) = Cluster::connect() else { return };
-    let (ns, operator) = setup(&cluster);
+    let mut fixture = setup(&cluster);
+    let ns = fixture.ns();
     let jobs: String =
         (0..50).map(|i| job(&format!("batch-{i}"), "  function: sleep\n  payload: \"1500\"") + "---\n").collect();
     ns.apply(&jobs);
@@ -139,39 +129,27 @@ fn operator_killed_while_50_jobs_run_loses_none_and_runs_none_twice() {
         let phases = ns.kubectl_ok(&["get", "gj", "-o", "jsonpath={.items[*].status.phase}"], None);
         (phases.split_whitespace().filter(|p| *p == "Running").count() >= 2).then_some(())
     });
-    operator.kill();
+    fixture.kill_operator();
     std::thread::sleep(Duration::from_secs(4));
-    let broker = ns.kubectl_ok(&["get", "service", "gearfleet-broker", "-o", "jsonpath={.spec.clusterIP}"], None);
-    let operator = Operator::start(&ns, &format!("{}:4730", broker.trim()));
-
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        cluster.eventually(Duration::from_secs(180), "all 50 Jobs to succeed", || {
-            let phases = ns.kubectl_ok(&["get", "gj", "-o", "jsonpath={.items[*].status.phase}"], None);
-            let done = phases.split_whitespace().filter(|p| *p == "Succeeded").count();
-            assert!(!phases.contains("Failed"), "a Job failed: {phases}");
-            (done == 50).then_some(())
-        });
-        // Every Job ran exactly once: one `exec` line per unique key across all sleep workers.
-        let logs =
-            ns.kubectl_ok(&["logs", "-l", "gearfleet.dev/function=sleep", "--tail=-1", "--max-log-requests=10"], None);
-        let mut runs: HashMap<&str, usize> = HashMap::new();
-        for line in logs.lines().filter(|l| l.starts_with("exec function=sleep ")) {
-            let unique = line.split_whitespace().find_map(|w| w.strip_prefix("unique=")).unwrap_or_default();
-            *runs.entry(unique).or_default() += 1;
-        }
-        let uids = ns.kubectl_ok(&["get", "gj", "-o", "jsonpath={.items[*].metadata.uid}"], None);
-        for uid in uids.split_whitespace() {
-            assert_eq!(runs.get(uid), Some(&1), "Job {uid} ran {:?} times", runs.get(uid));
-        }
-        assert_eq!(runs.len(), 50, "executions of unknown uniques: {runs:?}");
-    }));
-    if result.is_err() {
-        operator.dump_log();
+    fixture.start_operator();
+    let ns = fixture.ns();
+    cluster.eventually(Duration::from_secs(180), "all 50 Jobs to succeed", || {
+        let phases = ns.kubectl_ok(&["get", "gj", "-o", "jsonpath={.items[*].status.phase}"], None);
+        let done = phases.split_whitespace().filter(|p| *p == "Succeeded").count();
+        assert!(!phases.contains("Failed"), "a Job failed: {phases}");
+        (done == 50).then_some(())
+    });
+    // Every Job ran exactly once: one `exec` line per unique key across all sleep workers.
+    let logs =
+        ns.kubectl_ok(&["logs", "-l", "gearfleet.dev/function=sleep", "--tail=-1", "--max-log-requests=10"], None);
+    let mut runs: HashMap<&str, usize> = HashMap::new();
+    for line in logs.lines().filter(|l| l.starts_with("exec function=sleep ")) {
+        let unique = line.split_whitespace().find_map(|w| w.strip_prefix("unique=")).unwrap_or_default();
+        *runs.entry(unique).or_default() += 1;
     }
-    // While the operator still runs: it removes the Jobs' finalizers, so the namespace can go.
-    ns.kubectl(&["delete", "gj", "--all", "--wait=true", "--timeout=60s"], None);
-    drop(operator);
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
+    let uids = ns.kubectl_ok(&["get", "gj", "-o", "jsonpath={.items[*].metadata.uid}"], None);
+    for uid in uids.split_whitespace() {
+        assert_eq!(runs.get(uid), Some(&1), "Job {uid} ran {:?} times", runs.get(uid));
     }
+    assert_eq!(runs.len(), 50, "executions of unknown uniques: {runs:?}");
 }

@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
+use gearfleet_e2e::fixture::Fixture;
 use gearfleet_e2e::gearman::{admin, backlog, call, submit_background};
-use gearfleet_e2e::local_operator::{Operator, deploy_broker};
 use gearfleet_e2e::{BUSYBOX_IMAGE, Cluster, EXAMPLE_WORKERS_IMAGE, Namespace};
 use gearfleet_proto::admin::WorkerStats;
 
@@ -53,71 +53,58 @@ fn replicas(ns: &Namespace<'_>) -> Option<i32> {
 #[test]
 fn workerpool_scales_from_zero_under_backlog_and_back_to_zero() {
     let Some(cluster) = Cluster::connect() else { return };
-    cluster.install_crds();
-
-    let ns = cluster.namespace("gf-wp");
-    let broker = deploy_broker(&ns);
-    let operator = Operator::start(&ns, &broker);
+    let fixture = Fixture::new(&cluster, "gf-wp");
+    let (ns, broker) = (fixture.ns(), fixture.broker());
 
     ns.apply(&worker_pool());
-    operator.run(|| {
-        let initial = cluster.eventually(Duration::from_secs(30), "Deployment wp-sleep", || replicas(&ns));
-        assert_eq!(initial, 0, "an idle function with minReplicas 0 starts at zero");
+    let initial = cluster.eventually(Duration::from_secs(30), "Deployment wp-sleep", || replicas(ns));
+    assert_eq!(initial, 0, "an idle function with minReplicas 0 starts at zero");
 
-        submit_background(&broker, "sleep", "e2e", "2000", 20);
-        cluster.eventually(Duration::from_secs(20), "wp-sleep scaled to 3 replicas", || {
-            (replicas(&ns) == Some(3)).then_some(())
-        });
-        cluster.eventually(Duration::from_secs(90), "worker pods taking jobs", || {
-            let workers = admin(&broker, "fleet workers")?;
-            workers
-                .lines()
-                .filter_map(WorkerStats::parse)
-                .any(|w| w.client_id.starts_with("wp-sleep-") && (w.jobs_done > 0 || !w.current_jobs.is_empty()))
-                .then_some(())
-        });
-        let running = ns.kubectl_ok(
-            &[
-                "get",
-                "pods",
-                "-l",
-                "gearfleet.dev/function=sleep",
-                "--field-selector=status.phase=Running",
-                "-o",
-                "name",
-            ],
-            None,
-        );
-        assert!(!running.trim().is_empty(), "no Running worker pods");
-
-        cluster.eventually(Duration::from_secs(120), "the queue to drain", || {
-            (backlog(&broker, "sleep")? == (0, 0)).then_some(())
-        });
-        cluster.eventually(Duration::from_secs(60), "wp-sleep back at 0 replicas after the cooldown", || {
-            (replicas(&ns) == Some(0)).then_some(())
-        });
-        let status =
-            ns.kubectl_ok(&["get", "workerpool", POOL, "-o", "jsonpath={.status.functions[0].lastScaleReason}"], None);
-        assert!(!status.is_empty(), "status.functions[0].lastScaleReason is set");
-        // One Event per replica change, each with its own numbers (never folded into a series).
-        let events = ns.kubectl_ok(
-            &[
-                "get",
-                "events",
-                "--field-selector",
-                "involvedObject.kind=WorkerPool",
-                "-o",
-                "jsonpath={range .items[*]}{.reason}|{.message}{\"\\n\"}{end}",
-            ],
-            None,
-        );
-        let lines: Vec<&str> = events.lines().collect();
-        assert!(lines.iter().any(|l| l.starts_with("ScaleFromZero|sleep: 0 -> ")), "no ScaleFromZero event: {lines:?}");
-        assert!(
-            lines.iter().any(|l| l.starts_with("ScaleToZero|sleep: ") && l.contains(" -> 0 replicas")),
-            "no ScaleToZero event: {lines:?}"
-        );
+    submit_background(broker, "sleep", "e2e", "2000", 20);
+    cluster.eventually(Duration::from_secs(20), "wp-sleep scaled to 3 replicas", || {
+        (replicas(ns) == Some(3)).then_some(())
     });
+    cluster.eventually(Duration::from_secs(90), "worker pods taking jobs", || {
+        let workers = admin(broker, "fleet workers")?;
+        workers
+            .lines()
+            .filter_map(WorkerStats::parse)
+            .any(|w| w.client_id.starts_with("wp-sleep-") && (w.jobs_done > 0 || !w.current_jobs.is_empty()))
+            .then_some(())
+    });
+    let running = ns.kubectl_ok(
+        &["get", "pods", "-l", "gearfleet.dev/function=sleep", "--field-selector=status.phase=Running", "-o", "name"],
+        None,
+    );
+    assert!(!running.trim().is_empty(), "no Running worker pods");
+
+    cluster.eventually(Duration::from_secs(120), "the queue to drain", || {
+        (backlog(broker, "sleep")? == (0, 0)).then_some(())
+    });
+    cluster.eventually(Duration::from_secs(60), "wp-sleep back at 0 replicas after the cooldown", || {
+        (replicas(ns) == Some(0)).then_some(())
+    });
+    let status =
+        ns.kubectl_ok(&["get", "workerpool", POOL, "-o", "jsonpath={.status.functions[0].lastScaleReason}"], None);
+    assert!(!status.is_empty(), "status.functions[0].lastScaleReason is set");
+    // One Event per replica change, each with its own numbers (never folded into a series).
+    let events = ns.kubectl_ok(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.kind=WorkerPool",
+            "-o",
+            "jsonpath={range .items[*]}{.reason}|{.message}{\"\\n\"}{end}",
+        ],
+        None,
+    );
+    let lines: Vec<&str> = events.lines().collect();
+    assert!(lines.iter().any(|l| l.starts_with("ScaleFromZero|sleep: 0 -> ")), "no ScaleFromZero event: {lines:?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("ScaleToZero|sleep: ") && l.contains(" -> 0 replicas")),
+        "no ScaleToZero event: {lines:?}"
+    );
 }
 
 /// A worker image that exits at once: the pool turns Degraded (reason CrashLoopBackOff) within a
@@ -125,10 +112,8 @@ fn workerpool_scales_from_zero_under_backlog_and_back_to_zero() {
 #[test]
 fn crash_looping_workers_make_the_pool_degraded() {
     let Some(cluster) = Cluster::connect() else { return };
-    cluster.install_crds();
-    let ns = cluster.namespace("gf-crash");
-    let broker = deploy_broker(&ns);
-    let operator = Operator::start(&ns, &broker);
+    let fixture = Fixture::new(&cluster, "gf-crash");
+    let (ns, broker) = (fixture.ns(), fixture.broker());
     ns.apply(&format!(
         r#"
 apiVersion: gearfleet.dev/v1alpha1
@@ -150,26 +135,24 @@ spec:
   scaling: {{pollInterval: 2s}}
 "#
     ));
-    operator.run(|| {
-        let condition = r#"jsonpath={.status.conditions[?(@.type=="Degraded")].status} {.status.conditions[?(@.type=="Degraded")].reason}"#;
-        cluster.eventually(Duration::from_secs(120), "the pool to be Degraded (CrashLoopBackOff)", || {
-            let out = ns.kubectl_ok(&["get", "workerpool", "crashy", "-o", condition], None);
-            (out.trim() == "True CrashLoopBackOff").then_some(())
-        });
-        let crashing =
-            ns.kubectl_ok(&["get", "workerpool", "crashy", "-o", "jsonpath={.status.functions[0].crashLooping}"], None);
-        assert_eq!(crashing.trim(), "1", "one crashing pod counted");
-        let events = ns.kubectl_ok(
-            &["get", "events", "--field-selector", "involvedObject.kind=WorkerPool,reason=Degraded", "-o", "name"],
-            None,
-        );
-        assert!(!events.trim().is_empty(), "no Degraded event");
-        // crashLoopLimit 0: a backlog does not add pods that would only crash too.
-        gearfleet_e2e::gearman::submit_background(&broker, "boom", "crash", "x", 10);
-        std::thread::sleep(Duration::from_secs(6));
-        let replicas = ns.kubectl_ok(&["get", "deployment", "crashy-boom", "-o", "jsonpath={.spec.replicas}"], None);
-        assert_eq!(replicas.trim(), "1", "scaled up a crash-looping function");
+    let condition = r#"jsonpath={.status.conditions[?(@.type=="Degraded")].status} {.status.conditions[?(@.type=="Degraded")].reason}"#;
+    cluster.eventually(Duration::from_secs(120), "the pool to be Degraded (CrashLoopBackOff)", || {
+        let out = ns.kubectl_ok(&["get", "workerpool", "crashy", "-o", condition], None);
+        (out.trim() == "True CrashLoopBackOff").then_some(())
     });
+    let crashing =
+        ns.kubectl_ok(&["get", "workerpool", "crashy", "-o", "jsonpath={.status.functions[0].crashLooping}"], None);
+    assert_eq!(crashing.trim(), "1", "one crashing pod counted");
+    let events = ns.kubectl_ok(
+        &["get", "events", "--field-selector", "involvedObject.kind=WorkerPool,reason=Degraded", "-o", "name"],
+        None,
+    );
+    assert!(!events.trim().is_empty(), "no Degraded event");
+    // crashLoopLimit 0: a backlog does not add pods that would only crash too.
+    gearfleet_e2e::gearman::submit_background(broker, "boom", "crash", "x", 10);
+    std::thread::sleep(Duration::from_secs(6));
+    let replicas = ns.kubectl_ok(&["get", "deployment", "crashy-boom", "-o", "jsonpath={.spec.replicas}"], None);
+    assert_eq!(replicas.trim(), "1", "scaled up a crash-looping function");
 }
 
 /// Scale-in while a worker is busy: three workers, one running a 25 s job and two idle after their
@@ -178,10 +161,8 @@ spec:
 #[test]
 fn scale_in_removes_idle_pods_and_the_busy_worker_finishes_its_job() {
     let Some(cluster) = Cluster::connect() else { return };
-    cluster.install_crds();
-    let ns = cluster.namespace("gf-busy");
-    let broker = deploy_broker(&ns);
-    let operator = Operator::start(&ns, &broker);
+    let fixture = Fixture::new(&cluster, "gf-busy");
+    let (ns, broker) = (fixture.ns(), fixture.broker());
     ns.apply(&format!(
         r#"
 apiVersion: gearfleet.dev/v1alpha1
@@ -205,46 +186,44 @@ spec:
     scaleDown: {{stabilizationWindow: 1s}}
 "#
     ));
-    operator.run(|| {
-        let long = {
-            let broker = broker.clone();
-            std::thread::spawn(move || call(&broker, "sleep", b"25000", Duration::from_secs(180)))
-        };
-        let short: Vec<_> = (0..2)
-            .map(|_| {
-                let broker = broker.clone();
-                std::thread::spawn(move || call(&broker, "sleep", b"1000", Duration::from_secs(180)))
-            })
-            .collect();
-        cluster.eventually(Duration::from_secs(120), "three sleep workers", || {
-            (replicas_of(&ns, "busy-sleep") == Some(3)).then_some(())
-        });
-        for s in short {
-            assert_eq!(s.join().expect("thread").expect("short job"), b"slept 1000ms");
-        }
-        // The worker holding the long job.
-        let busy_pod = cluster.eventually(Duration::from_secs(60), "the long job to be running", || {
-            let workers = admin(&broker, "fleet workers")?;
-            workers
-                .lines()
-                .filter_map(WorkerStats::parse)
-                .find(|w| w.client_id.starts_with("busy-sleep-") && !w.current_jobs.is_empty())
-                .map(|w| w.client_id)
-        });
-        cluster.eventually(Duration::from_secs(60), "scale-in to one replica", || {
-            (replicas_of(&ns, "busy-sleep") == Some(1)).then_some(())
-        });
-        cluster.eventually(Duration::from_secs(60), "only the busy pod to remain", || {
-            let pods = ns.kubectl_ok(
-                &["get", "pods", "-l", "gearfleet.dev/function=sleep", "-o", "jsonpath={.items[*].metadata.name}"],
-                None,
-            );
-            let names: Vec<&str> = pods.split_whitespace().collect();
-            assert!(names.contains(&busy_pod.as_str()), "the busy pod {busy_pod} was removed: {names:?}");
-            (names == [busy_pod.as_str()]).then_some(())
-        });
-        assert_eq!(long.join().expect("thread").expect("the long job completes"), b"slept 25000ms");
+    let long = {
+        let broker = broker.to_string();
+        std::thread::spawn(move || call(&broker, "sleep", b"25000", Duration::from_secs(180)))
+    };
+    let short: Vec<_> = (0..2)
+        .map(|_| {
+            let broker = broker.to_string();
+            std::thread::spawn(move || call(&broker, "sleep", b"1000", Duration::from_secs(180)))
+        })
+        .collect();
+    cluster.eventually(Duration::from_secs(120), "three sleep workers", || {
+        (replicas_of(ns, "busy-sleep") == Some(3)).then_some(())
     });
+    for s in short {
+        assert_eq!(s.join().expect("thread").expect("short job"), b"slept 1000ms");
+    }
+    // The worker holding the long job.
+    let busy_pod = cluster.eventually(Duration::from_secs(60), "the long job to be running", || {
+        let workers = admin(broker, "fleet workers")?;
+        workers
+            .lines()
+            .filter_map(WorkerStats::parse)
+            .find(|w| w.client_id.starts_with("busy-sleep-") && !w.current_jobs.is_empty())
+            .map(|w| w.client_id)
+    });
+    cluster.eventually(Duration::from_secs(60), "scale-in to one replica", || {
+        (replicas_of(ns, "busy-sleep") == Some(1)).then_some(())
+    });
+    cluster.eventually(Duration::from_secs(60), "only the busy pod to remain", || {
+        let pods = ns.kubectl_ok(
+            &["get", "pods", "-l", "gearfleet.dev/function=sleep", "-o", "jsonpath={.items[*].metadata.name}"],
+            None,
+        );
+        let names: Vec<&str> = pods.split_whitespace().collect();
+        assert!(names.contains(&busy_pod.as_str()), "the busy pod {busy_pod} was removed: {names:?}");
+        (names == [busy_pod.as_str()]).then_some(())
+    });
+    assert_eq!(long.join().expect("thread").expect("the long job completes"), b"slept 25000ms");
 }
 
 fn replicas_of(ns: &Namespace<'_>, deployment: &str) -> Option<i32> {
