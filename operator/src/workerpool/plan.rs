@@ -27,14 +27,15 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
 
+pub use self::pods::PodAction;
 use self::pods::{FunctionPods, plan_recycle, plan_scale_in, plan_undrains};
 use super::desired::{DesiredError, desired_deployment};
-use super::drain::{DrainReason, elapsed};
+use super::drain::elapsed;
 use super::health;
 use super::memory::PoolMemory;
 use super::observe::Observed;
 use super::phase::{PhaseInput, pool_phase};
-use super::recycle::{RecyclePolicy, RecycleReason, last_scheduled_restart};
+use super::recycle::{RecyclePolicy, last_scheduled_restart};
 use super::scaling::{ScaleKind, decide, share_pool_cap};
 
 /// A retry policy is sent again this often, so a restarted broker gets it back.
@@ -47,50 +48,6 @@ pub struct RetriesCommand {
     pub function: String,
     /// The command line.
     pub command: String,
-}
-
-/// Something to do to a pod or to its worker in the broker.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PodAction {
-    /// Merge-patch the pod's annotations (`None` removes one).
-    Annotate {
-        /// The pod.
-        pod: String,
-        /// Annotation values.
-        annotations: BTreeMap<String, Option<String>>,
-    },
-    /// `fleet drain <pod>`: the broker gives the pod's worker no more jobs.
-    Drain {
-        /// The pod (its worker's client id).
-        pod: String,
-        /// Its function.
-        function: String,
-        /// Why.
-        reason: DrainReason,
-        /// Details for the log.
-        why: String,
-    },
-    /// `fleet undrain <pod>`: the broker gives the pod's worker jobs again.
-    Undrain {
-        /// The pod (its worker's client id).
-        pod: String,
-        /// Its function.
-        function: String,
-        /// Why, for the log.
-        why: &'static str,
-    },
-    /// Evict the pod for recycling (its ReplicaSet starts a replacement); on success a Normal
-    /// `Recycle` Event with `note` and `status.lastRecycleTime`.
-    Evict {
-        /// The pod.
-        pod: String,
-        /// Its function.
-        function: String,
-        /// Why.
-        reason: RecycleReason,
-        /// The Event's note.
-        note: String,
-    },
 }
 
 /// An Event to publish about the pool.

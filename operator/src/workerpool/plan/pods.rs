@@ -22,12 +22,55 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
-use super::PodAction;
 use crate::kube_util::is_pod_ready;
 use crate::workerpool::connections::{PodIdentity, connections_of};
 use crate::workerpool::drain::{DrainMark, DrainReason, clear_mark, elapsed, has_mark_annotations};
-use crate::workerpool::recycle::{RecycleAction, RecyclePod, RecyclePolicy, due, recycle_plan};
+use crate::workerpool::recycle::{RecycleAction, RecyclePod, RecyclePolicy, RecycleReason, due, recycle_plan};
 use crate::workerpool::scale_in::{POD_DELETION_COST, PodView, scale_in_plan};
+
+/// Something to do to a pod or to its worker in the broker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodAction {
+    /// Merge-patch the pod's annotations (`None` removes one).
+    Annotate {
+        /// The pod.
+        pod: String,
+        /// Annotation values.
+        annotations: BTreeMap<String, Option<String>>,
+    },
+    /// `fleet drain <pod>`: the broker gives the pod's worker no more jobs.
+    Drain {
+        /// The pod (its worker's client id).
+        pod: String,
+        /// Its function.
+        function: String,
+        /// Why.
+        reason: DrainReason,
+        /// Details for the log.
+        why: String,
+    },
+    /// `fleet undrain <pod>`: the broker gives the pod's worker jobs again.
+    Undrain {
+        /// The pod (its worker's client id).
+        pod: String,
+        /// Its function.
+        function: String,
+        /// Why, for the log.
+        why: &'static str,
+    },
+    /// Evict the pod for recycling (its ReplicaSet starts a replacement); on success a Normal
+    /// `Recycle` Event with `note` and `status.lastRecycleTime`.
+    Evict {
+        /// The pod.
+        pod: String,
+        /// Its function.
+        function: String,
+        /// Why.
+        reason: RecycleReason,
+        /// The Event's note.
+        note: String,
+    },
+}
 
 /// The pods of one function and what the broker says about their workers.
 pub(super) struct FunctionPods<'a> {
