@@ -5,6 +5,11 @@ use std::time::Duration;
 
 use clap::Parser;
 
+/// An address that may be left empty (`Option<SocketAddr>`). Written through an alias so that
+/// clap hands the whole `Option` to [`parse_optional_addr`] instead of treating the flag as
+/// optional: an empty value must parse to `None`, not be refused as an address.
+pub type OptionalAddr = Option<SocketAddr>;
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "gearfleet-broker", version, about = "A Gearman-protocol job server")]
 pub struct Config {
@@ -13,8 +18,8 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// Address for HTTP: /metrics, /healthz, /readyz. Empty to disable.
-    #[arg(long, env = "GEARFLEET_HTTP_LISTEN", default_value = "0.0.0.0:9730")]
-    pub http_listen: Option<SocketAddr>,
+    #[arg(long, env = "GEARFLEET_HTTP_LISTEN", default_value = "0.0.0.0:9730", value_parser = parse_optional_addr)]
+    pub http_listen: OptionalAddr,
 
     /// Host name used in job handles (H:<host>:<n>). Defaults to the machine's host name.
     #[arg(long, env = "GEARFLEET_HANDLE_HOST")]
@@ -192,6 +197,14 @@ pub fn token_matches(given: &str, expected: &str) -> bool {
     diff == 0
 }
 
+/// An address, or none for the empty string (`--http-listen ''`).
+fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    s.trim().parse::<SocketAddr>().map(Some).map_err(|e| format!("{s:?}: {e} (empty to disable)"))
+}
+
 /// `--idle-poll`: a duration of at most a millisecond.
 fn parse_idle_poll(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
@@ -199,4 +212,21 @@ fn parse_idle_poll(s: &str) -> Result<Duration, String> {
         return Err(format!("{s} is longer than the 1ms an idle poll may last"));
     }
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("gearfleet-broker").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn an_empty_http_listen_disables_http() {
+        assert_eq!(parse(&[]).unwrap().http_listen, Some("0.0.0.0:9730".parse().unwrap()));
+        assert_eq!(parse(&["--http-listen", ""]).unwrap().http_listen, None);
+        assert_eq!(parse(&["--http-listen", "127.0.0.1:1"]).unwrap().http_listen, Some("127.0.0.1:1".parse().unwrap()));
+        assert!(parse(&["--http-listen", "nonsense"]).is_err());
+    }
 }

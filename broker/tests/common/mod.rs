@@ -198,8 +198,12 @@ impl BrokerProcess {
     /// Starts the binary on `port` (to restart on the same address after a kill).
     pub fn start_on(port: u16, extra: &[&str]) -> BrokerProcess {
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gearfleet-broker"))
-            .args(["--listen", &addr.to_string(), "--http-listen", "127.0.0.1:0", "--max-packet-bytes", "65536"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gearfleet-broker"));
+        cmd.args(["--listen", &addr.to_string(), "--max-packet-bytes", "65536"]);
+        if !extra.contains(&"--http-listen") {
+            cmd.args(["--http-listen", "127.0.0.1:0"]);
+        }
+        let mut child = cmd
             .args(extra)
             .env("GEARFLEET_LOG", "warn")
             .stdout(Stdio::null())
