@@ -23,6 +23,22 @@ pub fn fleet_status_block(state: &State) -> String {
     list_reply(state.fleet_status(), FunctionStats::to_line)
 }
 
+/// Shuts a disconnected connection's socket both ways: the peer sees the connection end, and the
+/// thread or task serving it wakes, finds its outbox closed and lets it go.
+fn shut_down(fd: i64) {
+    let Ok(fd) = i32::try_from(fd) else { return };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: shutdown(2) takes any descriptor and invalidates none. This one is the
+    // connection's own socket: it is still open, since the caller holds the state lock and a
+    // connection's socket is closed only after it has left the state, which it has done in this
+    // same locked section.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}
+
 /// How a connection stands towards the admin token.
 #[derive(Debug, Clone, Copy)]
 pub struct AdminAuth<'a> {
@@ -100,6 +116,13 @@ pub fn run(
         }
         AdminCommand::FleetDrain(id) => format!("OK {}\n", state.set_draining(&id, true, fx)),
         AdminCommand::FleetUndrain(id) => format!("OK {}\n", state.set_draining(&id, false, fx)),
+        AdminCommand::FleetDisconnect(target) => {
+            let fds = state.disconnect_named(&target, conn, fx);
+            for &fd in &fds {
+                shut_down(fd);
+            }
+            format!("OK {}\n", fds.len())
+        }
         AdminCommand::FleetRetries { function, limit, initial, max } => {
             let defaults = RetryPolicy::default();
             let parse = |s: Option<String>, default| match s {

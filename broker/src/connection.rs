@@ -23,6 +23,8 @@ pub(crate) const READ_CHUNK: usize = 16 * 1024;
 
 /// Why a connection that sent malformed input was closed.
 const PROTOCOL_ERROR: &str = "protocol error";
+/// Why a connection whose outbox was closed under it was let go.
+const DISCONNECTED: &str = "disconnected";
 
 /// Serves a TLS connection (after its handshake): every write goes through the writer task.
 pub async fn serve_tls(broker: Arc<Broker>, stream: tokio_rustls::server::TlsStream<TcpStream>, peer: SocketAddr) {
@@ -111,6 +113,12 @@ impl Session {
         let admin_authenticated = &mut self.admin_authenticated;
         let codec = &self.codec;
         broker.with_state(|state| {
+            if outbox.is_closed() {
+                // Disconnected by `fleet disconnect` (or its socket failed): it has left the state,
+                // and what it sent meanwhile is not acted on.
+                close = Some(DISCONNECTED);
+                return;
+            }
             let clocks = clock::Batch::start();
             let seq_before = state.journal().map_or(0, |j| j.last_seq());
             loop {

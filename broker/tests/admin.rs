@@ -221,3 +221,38 @@ async fn fleet_watch_streams_a_status_block_after_changes() {
     assert!(seen.is_some(), "a block showing the 5 queued jobs arrives without polling");
     b.stop().await;
 }
+
+#[tokio::test]
+async fn fleet_disconnect_by_ip_drops_a_holding_worker_and_its_job_goes_to_another() {
+    let b = broker().await;
+    let elsewhere: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let mut client = Peer::connect_from(b.gearman_addr, elsewhere).await;
+    let h = client.submit(T::SubmitJob, "f", "", b"x").await;
+    let mut holder = Peer::worker(b.gearman_addr, &["f"]).await;
+    assert_eq!(holder.grab().await.expect("the job").arg(0), h.as_slice());
+    let mut rescuer = Peer::connect_from(b.gearman_addr, elsewhere).await;
+    rescuer.send(T::CanDo, &[b"f"]).await;
+    assert!(rescuer.grab().await.is_none(), "the job is held");
+    rescuer.send(T::PreSleep, &[]).await;
+    rescuer.send(T::EchoReq, &[b""]).await;
+    rescuer.expect(T::EchoRes).await;
+
+    // The admin connection comes from 127.0.0.1 too: it is never closed by its own command.
+    let mut admin = Peer::connect(b.gearman_addr).await;
+    let started = std::time::Instant::now();
+    assert_eq!(admin.admin("fleet disconnect 127.0.0.1").await, "OK 1\n");
+    let woken = rescuer.try_recv(Duration::from_secs(1)).await.expect("woken within a second");
+    assert_eq!(woken.ptype, T::Noop);
+    let job = rescuer.grab().await.expect("the disconnected worker's job");
+    assert!(started.elapsed() < Duration::from_secs(1), "handed on in {:?}", started.elapsed());
+    assert_eq!(job.arg(0), h.as_slice());
+    let waited = std::time::Instant::now();
+    assert!(holder.try_recv(Duration::from_secs(3)).await.is_none());
+    assert!(waited.elapsed() < Duration::from_secs(2), "the holder's connection is closed, not just silent");
+
+    rescuer.send(T::WorkComplete, &[&h, b"done"]).await;
+    assert_eq!(client.expect(T::WorkComplete).await.arg(1), b"done", "its client got the result");
+    assert_eq!(admin.admin("fleet disconnect 127.0.0.1").await, "OK 0\n");
+    assert!(admin.admin("status").await.ends_with(".\n"));
+    b.stop().await;
+}

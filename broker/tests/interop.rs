@@ -276,3 +276,44 @@ async fn gearman_cli_client_talks_to_a_perl_worker_and_gear_client_to_a_cli_work
     let _ = cli.wait().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn drain_and_undrain_by_ip_reach_a_gearman_cli_worker_without_a_client_id() {
+    if !have_gearman() {
+        return;
+    }
+    let b = broker().await;
+    let port = b.gearman_addr.port();
+    let mut worker = gearman_cmd(port).args(["-w", "-f", "drained", "--", "rev"]).kill_on_drop(true).spawn().unwrap();
+    wait_for_workers(b.gearman_addr, "drained", 1).await;
+    let mut admin = Peer::connect(b.gearman_addr).await;
+    let reply = admin.admin("fleet drain 127.0.0.1").await;
+    let n: usize = reply.strip_prefix("OK ").and_then(|n| n.trim().parse().ok()).expect("OK <n>");
+    assert!(n >= 2, "the CLI worker and this admin connection at least: {reply:?}");
+    let workers = admin.admin("fleet workers").await;
+    let row = gearfleet_proto::admin::split_list(&workers)
+        .unwrap()
+        .into_iter()
+        .filter_map(gearfleet_proto::admin::WorkerStats::parse)
+        .find(|w| w.functions == ["drained"])
+        .expect("the CLI worker is listed");
+    assert_eq!((row.client_id.as_str(), row.draining), ("-", true), "no client id, drained by its IP");
+
+    let mut client = Peer::connect(b.gearman_addr).await;
+    let h = client.submit(T::SubmitJob, "drained", "", b"abc").await;
+    client.expect_silence(Duration::from_secs(1)).await;
+    assert!(admin.admin("status").await.contains("drained\t1\t0\t1\n"), "queued, not running");
+
+    assert!(admin.admin("fleet undrain 127.0.0.1").await.starts_with("OK "));
+    let done = loop {
+        let p = client.recv().await;
+        if p.ptype == T::WorkComplete {
+            break p;
+        }
+    };
+    assert_eq!(done.arg(0), h.as_slice());
+    assert!(String::from_utf8_lossy(done.arg(1)).contains("cba"), "{done:?}");
+    worker.kill().await.unwrap();
+    let _ = worker.wait().await;
+    b.stop().await;
+}

@@ -47,7 +47,9 @@ async fn admin_token_guards_state_changes_and_metrics_token_guards_metrics() {
     assert!(admin.admin("cancel job H:x:1").await.starts_with("ERR AUTH_REQUIRED"));
     assert!(admin.admin("auth wrong").await.starts_with("ERR AUTH_FAILED"));
     assert!(admin.admin("maxqueue f 10").await.starts_with("ERR AUTH_REQUIRED"));
+    assert!(admin.admin("fleet disconnect 10.9.9.9").await.starts_with("ERR AUTH_REQUIRED"));
     assert_eq!(admin.admin("auth s3cret").await, "OK\r\n");
+    assert_eq!(admin.admin("fleet disconnect 10.9.9.9").await, "OK 0\n");
     assert!(admin.admin("fleet drain pod-1").await.starts_with("OK"));
     assert!(admin.admin("maxqueue f 10").await.starts_with("OK"));
     // Authentication is per connection.

@@ -44,10 +44,16 @@ pub enum AdminCommand {
     /// `fleet watch`: a `fleet status` block now and again after every change, until the
     /// connection closes.
     FleetWatch,
-    /// `fleet drain CLIENT_ID`: stop assigning jobs to the workers with this client id.
+    /// `fleet drain TARGET`: stop assigning jobs to the connections TARGET names (see
+    /// [`AdminCommand::FleetDisconnect`] for what it matches).
     FleetDrain(String),
-    /// `fleet undrain CLIENT_ID`: assign jobs to them again.
+    /// `fleet undrain TARGET`: assign jobs to them again.
     FleetUndrain(String),
+    /// `fleet disconnect TARGET`: close the connections TARGET names at once, as if they had
+    /// dropped. TARGET matches a connection whose client id equals it, whose peer address
+    /// (`IP:PORT`, as `fleet workers` prints it) equals it, or whose peer IP equals it (a bare IP
+    /// names every connection from that host).
+    FleetDisconnect(String),
     /// `fleet retries FUNCTION LIMIT [INITIAL MAX]`: the retry policy for the function's failed
     /// background jobs; INITIAL and MAX are durations such as `1s`, `5m`.
     FleetRetries { function: String, limit: u32, initial: Option<String>, max: Option<String> },
@@ -76,6 +82,7 @@ impl AdminCommand {
                 | AdminCommand::Shutdown { .. }
                 | AdminCommand::FleetDrain(_)
                 | AdminCommand::FleetUndrain(_)
+                | AdminCommand::FleetDisconnect(_)
                 | AdminCommand::FleetRetries { .. }
                 | AdminCommand::RetryDead { .. }
                 | AdminCommand::PurgeDead { .. }
@@ -183,6 +190,7 @@ impl AdminCommand {
                 (Some("watch"), 2) => Ok(AdminCommand::FleetWatch),
                 (Some("drain"), 3) => Ok(AdminCommand::FleetDrain(words[2].to_string())),
                 (Some("undrain"), 3) => Ok(AdminCommand::FleetUndrain(words[2].to_string())),
+                (Some("disconnect"), 3) => Ok(AdminCommand::FleetDisconnect(words[2].to_string())),
                 (Some("retries"), 4 | 6) => Ok(AdminCommand::FleetRetries {
                     function: words[2].to_string(),
                     limit: words[3].parse().map_err(|_| args_err())?,
@@ -590,6 +598,20 @@ mod tests {
         assert_eq!(AdminCommand::parse(b"fleet undrain pod-1"), Ok(AdminCommand::FleetUndrain("pod-1".into())));
         assert!(AdminCommand::parse(b"fleet").is_err());
         assert!(AdminCommand::parse(b"fleet drain").is_err());
+        // Addresses as well as client ids: the parser keeps the word as it is.
+        assert_eq!(AdminCommand::parse(b"fleet drain 10.0.0.7"), Ok(AdminCommand::FleetDrain("10.0.0.7".into())));
+        assert_eq!(
+            AdminCommand::parse(b"fleet undrain 10.0.0.7:41234"),
+            Ok(AdminCommand::FleetUndrain("10.0.0.7:41234".into()))
+        );
+        assert_eq!(
+            AdminCommand::parse(b"FLEET DISCONNECT [::1]:5000"),
+            Ok(AdminCommand::FleetDisconnect("[::1]:5000".into()))
+        );
+        assert_eq!(AdminCommand::parse(b"fleet disconnect pod-1"), Ok(AdminCommand::FleetDisconnect("pod-1".into())));
+        assert!(AdminCommand::parse(b"fleet disconnect pod-1").unwrap().mutates(), "it needs the admin token");
+        assert!(matches!(AdminCommand::parse(b"fleet disconnect"), Err(AdminError::Arguments(_))));
+        assert!(matches!(AdminCommand::parse(b"fleet disconnect a b"), Err(AdminError::Arguments(_))));
         assert_eq!(
             AdminCommand::parse(b"fleet retries f 3 1s 1m"),
             Ok(AdminCommand::FleetRetries {

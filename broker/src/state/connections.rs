@@ -2,6 +2,7 @@
 //! unstarted foreground jobs dropped), their client id and options, and `fleet watch` subscribers.
 
 use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -93,5 +94,148 @@ impl State {
 
     pub fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// The connections an admin `fleet drain|undrain|disconnect TARGET` names, oldest first: those
+    /// whose client id is TARGET, whose peer address (`IP:PORT`) is TARGET, or whose peer IP is
+    /// TARGET (a bare IP names every connection from that host).
+    pub(super) fn conns_named(&self, target: &str) -> Vec<ConnId> {
+        let target = Target::parse(target);
+        let mut ids: Vec<ConnId> =
+            self.conns.iter().filter(|(_, c)| target.names(&c.client_id, &c.peer)).map(|(&id, _)| id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// `fleet disconnect TARGET` sent by connection `by`: the other connections it names leave at
+    /// once, as if they had dropped (their jobs are handed back, their waits dropped:
+    /// [`State::remove_conn`]). Their outboxes are closed, so nothing more is sent to them nor
+    /// read from them; the caller shuts their sockets (the returned descriptors stay open while
+    /// the state is locked: a connection's socket is closed only after it has left the state).
+    pub fn disconnect_named(&mut self, target: &str, by: ConnId, fx: &mut Effects) -> Vec<i64> {
+        let mut fds = Vec::new();
+        for id in self.conns_named(target).into_iter().filter(|&id| id != by) {
+            if let Some(c) = self.conns.get(&id) {
+                c.outbox.close();
+                fds.push(c.fd);
+            }
+            self.remove_conn(id, fx);
+        }
+        fds
+    }
+}
+
+/// What `fleet drain|undrain|disconnect` was given, read once for all the connections.
+struct Target<'a> {
+    text: &'a str,
+    addr: Option<SocketAddr>,
+    ip: Option<IpAddr>,
+}
+
+impl<'a> Target<'a> {
+    fn parse(text: &'a str) -> Target<'a> {
+        let bare = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
+        Target {
+            text,
+            addr: text.parse::<SocketAddr>().ok().map(canonical),
+            ip: bare.parse::<IpAddr>().ok().map(|ip| ip.to_canonical()),
+        }
+    }
+
+    fn names(&self, client_id: &[u8], peer: &str) -> bool {
+        if client_id == self.text.as_bytes() || peer == self.text {
+            return true;
+        }
+        if self.addr.is_none() && self.ip.is_none() {
+            return false;
+        }
+        let Ok(peer) = peer.parse::<SocketAddr>().map(canonical) else { return false };
+        self.addr == Some(peer) || self.ip == Some(peer.ip())
+    }
+}
+
+/// The address with an IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, a dual-stack listener's
+/// IPv4 peers) written as the IPv4 address.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use gearfleet_proto::PacketType;
+
+    use super::super::model::{Effects, Limits};
+    use super::super::testing::{connect, received, req, sent, state};
+    use crate::outbox::Outbox;
+
+    #[test]
+    fn a_target_names_connections_by_client_id_address_or_ip() {
+        let mut s = state(Limits::default());
+        connect(&mut s, 1); // 10.0.0.1:4000
+        s.add_conn(2, Arc::new(Outbox::new()), "10.0.0.1:4001".into(), -1);
+        connect(&mut s, 3); // 10.0.0.3:4000
+        s.add_conn(4, Arc::new(Outbox::new()), "[::ffff:10.0.0.3]:5000".into(), -1);
+        s.add_conn(5, Arc::new(Outbox::new()), "[fd00::5]:6000".into(), -1);
+        req(&mut s, 3, PacketType::SetClientId, &[b"pod-3"]);
+        assert_eq!(s.conns_named("10.0.0.1"), [1, 2], "a bare IP: every connection from it");
+        assert_eq!(s.conns_named("10.0.0.1:4001"), [2], "IP:PORT: that connection");
+        assert_eq!(s.conns_named("pod-3"), [3], "a client id");
+        assert_eq!(s.conns_named("10.0.0.3"), [3, 4], "a dual-stack listener's IPv4 peers too");
+        assert_eq!(s.conns_named("10.0.0.3:5000"), [4]);
+        assert_eq!(s.conns_named("fd00::5"), [5]);
+        assert_eq!(s.conns_named("[fd00::5]"), [5]);
+        assert_eq!(s.conns_named("[fd00::5]:6000"), [5]);
+        for nothing in ["10.0.0.9", "10.0.0", "10.0.0.1:9", "pod", ""] {
+            assert!(s.conns_named(nothing).is_empty(), "{nothing:?}");
+        }
+    }
+
+    #[test]
+    fn drain_and_undrain_by_ip_reach_a_worker_without_a_client_id() {
+        let mut s = state(Limits::default());
+        let worker = connect(&mut s, 1);
+        connect(&mut s, 2);
+        req(&mut s, 1, PacketType::CanDo, &[b"f"]);
+        let mut fx = Effects::default();
+        assert_eq!(s.set_draining("10.0.0.1", true, &mut fx), 1);
+        req(&mut s, 1, PacketType::PreSleep, &[]);
+        req(&mut s, 2, PacketType::SubmitJobBg, &[b"f", b"", b"x"]);
+        assert!(sent(&worker).is_empty(), "a draining sleeper is not woken");
+        req(&mut s, 1, PacketType::GrabJob, &[]);
+        assert_eq!(sent(&worker), [PacketType::NoJob]);
+        req(&mut s, 1, PacketType::PreSleep, &[]);
+        assert_eq!(s.set_draining("10.0.0.1:4000", false, &mut fx), 1);
+        assert_eq!(sent(&worker), [PacketType::Noop], "undrained: woken for the waiting job");
+        req(&mut s, 1, PacketType::GrabJob, &[]);
+        assert_eq!(sent(&worker), [PacketType::JobAssign]);
+    }
+
+    #[test]
+    fn a_disconnected_worker_hands_its_job_to_another_at_once() {
+        let mut s = state(Limits::default());
+        let holder = connect(&mut s, 1);
+        let client = connect(&mut s, 2);
+        let rescuer = connect(&mut s, 3);
+        req(&mut s, 1, PacketType::CanDo, &[b"f"]);
+        req(&mut s, 3, PacketType::CanDo, &[b"f"]);
+        req(&mut s, 2, PacketType::SubmitJob, &[b"f", b"", b"x"]);
+        req(&mut s, 1, PacketType::GrabJob, &[]);
+        let handle = received(&holder).pop().unwrap().arg(0).to_vec();
+        req(&mut s, 3, PacketType::PreSleep, &[]);
+
+        let mut fx = Effects::default();
+        assert_eq!(s.disconnect_named("10.0.0.1", 9, &mut fx), [-1], "the holder's socket, to shut");
+        assert!(!s.conns.contains_key(&1), "gone from the state at once");
+        assert!(holder.is_closed(), "nothing more is sent to it");
+        assert_eq!(sent(&rescuer), [PacketType::Noop], "the job is back in the queue");
+        req(&mut s, 3, PacketType::GrabJob, &[]);
+        let assigned = received(&rescuer).pop().unwrap();
+        assert_eq!((assigned.ptype, assigned.arg(0)), (PacketType::JobAssign, &handle[..]));
+        assert_eq!(sent(&client), [PacketType::JobCreated], "the client still waits on it");
+        assert!(s.disconnect_named("10.0.0.1", 9, &mut fx).is_empty(), "nothing left to match");
+        assert!(s.disconnect_named("10.0.0.2", 2, &mut fx).is_empty(), "never the connection that asks");
+        assert!(s.conns.contains_key(&2));
     }
 }

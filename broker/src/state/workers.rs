@@ -172,16 +172,16 @@ impl State {
         fx.stats_changed = true;
     }
 
-    /// Marks every connection with this client id as draining (or not). Returns how many matched.
-    pub fn set_draining(&mut self, client_id: &str, draining: bool, fx: &mut Effects) -> usize {
-        let mut n = 0;
+    /// Marks the connections `target` names (a client id, an `IP:PORT` or a bare IP: see
+    /// `conns_named`) as draining (or not). Returns how many matched.
+    pub fn set_draining(&mut self, target: &str, draining: bool, fx: &mut Effects) -> usize {
+        let named = self.conns_named(target);
         let mut woken = Vec::new();
-        for (id, c) in self.conns.iter_mut() {
-            if c.client_id.as_ref() == client_id.as_bytes() {
+        for &id in &named {
+            if let Some(c) = self.conns.get_mut(&id) {
                 c.draining = draining;
-                n += 1;
                 if !draining && c.sleeping {
-                    woken.push(*id);
+                    woken.push(id);
                 }
             }
         }
@@ -195,7 +195,7 @@ impl State {
             }
         }
         fx.stats_changed = true;
-        n
+        named.len()
     }
 }
 

@@ -40,6 +40,17 @@ impl Peer {
         Peer { stream, buf: BytesMut::new(), codec: Codec::client() }
     }
 
+    /// Connects from another loopback address (`127.0.0.2`, say: all of 127/8 is this host), so
+    /// that admin commands naming `127.0.0.1` leave this connection alone.
+    pub async fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> Peer {
+        let socket = if source.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
+        let socket = socket.expect("socket");
+        socket.bind(SocketAddr::new(source, 0)).expect("bind the source address");
+        let stream = socket.connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        Peer { stream, buf: BytesMut::new(), codec: Codec::client() }
+    }
+
     /// Connects, or `None` if the broker is not there.
     pub async fn try_connect(addr: SocketAddr) -> Option<Peer> {
         let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr)).await.ok()?.ok()?;
@@ -112,6 +123,7 @@ impl Peer {
             || line.starts_with("shutdown")
             || line.starts_with("fleet drain")
             || line.starts_with("fleet undrain")
+            || line.starts_with("fleet disconnect")
             || line.starts_with("fleet retries")
             || line.starts_with("retry dead")
             || line.starts_with("purge dead")
