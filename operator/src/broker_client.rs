@@ -1,7 +1,7 @@
 //! Async client for the broker's text admin protocol (`fleet …` commands).
 //!
 //! One-shot requests ([`BrokerClient::fleet_status`], [`BrokerClient::fleet_workers`],
-//! [`BrokerClient::drain`], [`BrokerClient::undrain`]) open a fresh connection each, so a broker
+//! [`BrokerClient::drain`], [`BrokerClient::undrain`], [`BrokerClient::disconnect`]) open a fresh connection each, so a broker
 //! restart never leaves a stale connection behind. [`BrokerClient::watch`] keeps one connection with
 //! `fleet watch` open and reconnects with backoff when it drops.
 
@@ -112,14 +112,22 @@ impl BrokerClient {
         rows.iter().map(|l| WorkerStats::parse(l).ok_or_else(|| self.bad_reply(l))).collect()
     }
 
-    /// `fleet drain ID`: stop assigning jobs to the workers with this client id.
-    pub async fn drain(&self, client_id: &str) -> Result<(), BrokerError> {
-        self.ok_command(&format!("fleet drain {client_id}")).await
+    /// `fleet drain TARGET`: stop assigning jobs to the worker connections `target` names: a
+    /// client id, an `IP:PORT`, or a bare IP (every connection from it). The broker answers
+    /// `OK <connections>`.
+    pub async fn drain(&self, target: &str) -> Result<(), BrokerError> {
+        self.ok_command(&format!("fleet drain {target}")).await
     }
 
-    /// `fleet undrain ID`: assign jobs to them again.
-    pub async fn undrain(&self, client_id: &str) -> Result<(), BrokerError> {
-        self.ok_command(&format!("fleet undrain {client_id}")).await
+    /// `fleet undrain TARGET`: assign jobs to them again.
+    pub async fn undrain(&self, target: &str) -> Result<(), BrokerError> {
+        self.ok_command(&format!("fleet undrain {target}")).await
+    }
+
+    /// `fleet disconnect TARGET`: close those connections at once; the jobs they held go back to
+    /// the queue (for a worker whose pod is gone for good).
+    pub async fn disconnect(&self, target: &str) -> Result<(), BrokerError> {
+        self.ok_command(&format!("fleet disconnect {target}")).await
     }
 
     /// `cancel job HANDLE`: removes a job that no worker has taken yet.
@@ -255,6 +263,8 @@ mod tests {
             "fleet status" => format!("{}\n{}\n.\n", stats("a", 3).to_line(), stats("b", 0).to_line()),
             "fleet workers" => "pod-1\t10.0.0.1:5000\tbusy\t0\t4\tH:1\ta\n.\n".to_string(),
             "fleet drain pod-1" => "OK 1\n".to_string(),
+            "fleet drain 10.0.0.1" => "OK 3\n".to_string(),
+            "fleet disconnect 10.0.0.1:5000" => "OK 1\n".to_string(),
             _ => "ERR UNKNOWN_COMMAND x\n".to_string(),
         })
         .await;
@@ -264,7 +274,10 @@ mod tests {
         assert_eq!(workers.len(), 1);
         assert_eq!(workers[0].client_id, "pod-1");
         client.drain("pod-1").await.unwrap();
+        client.drain("10.0.0.1").await.unwrap();
+        client.disconnect("10.0.0.1:5000").await.unwrap();
         assert!(matches!(client.undrain("pod-1").await, Err(BrokerError::Reply { .. })));
+        assert!(matches!(client.disconnect("pod-1").await, Err(BrokerError::Reply { .. })));
     }
 
     #[tokio::test]

@@ -110,17 +110,17 @@ async fn pod_action(ctx: &Context, pods: &Api<Pod>, pool: &WorkerPool, action: &
             let patch = json!({"metadata": {"annotations": annotations}});
             pods.patch(pod, &PatchParams::default(), &Patch::Merge(&patch)).await?;
         }
-        PodAction::Drain { pod, function, reason, why } => match ctx.broker.drain(pod).await {
+        PodAction::Drain { pod, target, function, reason, why } => match ctx.broker.drain(target).await {
             Ok(()) => {
-                tracing::info!(pool = %pool.name_any(), function = %function, pod = %pod, reason = reason.as_str(), why = %why, "draining worker");
+                tracing::info!(pool = %pool.name_any(), function = %function, pod = %pod, target = %target, reason = reason.as_str(), why = %why, "draining worker");
             }
-            Err(e) => tracing::warn!(pod = %pod, error = %e, "drain failed"),
+            Err(e) => tracing::warn!(pod = %pod, target = %target, error = %e, "drain failed"),
         },
-        PodAction::Undrain { pod, function, why } => match ctx.broker.undrain(pod).await {
+        PodAction::Undrain { pod, target, function, why } => match ctx.broker.undrain(target).await {
             Ok(()) => {
-                tracing::info!(pool = %pool.name_any(), function = %function, pod = %pod, why = %why, "undrained worker")
+                tracing::info!(pool = %pool.name_any(), function = %function, pod = %pod, target = %target, why = %why, "undrained worker")
             }
-            Err(e) => tracing::warn!(pod = %pod, error = %e, "undrain failed"),
+            Err(e) => tracing::warn!(pod = %pod, target = %target, error = %e, "undrain failed"),
         },
         PodAction::Evict { pod, function, reason, note } => match pods.evict(pod, &EvictParams::default()).await {
             Ok(_) => {

@@ -27,6 +27,7 @@
 //! ranking here.
 
 use std::cmp::Reverse;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use gearfleet_proto::admin::{WorkerState, WorkerStats};
@@ -43,8 +44,11 @@ pub const BUSY_DELETION_COST: i32 = 100;
 /// The parts of a worker pod that matter for scaling in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodView {
-    /// Pod name; workers use it as their Gearman client id.
+    /// Pod name; gearfleet workers use it as their Gearman client id.
     pub name: String,
+    /// The pod's IPs, the addresses of workers without a client id (empty for a `hostNetwork`
+    /// pod); see [`connections`](super::connections).
+    pub ips: Vec<IpAddr>,
     /// Whether the pod's Ready condition is true.
     pub ready: bool,
     /// Creation time, since any fixed epoch.
@@ -84,7 +88,8 @@ pub struct PodPlan {
 /// first in removal order, then the kept pods in the same ranking.
 pub fn scale_in_plan(pods: &[PodView], workers: &[WorkerStats], remove: usize) -> Vec<PodPlan> {
     let activity = |pod: &PodView| {
-        let mut conns = connections_of(workers, PodIdentity { name: &pod.name }).peekable();
+        let identity = PodIdentity { name: pod.name.clone(), ips: pod.ips.clone() };
+        let mut conns = connections_of(workers, &identity).peekable();
         if !pod.ready {
             PodActivity::NotReady
         } else if conns.peek().is_none() {
@@ -121,7 +126,7 @@ mod tests {
     use super::*;
 
     fn pod(name: &str, ready: bool, created: u64) -> PodView {
-        PodView { name: name.into(), ready, created_at: Duration::from_secs(created) }
+        PodView { name: name.into(), ips: Vec::new(), ready, created_at: Duration::from_secs(created) }
     }
 
     fn worker(client_id: &str, state: WorkerState) -> WorkerStats {
@@ -211,6 +216,27 @@ mod tests {
         assert!(all.iter().all(|p| p.remove && p.deletion_cost < 0));
         assert_eq!(all.len(), pods.len());
         assert!(scale_in_plan(&[], &workers, 2).is_empty());
+    }
+
+    #[test]
+    fn stock_workers_are_known_by_their_pod_ip() {
+        // Three processes of a PHP worker without client ids, one of them busy: the pod is busy.
+        let ip = |p: &str| p.parse::<IpAddr>().expect("ip");
+        let pods = vec![
+            PodView { ips: vec![ip("10.0.0.1")], ..pod("php-busy", true, 90) },
+            PodView { ips: vec![ip("10.0.0.2")], ..pod("php-idle", true, 10) },
+        ];
+        let at = |address: &str, state| WorkerStats { address: address.into(), ..worker("-", state) };
+        let workers = vec![
+            at("10.0.0.1:40000", WorkerState::Idle),
+            at("10.0.0.1:40001", WorkerState::Busy),
+            at("10.0.0.1:40002", WorkerState::Sleeping),
+            at("10.0.0.2:40000", WorkerState::Idle),
+        ];
+        let plan = scale_in_plan(&pods, &workers, 2);
+        let ranked: Vec<(&str, PodActivity, bool)> =
+            plan.iter().map(|p| (p.name.as_str(), p.activity, p.drain)).collect();
+        assert_eq!(ranked, [("php-idle", PodActivity::Idle, false), ("php-busy", PodActivity::Busy, true)]);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::kube_util::is_pod_ready;
-use crate::workerpool::connections::{PodIdentity, connections_of};
+use crate::workerpool::connections::{PodIdentity, broker_target, connections_of};
 use crate::workerpool::drain::{DrainMark, DrainReason, clear_mark, elapsed, has_mark_annotations};
 use crate::workerpool::recycle::{RecycleAction, RecyclePod, RecyclePolicy, RecycleReason, due, recycle_plan};
 use crate::workerpool::scale_in::{POD_DELETION_COST, PodView, scale_in_plan};
@@ -38,10 +38,13 @@ pub enum PodAction {
         /// Annotation values.
         annotations: BTreeMap<String, Option<String>>,
     },
-    /// `fleet drain <pod>`: the broker gives the pod's worker no more jobs.
+    /// `fleet drain <target>`: the broker gives the pod's workers no more jobs.
     Drain {
-        /// The pod (its worker's client id).
+        /// The pod.
         pod: String,
+        /// What the broker knows the pod's workers by: their client id or the pod IP
+        /// ([`broker_target`]).
+        target: String,
         /// Its function.
         function: String,
         /// Why.
@@ -49,10 +52,12 @@ pub enum PodAction {
         /// Details for the log.
         why: String,
     },
-    /// `fleet undrain <pod>`: the broker gives the pod's worker jobs again.
+    /// `fleet undrain <target>`: the broker gives the pod's workers jobs again.
     Undrain {
-        /// The pod (its worker's client id).
+        /// The pod.
         pod: String,
+        /// What the broker knows the pod's workers by ([`broker_target`]).
+        target: String,
         /// Its function.
         function: String,
         /// Why, for the log.
@@ -86,10 +91,6 @@ pub(super) struct FunctionPods<'a> {
     pub now: Timestamp,
 }
 
-fn identity(pod: &Pod) -> PodIdentity<'_> {
-    PodIdentity { name: pod.metadata.name.as_deref().unwrap_or_default() }
-}
-
 fn is_terminating(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_some()
 }
@@ -100,7 +101,14 @@ impl FunctionPods<'_> {
     }
 
     fn connections<'w>(workers: &'w [WorkerStats], pod: &Pod) -> Vec<&'w WorkerStats> {
-        connections_of(workers, identity(pod)).collect()
+        connections_of(workers, &PodIdentity::of(pod)).collect()
+    }
+
+    /// The `fleet drain|undrain|disconnect` argument that reaches `pod`'s workers.
+    fn target(workers: &[WorkerStats], pod: &Pod) -> String {
+        let identity = PodIdentity::of(pod);
+        let connections: Vec<&WorkerStats> = connections_of(workers, &identity).collect();
+        broker_target(&identity, &connections)
     }
 }
 
@@ -119,6 +127,7 @@ fn pod_view(pod: &Pod) -> PodView {
     let created = pod.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second());
     PodView {
         name: pod.name_any(),
+        ips: PodIdentity::of(pod).ips,
         ready: is_pod_ready(pod),
         created_at: Duration::from_secs(u64::try_from(created).unwrap_or(0)),
     }
@@ -161,6 +170,7 @@ pub(super) fn plan_scale_in(fp: &FunctionPods<'_>, desired: i32, drain_timeout: 
         if FunctionPods::connections(workers, pod).iter().any(|w| !w.draining) {
             drains.push(PodAction::Drain {
                 pod: p.name.clone(),
+                target: FunctionPods::target(workers, pod),
                 function: fp.function.to_string(),
                 reason: DrainReason::ScaleIn,
                 why: "busy worker drained before scale-in".to_string(),
@@ -198,6 +208,7 @@ pub(super) fn plan_undrains(fp: &FunctionPods<'_>, victims: &[String], recycling
         if FunctionPods::connections(workers, pod).iter().any(|w| w.draining) {
             actions.push(PodAction::Undrain {
                 pod: name.clone(),
+                target: FunctionPods::target(workers, pod),
                 function: fp.function.to_string(),
                 why: match DrainMark::of(pod) {
                     Some(m) if m.reason == DrainReason::ScaleIn => "no longer leaving with a scale-in",
@@ -261,8 +272,14 @@ pub(super) fn plan_recycle(fp: &FunctionPods<'_>, policy: &RecyclePolicy) -> Rec
             RecycleAction::Drain { pod, reason } => {
                 let mark = DrainMark { reason: DrainReason::Recycle, started: fp.now };
                 actions.push(PodAction::Annotate { pod: pod.clone(), annotations: mark.annotations() });
+                let target = fp
+                    .pods
+                    .iter()
+                    .find(|p| p.metadata.name.as_deref() == Some(pod.as_str()))
+                    .map_or_else(|| pod.clone(), |p| FunctionPods::target(workers, p));
                 actions.push(PodAction::Drain {
                     pod: pod.clone(),
+                    target,
                     function: fp.function.to_string(),
                     reason: DrainReason::Recycle,
                     why: reason.as_str().to_string(),
@@ -285,6 +302,7 @@ pub(super) fn plan_recycle(fp: &FunctionPods<'_>, policy: &RecyclePolicy) -> Rec
         let conns = FunctionPods::connections(workers, p);
         if marked && !is_terminating(p) && !evicted(&view_name) && conns.iter().any(|w| !w.draining) {
             actions.push(PodAction::Drain {
+                target: FunctionPods::target(workers, p),
                 pod: view_name,
                 function: fp.function.to_string(),
                 reason: DrainReason::Recycle,

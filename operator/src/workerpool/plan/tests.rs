@@ -8,7 +8,8 @@ use gearfleet_crd::{ANNOTATION_DRAIN_REASON, ANNOTATION_DRAIN_STARTED, find_cond
 use gearfleet_proto::admin::{AdminCommand, WorkerState, WorkerStats};
 use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, PodCondition, PodStatus,
+    ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, PodCondition, PodIP, PodSpec,
+    PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::SignedDuration;
@@ -43,6 +44,11 @@ struct PodFx {
     annotations: BTreeMap<String, String>,
     terminating: bool,
     container: Option<ContainerStatus>,
+    /// The pod IP (`status.podIPs`); `None`: not in the status.
+    ip: Option<&'static str>,
+    /// Its worker sends no client id (a stock Gearman worker): the broker knows it by address.
+    stock: bool,
+    host_network: bool,
 }
 
 fn pod(name: &'static str) -> PodFx {
@@ -57,6 +63,9 @@ fn pod(name: &'static str) -> PodFx {
         annotations: BTreeMap::new(),
         terminating: false,
         container: None,
+        ip: None,
+        stock: false,
+        host_network: false,
     }
 }
 
@@ -95,6 +104,26 @@ impl PodFx {
         self.container = Some(status);
         self
     }
+    /// A stock Gearman worker (no client id) in a pod with IP `ip`.
+    fn stock(mut self, ip: &'static str) -> Self {
+        self.ip = Some(ip);
+        self.stock = true;
+        self
+    }
+    fn host_network(mut self) -> Self {
+        self.host_network = true;
+        self
+    }
+    /// A connection of this pod's worker (from its IP, without a client id if it is stock).
+    fn connection(&self, port: u16, state: WorkerState) -> WorkerStats {
+        let worker = self.worker().unwrap_or_else(|| pod(self.name).worker().expect("worker"));
+        WorkerStats {
+            address: format!("{}:{port}", self.ip.unwrap_or("10.0.0.1")),
+            state,
+            current_jobs: if state == WorkerState::Busy { vec![format!("H:{port}")] } else { Vec::new() },
+            ..worker
+        }
+    }
 
     fn pod(&self) -> Pod {
         let labels = [(LABEL_FUNCTION.to_string(), self.function.to_string())].into();
@@ -107,7 +136,10 @@ impl PodFx {
                 deletion_timestamp: self.terminating.then(|| Time(now())),
                 ..Default::default()
             },
+            spec: Some(PodSpec { host_network: Some(self.host_network), ..Default::default() }),
             status: Some(PodStatus {
+                pod_ip: self.ip.map(String::from),
+                pod_ips: self.ip.map(|ip| vec![PodIP { ip: ip.into() }]),
                 conditions: Some(vec![PodCondition {
                     type_: "Ready".into(),
                     status: if self.ready { "True" } else { "False" }.into(),
@@ -116,15 +148,14 @@ impl PodFx {
                 container_statuses: self.container.clone().map(|c| vec![c]),
                 ..Default::default()
             }),
-            ..Default::default()
         }
     }
 
     fn worker(&self) -> Option<WorkerStats> {
         let state = self.worker?;
         Some(WorkerStats {
-            client_id: self.name.into(),
-            address: "10.0.0.1:40000".into(),
+            client_id: if self.stock { "-" } else { self.name }.into(),
+            address: format!("{}:40000", self.ip.unwrap_or("10.0.0.1")),
             state,
             draining: self.draining,
             jobs_done: self.jobs_done,
@@ -304,10 +335,17 @@ fn describe(action: &PodAction) -> String {
             }
             format!("annotate {pod}: {}", parts.join(" "))
         }
-        PodAction::Drain { pod, reason, .. } => format!("drain {pod} ({})", reason.as_str()),
-        PodAction::Undrain { pod, .. } => format!("undrain {pod}"),
+        PodAction::Drain { pod, target, reason, .. } => {
+            format!("drain {pod}{} ({})", via(pod, target), reason.as_str())
+        }
+        PodAction::Undrain { pod, target, .. } => format!("undrain {pod}{}", via(pod, target)),
         PodAction::Evict { pod, reason, .. } => format!("evict {pod} ({})", reason.as_str()),
     }
+}
+
+/// ` via <target>` when the broker is addressed by something else than the pod's name.
+fn via(pod: &str, target: &str) -> String {
+    if pod == target { String::new() } else { format!(" via {target}") }
 }
 
 fn condition(plan: &Plan, type_: &str) -> (String, String, String) {

@@ -207,6 +207,60 @@ fn drains_and_undrains() {
             "echo: the broker's worker list is unavailable",
         ),
         case(
+            "a stock worker (no client id) is known by its pod IP: the busy one is kept, ranked busy",
+            fx().replicas(2)
+                .backlog(0, 1)
+                .pods([pod("php-busy").stock("10.1.0.1").busy().age(60), pod("php-idle").stock("10.1.0.2").age(7200)]),
+            &["annotate php-busy: cost=100", "annotate php-idle: cost=-1"],
+            &[],
+            1,
+            "echo: 2 -> 1",
+        ),
+        case(
+            "a busy stock worker is drained by its pod IP before the scale-in",
+            fx().replicas(2).backlog(0, 1).pods([
+                pod("php-old").stock("10.1.0.1").busy().age(7200),
+                pod("php-new").stock("10.1.0.2").busy().age(60),
+            ]),
+            &[
+                "annotate php-new: cost=-1 mark=scale-in",
+                "annotate php-old: cost=100",
+                "drain php-new via 10.1.0.2 (scale-in)",
+            ],
+            &[],
+            2,
+            "echo: waiting for 1 busy worker(s) to finish: php-new",
+        ),
+        case(
+            "a multi-process stock worker is busy if any of its connections is",
+            Fx {
+                extra_workers: vec![pod("php").stock("10.1.0.1").connection(40001, WorkerState::Busy)],
+                ..fx().replicas(2).backlog(0, 1).pods([pod("php").stock("10.1.0.1").age(60), pod("other").age(7200)])
+            },
+            &["annotate other: cost=-1", "annotate php: cost=100"],
+            &[],
+            1,
+            "echo: 2 -> 1",
+        ),
+        case(
+            "a stock worker draining without a mark: undrained by its pod IP",
+            fx().replicas(1).backlog(0, 1).pods([pod("php").stock("10.1.0.1").busy().draining()]),
+            &["undrain php via 10.1.0.1"],
+            &[],
+            1,
+            "",
+        ),
+        case(
+            "a hostNetwork pod is not matched by address (its IP is the node's)",
+            fx().replicas(2)
+                .backlog(0, 1)
+                .pods([pod("host").stock("192.168.1.10").host_network().busy().age(60), pod("named").busy().age(7200)]),
+            &["annotate host: cost=-1", "annotate named: cost=100"],
+            &[],
+            1,
+            "echo: 2 -> 1",
+        ),
+        case(
             "paused: idle pods go first, the busy one is drained first",
             fx().spec("paused: true").replicas(2).backlog(3, 1).pods([pod("a").busy().age(7200), pod("b")]),
             &["annotate a: cost=-1 mark=scale-in", "annotate b: cost=-2", "drain a (scale-in)"],
