@@ -1,4 +1,5 @@
-//! Apply (I/O): carries out a [`Plan`] in this order: retry policies to the broker; deletion
+//! Apply (I/O): carries out a [`Plan`] in this order: closing the broker connections of pods gone
+//! for good; retry policies to the broker; deletion
 //! costs, drain marks, drains and undrains (before any replicas are lowered); server-side apply of
 //! the Deployments; deletion of the Deployments of removed functions; recycling (marks, drains,
 //! evictions); the status, with server-side apply; the Events.
@@ -32,13 +33,27 @@ pub async fn apply(ctx: &Context, pool: &WorkerPool, ns: &str, plan: Plan) -> Re
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let Plan {
-        now, retries, before_scaling, functions, delete_deployments, recycling, mut status, events, memory, ..
+        now,
+        disconnects,
+        retries,
+        before_scaling,
+        functions,
+        delete_deployments,
+        recycling,
+        mut status,
+        events,
+        memory,
+        ..
     } = plan;
     let mut memory = memory;
 
     for f in &functions {
         ctx.metrics.decision(&f.decision.to_string());
         ctx.metrics.set_troubled_pods(ns, &name, &f.name, f.troubled_pods);
+    }
+
+    for action in &disconnects {
+        pod_action(ctx, &pods, pool, action).await?;
     }
 
     for r in retries {
@@ -121,6 +136,12 @@ async fn pod_action(ctx: &Context, pods: &Api<Pod>, pool: &WorkerPool, action: &
                 tracing::info!(pool = %pool.name_any(), function = %function, pod = %pod, target = %target, why = %why, "undrained worker")
             }
             Err(e) => tracing::warn!(pod = %pod, target = %target, error = %e, "undrain failed"),
+        },
+        PodAction::Disconnect { pod, target, function, why } => match ctx.broker.disconnect(target).await {
+            Ok(()) => {
+                tracing::info!(pool = %pool.name_any(), function = %function, pod = %pod, target = %target, why = %why, "closed the broker connections of a gone worker; its jobs are queued again")
+            }
+            Err(e) => tracing::warn!(pod = %pod, target = %target, error = %e, "disconnect failed"),
         },
         PodAction::Evict { pod, function, reason, note } => match pods.evict(pod, &EvictParams::default()).await {
             Ok(_) => {

@@ -7,8 +7,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use gearfleet_proto::admin::FunctionStats;
+use k8s_openapi::api::core::v1::Node;
 use kube::Client;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{self, ObjectRef, Store};
 
+use super::gone::{NodeState, NodeStates};
 use super::memory::PoolMemory;
 use crate::broker_client::BrokerClient;
 use crate::kube_util::EventPublisher;
@@ -51,6 +55,9 @@ pub struct Context {
     pub(super) cache: StatsCache,
     pub(super) metrics: Arc<Metrics>,
     pub(super) events: EventPublisher,
+    /// Every Node, kept by a watch (`reconcile::run`), to find pods whose node is lost.
+    nodes: Store<Node>,
+    nodes_writer: Mutex<Option<Writer<Node>>>,
     memory: Mutex<HashMap<PoolKey, PoolMemory>>,
 }
 
@@ -59,6 +66,7 @@ impl Context {
     /// `workers_broker_address` in `GEARMAN_SERVERS`.
     pub fn new(client: Client, broker: BrokerClient, workers_broker_address: String, metrics: Arc<Metrics>) -> Self {
         let events = EventPublisher::new(client.clone());
+        let (nodes, nodes_writer) = reflector::store();
         Self {
             client,
             broker,
@@ -66,8 +74,24 @@ impl Context {
             cache: StatsCache::default(),
             metrics,
             events,
+            nodes,
+            nodes_writer: Mutex::new(Some(nodes_writer)),
             memory: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The writer of the node cache, for the watch that feeds it; `None` once taken.
+    pub(super) fn take_nodes_writer(&self) -> Option<Writer<Node>> {
+        self.nodes_writer.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// The states of the nodes `names`, from the node cache; `None` until the watch has listed
+    /// the nodes (or while it cannot: without permission to list nodes, no node is ever lost).
+    pub(super) fn node_states<'a>(&self, names: impl Iterator<Item = &'a str>) -> Option<NodeStates> {
+        use futures::FutureExt;
+        self.nodes.wait_until_ready().now_or_never()?.ok()?;
+        let state = |name: &str| NodeState::of(self.nodes.get(&ObjectRef::new(name)).as_deref());
+        Some(names.map(|name| (name.to_string(), state(name))).collect())
     }
 
     /// What the controller remembers about a pool (empty for a pool it has not seen).

@@ -5,8 +5,8 @@
 //! * [`observe`] (I/O): the pool, its Deployments and pods, the broker's stats and worker
 //!   connections, the time, as one [`observe::Observed`] value;
 //! * [`plan`] (pure): everything to do, as one [`plan::Plan`] value, using the pure decision
-//!   modules [`scaling`], [`scale_in`], [`recycle`], [`health`], [`phase`], [`desired`], [`drain`]
-//!   and [`connections`];
+//!   modules [`scaling`], [`scale_in`], [`recycle`], [`health`], [`phase`], [`desired`], [`drain`],
+//!   [`connections`] and [`gone`];
 //! * [`apply`] (I/O): carries the plan out.
 //!
 //! [`context`] holds the I/O handles and the [`memory`]: what the controller remembers between
@@ -17,6 +17,7 @@ pub mod connections;
 pub mod context;
 pub mod desired;
 pub mod drain;
+pub mod gone;
 pub mod health;
 pub mod memory;
 pub mod observe;

@@ -7,6 +7,8 @@
 //! * the broker's worker connections (`fleet workers`: client id, address, busy/idle/sleeping,
 //!   draining, jobs done, current jobs), fetched on every reconcile while the broker answers; `None`
 //!   when it does not (then nothing is drained or undrained);
+//! * the states of the nodes the pods run on (from the node watch's cache; `None` until it has
+//!   listed them), to find pods whose node is lost ([`gone`](super::gone));
 //! * the time.
 
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
 use super::context::{Context, StatsMap, to_map};
+use super::gone::NodeStates;
 use crate::error::Error;
 
 /// What one reconcile of a pool sees.
@@ -35,6 +38,8 @@ pub struct Observed {
     pub stats: Option<StatsMap>,
     /// The broker's worker connections; `None` when they could not be read.
     pub workers: Option<Vec<WorkerStats>>,
+    /// The states of the nodes the pods run on; `None` when they are not known.
+    pub nodes: Option<NodeStates>,
     /// The broker's admin address (named in the `BrokerUnavailable` condition).
     pub broker_address: String,
     /// The broker address given to workers (`GEARMAN_SERVERS` in the Deployments).
@@ -68,12 +73,14 @@ pub async fn observe(ctx: &Context, pool: Arc<WorkerPool>) -> Result<Observed, E
         }
         None => None,
     };
+    let nodes = ctx.node_states(pods.iter().filter_map(|p| p.spec.as_ref()?.node_name.as_deref()));
     Ok(Observed {
         pool,
         deployments,
         pods,
         stats,
         workers,
+        nodes,
         broker_address: ctx.broker.addr().to_string(),
         workers_broker_address: ctx.workers_broker_address.clone(),
         now: Timestamp::now(),

@@ -28,7 +28,7 @@ use kube::ResourceExt;
 use kube::runtime::events::EventType;
 
 pub use self::pods::PodAction;
-use self::pods::{FunctionPods, plan_recycle, plan_scale_in, plan_undrains};
+use self::pods::{FunctionPods, plan_disconnects, plan_recycle, plan_scale_in, plan_undrains};
 use super::desired::{DesiredError, desired_deployment};
 use super::drain::elapsed;
 use super::health;
@@ -89,6 +89,8 @@ pub struct FunctionPlan {
 pub struct Plan {
     /// When the observation was made.
     pub now: Timestamp,
+    /// Broker connections of pods gone for good, to close first.
+    pub disconnects: Vec<PodAction>,
     /// Retry policies to send to the broker.
     pub retries: Vec<RetriesCommand>,
     /// Deletion costs, drain marks, drains and undrains: before any replicas are lowered.
@@ -175,6 +177,7 @@ pub fn plan_invalid(pool: &WorkerPool, message: String, now: Timestamp, memory: 
     };
     Plan {
         now,
+        disconnects: Vec::new(),
         retries: Vec::new(),
         before_scaling: Vec::new(),
         functions: Vec::new(),
@@ -429,6 +432,7 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
 
     Ok(Plan {
         now,
+        disconnects: plan_disconnects(&observed.pods, observed.workers.as_deref(), observed.nodes.as_ref()),
         retries,
         before_scaling,
         functions: function_plans,

@@ -18,9 +18,11 @@ use futures::StreamExt;
 use futures::channel::mpsc;
 use gearfleet_crd::{LABEL_POOL, WorkerPool};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
 use super::apply::apply;
@@ -33,6 +35,9 @@ pub use super::context::{Context, StatsCache};
 
 /// Runs the controller until SIGTERM/SIGINT. Watches all namespaces unless `namespace` is set.
 pub async fn run(client: Client, namespace: Option<String>, ctx: Arc<Context>) {
+    if let Some(writer) = ctx.take_nodes_writer() {
+        tokio::spawn(watch_nodes(Api::all(client.clone()), writer));
+    }
     let (pools, deployments): (Api<WorkerPool>, Api<Deployment>) = match &namespace {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
         None => (Api::all(client.clone()), Api::all(client)),
@@ -70,6 +75,28 @@ async fn feed_cache(ctx: Arc<Context>, mut trigger: mpsc::Sender<()>) {
             let _ = trigger.try_send(());
         }
         last = snapshot;
+    }
+}
+
+/// Keeps the node cache of the context up to date (nodes are cluster-scoped: this needs a
+/// ClusterRole even when the operator watches one namespace). Until it has listed them, no node
+/// counts as lost.
+async fn watch_nodes(api: Api<Node>, writer: Writer<Node>) {
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(|node: &mut Node| {
+            // Only the Ready condition is read: drop what makes Node objects large.
+            node.metadata.managed_fields = None;
+            if let Some(status) = node.status.as_mut() {
+                status.images = None;
+            }
+        })
+        .reflect(writer);
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        if let Err(e) = event {
+            tracing::warn!(error = %e, "node watch failed: pods on lost nodes are not detected until it recovers");
+        }
     }
 }
 

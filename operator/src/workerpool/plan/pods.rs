@@ -15,8 +15,10 @@
 //! cannot explain after a restart).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
+use gearfleet_crd::LABEL_FUNCTION;
 use gearfleet_proto::admin::WorkerStats;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
@@ -25,6 +27,7 @@ use kube::ResourceExt;
 use crate::kube_util::is_pod_ready;
 use crate::workerpool::connections::{PodIdentity, broker_target, connections_of};
 use crate::workerpool::drain::{DrainMark, DrainReason, clear_mark, elapsed, has_mark_annotations};
+use crate::workerpool::gone::{NodeStates, gone_for_good, gone_identity};
 use crate::workerpool::recycle::{RecycleAction, RecyclePod, RecyclePolicy, RecycleReason, due, recycle_plan};
 use crate::workerpool::scale_in::{POD_DELETION_COST, PodView, scale_in_plan};
 
@@ -54,6 +57,18 @@ pub enum PodAction {
     },
     /// `fleet undrain <target>`: the broker gives the pod's workers jobs again.
     Undrain {
+        /// The pod.
+        pod: String,
+        /// What the broker knows the pod's workers by ([`broker_target`]).
+        target: String,
+        /// Its function.
+        function: String,
+        /// Why, for the log.
+        why: &'static str,
+    },
+    /// `fleet disconnect <target>`: close the connections of a pod that is gone for good (its node
+    /// is lost, or it failed), so the broker puts their jobs back in the queue now.
+    Disconnect {
         /// The pod.
         pod: String,
         /// What the broker knows the pod's workers by ([`broker_target`]).
@@ -222,6 +237,32 @@ pub(super) fn plan_undrains(fp: &FunctionPods<'_>, victims: &[String], recycling
         }
     }
     actions
+}
+
+/// Closes the broker connections of the pool's pods that are gone for good ([`gone_for_good`]):
+/// their jobs go back to the queue now instead of when TCP keepalive gives up. A gone pod's IP
+/// that a pod of the pool still uses is not matched by address.
+pub(super) fn plan_disconnects(
+    pods: &[Pod],
+    workers: Option<&[WorkerStats]>,
+    nodes: Option<&NodeStates>,
+) -> Vec<PodAction> {
+    let Some(workers) = workers else { return Vec::new() };
+    let live_ips: Vec<IpAddr> =
+        pods.iter().filter(|p| gone_for_good(p, nodes).is_none()).flat_map(|p| PodIdentity::of(p).ips).collect();
+    pods.iter()
+        .filter_map(|pod| {
+            let gone = gone_for_good(pod, nodes)?;
+            let identity = gone_identity(pod, gone, &live_ips);
+            let connections: Vec<&WorkerStats> = connections_of(workers, &identity).collect();
+            (!connections.is_empty()).then(|| PodAction::Disconnect {
+                target: broker_target(&identity, &connections),
+                pod: identity.name.clone(),
+                function: pod.labels().get(LABEL_FUNCTION).cloned().unwrap_or_default(),
+                why: gone.as_str(),
+            })
+        })
+        .collect()
 }
 
 /// Age and creation time (Unix seconds) of a pod at `now`.

@@ -16,8 +16,10 @@ use k8s_openapi::jiff::SignedDuration;
 
 use super::*;
 use crate::workerpool::context::StatsMap;
+use crate::workerpool::gone::{NodeState, NodeStates};
 use crate::workerpool::memory::FunctionMemory;
 
+mod disconnects;
 mod drains;
 mod status;
 use crate::workerpool::scale_in::POD_DELETION_COST;
@@ -46,6 +48,10 @@ struct PodFx {
     container: Option<ContainerStatus>,
     /// The pod IP (`status.podIPs`); `None`: not in the status.
     ip: Option<&'static str>,
+    /// `spec.nodeName`.
+    node: Option<&'static str>,
+    /// In phase `Failed`.
+    failed: bool,
     /// Its worker sends no client id (a stock Gearman worker): the broker knows it by address.
     stock: bool,
     host_network: bool,
@@ -64,6 +70,8 @@ fn pod(name: &'static str) -> PodFx {
         terminating: false,
         container: None,
         ip: None,
+        node: None,
+        failed: false,
         stock: false,
         host_network: false,
     }
@@ -110,6 +118,14 @@ impl PodFx {
         self.stock = true;
         self
     }
+    fn on(mut self, node: &'static str) -> Self {
+        self.node = Some(node);
+        self
+    }
+    fn failed(mut self) -> Self {
+        self.failed = true;
+        self
+    }
     fn host_network(mut self) -> Self {
         self.host_network = true;
         self
@@ -136,8 +152,13 @@ impl PodFx {
                 deletion_timestamp: self.terminating.then(|| Time(now())),
                 ..Default::default()
             },
-            spec: Some(PodSpec { host_network: Some(self.host_network), ..Default::default() }),
+            spec: Some(PodSpec {
+                host_network: Some(self.host_network),
+                node_name: self.node.map(String::from),
+                ..Default::default()
+            }),
             status: Some(PodStatus {
+                phase: self.failed.then(|| "Failed".to_string()),
                 pod_ip: self.ip.map(String::from),
                 pod_ips: self.ip.map(|ip| vec![PodIP { ip: ip.into() }]),
                 conditions: Some(vec![PodCondition {
@@ -203,6 +224,8 @@ struct Fx {
     backlog: Option<(u64, u64)>,
     workers_listed: bool,
     extra_workers: Vec<WorkerStats>,
+    /// Node states; `None`: not known.
+    nodes: Option<NodeStates>,
 }
 
 fn fx() -> Fx {
@@ -215,6 +238,7 @@ fn fx() -> Fx {
         backlog: Some((0, 0)),
         workers_listed: true,
         extra_workers: Vec::new(),
+        nodes: Some(NodeStates::new()),
     }
 }
 
@@ -244,6 +268,14 @@ impl Fx {
     fn broker_down(mut self) -> Self {
         self.backlog = None;
         self.workers_listed = false;
+        self
+    }
+    fn nodes(mut self, nodes: &[(&str, NodeState)]) -> Self {
+        self.nodes = Some(nodes.iter().map(|(n, s)| (n.to_string(), *s)).collect());
+        self
+    }
+    fn nodes_unknown(mut self) -> Self {
+        self.nodes = None;
         self
     }
     fn no_worker_list(mut self) -> Self {
@@ -306,6 +338,7 @@ impl Fx {
             pods: self.pods.iter().map(PodFx::pod).collect(),
             stats,
             workers,
+            nodes: self.nodes.clone(),
             broker_address: "broker:4730".into(),
             workers_broker_address: "gearfleet-broker:4730".into(),
             now: now(),
@@ -339,6 +372,7 @@ fn describe(action: &PodAction) -> String {
             format!("drain {pod}{} ({})", via(pod, target), reason.as_str())
         }
         PodAction::Undrain { pod, target, .. } => format!("undrain {pod}{}", via(pod, target)),
+        PodAction::Disconnect { pod, target, .. } => format!("disconnect {pod}{}", via(pod, target)),
         PodAction::Evict { pod, reason, .. } => format!("evict {pod} ({})", reason.as_str()),
     }
 }
