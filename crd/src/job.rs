@@ -117,9 +117,11 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload_from: Option<PayloadSource>,
 
-    /// Gearman unique ID (1-64 characters, no NUL). Jobs with the same
-    /// function and unique ID that are queued or running at the same time
-    /// are coalesced into one. Default: derived from the Job's UID.
+    /// Gearman unique ID (1-64 characters, no NUL). Jobs of one namespace
+    /// with the same function and unique ID that are queued or running at
+    /// the same time are coalesced into one and share its result; the broker
+    /// is given `<namespace>/<unique>`, so Jobs of other namespaces never
+    /// share it. Default: derived from the Job's UID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64), pattern(UNIQUE_PATTERN))]
     pub unique: Option<String>,
@@ -269,7 +271,9 @@ pub struct JobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handle: Option<String>,
 
-    /// Gearman unique ID the job was submitted with.
+    /// Gearman unique ID the current attempt was submitted with
+    /// (`<namespace>/<spec.unique>` or the Job's UID, then
+    /// `/<step>/<attempt>` for retries and later steps).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unique: Option<String>,
 

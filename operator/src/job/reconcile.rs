@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 
 use super::runner::Runner;
 use super::state::{self, Action, PayloadFrom, Plan};
+use super::unique;
 use crate::broker_client::BrokerClient;
 use crate::kube_util::{EventPublisher, FIELD_MANAGER, apply_status};
 use crate::metrics::Metrics;
@@ -127,12 +128,10 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<JobContext>) -> Result<Requeue, JobEr
     })
 }
 
-/// The unique-key base of a Job: `spec.unique`, else its UID.
-fn unique_base(job: &Job) -> Result<String, JobError> {
-    match &job.spec.unique {
-        Some(u) => Ok(u.clone()),
-        None => job.uid().ok_or(JobError::Missing("uid")),
-    }
+/// The unique-key base of a Job: `<namespace>/<spec.unique>`, else its UID ([`unique::unique_base`]).
+fn unique_base(job: &Job, ns: &str) -> Result<String, JobError> {
+    let uid = job.metadata.uid.as_deref();
+    unique::unique_base(ns, job.spec.unique.as_deref(), uid).ok_or(JobError::Missing("uid"))
 }
 
 async fn apply(job: Arc<Job>, ctx: &JobContext) -> Result<Requeue, JobError> {
@@ -153,7 +152,7 @@ async fn apply(job: Arc<Job>, ctx: &JobContext) -> Result<Requeue, JobError> {
         return Ok(Requeue::await_change());
     }
 
-    let base = unique_base(&job)?;
+    let base = unique_base(&job, &ns)?;
     let observation = status.unique.as_deref().and_then(|u| ctx.runner.observation(u));
     let mut plan = state::plan(&job.spec, &status, &base, observation.as_ref(), Timestamp::now());
 

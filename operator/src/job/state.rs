@@ -16,6 +16,8 @@ use gearfleet_crd::{new_condition, set_condition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
+pub use super::unique::attempt_unique;
+
 /// What the broker reported for one attempt (accumulated by the runner).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observation {
@@ -120,32 +122,6 @@ pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
 }
 
-/// Longest unique key the broker is given (Gearman's limit).
-const UNIQUE_MAX: usize = 64;
-
-/// The unique key of attempt `attempt` (1-based) of step `step`: the Job's own key (`spec.unique`,
-/// else its UID) for the first attempt of the first step, so that users' coalescing works; with
-/// `/<step>/<attempt>` appended for every other attempt, so that a retry or a later step is a new
-/// job for the broker.
-pub fn attempt_unique(base: &str, step: usize, attempt: i32) -> String {
-    if step == 0 && attempt <= 1 {
-        return truncate(base, UNIQUE_MAX).to_string();
-    }
-    let suffix = format!("/{step}/{attempt}");
-    format!("{}{suffix}", truncate(base, UNIQUE_MAX - suffix.len()))
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 fn at(ts: Timestamp) -> Time {
     Time(ts)
 }
@@ -161,7 +137,7 @@ fn plus(now: Timestamp, d: Duration) -> Timestamp {
 
 /// The next status and actions of a Job.
 ///
-/// * `base`: the Job's unique base (`spec.unique` or its UID);
+/// * `base`: the Job's unique base ([`unique_base`](super::unique::unique_base): `<namespace>/<spec.unique>`, or its UID);
 /// * `observation`: what the runner has for the current attempt's unique key, if it follows it;
 /// * `now`: the time.
 pub fn plan(spec: &JobSpec, status: &JobStatus, base: &str, observation: Option<&Observation>, now: Timestamp) -> Plan {
