@@ -214,11 +214,11 @@ mod tests {
         let mut s = state(Limits::default());
         let worker = connect(&mut s, 1);
         let client = connect(&mut s, 2);
-        req(&mut s, 1, PacketType::CanDoTimeout, &[b"slow", b"5"]);
+        req(&mut s, 1, PacketType::CanDoTimeout, &[b"slow", b"5000"]);
         req(&mut s, 2, PacketType::SubmitJob, &[b"slow", b"", b"x"]);
         let fx = req_at(&mut s, 1, PacketType::GrabJob, &[], at(0));
         let job = s.conns[&1].holding[0];
-        assert_eq!(fx.timers, [(job, 1, Duration::from_secs(5))], "CAN_DO_TIMEOUT is in seconds");
+        assert_eq!(fx.timers, [(job, 1, Duration::from_secs(5))], "CAN_DO_TIMEOUT is in milliseconds");
         let handle = received(&worker).pop().unwrap().arg(0).to_vec();
         assert_eq!(sent(&client), [PacketType::JobCreated]);
 
@@ -245,7 +245,7 @@ mod tests {
             "slow",
             RetryPolicy { limit: 1, initial: Duration::from_secs(1), max: Duration::from_secs(1) },
         );
-        req(&mut s, 1, PacketType::CanDoTimeout, &[b"slow", b"2"]);
+        req(&mut s, 1, PacketType::CanDoTimeout, &[b"slow", b"2000"]);
         req(&mut s, 2, PacketType::SubmitJobBg, &[b"slow", b"", b"x"]);
         req_at(&mut s, 1, PacketType::GrabJob, &[], at(0));
         let job = s.conns[&1].holding[0];

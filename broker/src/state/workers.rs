@@ -12,11 +12,11 @@ use super::model::{Ability, ConnId, Effects, FnId, GrabKind, JobId, JobState, No
 use crate::store::Record;
 
 impl State {
-    /// CAN_DO_TIMEOUT: the timeout is in whole seconds; 0 or not a number means none.
-    pub(super) fn can_do_timeout(&mut self, id: ConnId, name: Bytes, secs: &[u8], fx: &mut Effects) {
-        let secs = std::str::from_utf8(secs).ok().and_then(|s| s.trim().parse::<u64>().ok());
-        let timeout = secs.filter(|&s| s > 0).map(Duration::from_secs);
-        self.can_do(id, name, timeout, fx)
+    /// CAN_DO_TIMEOUT: the timeout is in milliseconds, as gearmand (and the PHP, C and Python
+    /// libraries that send it) read it, raised to gearmand's floor of one second; 0 or not a
+    /// number means none.
+    pub(super) fn can_do_timeout(&mut self, id: ConnId, name: Bytes, millis: &[u8], fx: &mut Effects) {
+        self.can_do(id, name, can_do_timeout_value(millis), fx)
     }
 
     pub(super) fn can_do(&mut self, id: ConnId, name: Bytes, timeout: Option<Duration>, fx: &mut Effects) {
@@ -199,12 +199,44 @@ impl State {
     }
 }
 
+/// The shortest CAN_DO_TIMEOUT: gearmand raises shorter ones to a second.
+const MIN_CAN_DO_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A CAN_DO_TIMEOUT argument: milliseconds, at least [`MIN_CAN_DO_TIMEOUT`]; `None` for 0 or
+/// anything that is not a number.
+fn can_do_timeout_value(millis: &[u8]) -> Option<Duration> {
+    let millis = std::str::from_utf8(millis).ok().and_then(|s| s.trim().parse::<u64>().ok())?;
+    (millis > 0).then(|| Duration::from_millis(millis).max(MIN_CAN_DO_TIMEOUT))
+}
+
 #[cfg(test)]
 mod tests {
     use gearfleet_proto::PacketType;
 
+    use std::time::Duration;
+
     use super::super::model::Effects;
-    use super::super::testing::{req, sent, worker_and_client};
+    use super::super::testing::{req, req_at, sent, start, worker_and_client};
+    use super::can_do_timeout_value;
+
+    #[test]
+    fn can_do_timeout_is_in_milliseconds_with_a_one_second_floor() {
+        let ms = Duration::from_millis;
+        assert_eq!(can_do_timeout_value(b"1500"), Some(ms(1500)), "a PHP or C worker's 1,500 ms");
+        assert_eq!(can_do_timeout_value(b"30000"), Some(ms(30_000)));
+        assert_eq!(can_do_timeout_value(b"999"), Some(ms(1000)), "raised to gearmand's floor");
+        assert_eq!(can_do_timeout_value(b"1"), Some(ms(1000)));
+        assert_eq!(can_do_timeout_value(b" 2000 "), Some(ms(2000)));
+        for none in [&b"0"[..], b"", b"-5", b"1.5", b"soon", b"\xff"] {
+            assert_eq!(can_do_timeout_value(none), None, "{:?}", String::from_utf8_lossy(none));
+        }
+        // The timer a grab asks for is the registered one.
+        let (mut s, _worker) = worker_and_client();
+        req(&mut s, 1, PacketType::CanDoTimeout, &[b"f", b"1500"]);
+        req(&mut s, 2, PacketType::SubmitJobBg, &[b"f", b"", b"x"]);
+        let fx = req_at(&mut s, 1, PacketType::GrabJob, &[], start());
+        assert_eq!(fx.timers, [(s.conns[&1].holding[0], 1, ms(1500))]);
+    }
 
     #[test]
     fn sleeper_lists_of_functions_without_jobs_stay_bounded() {

@@ -3,7 +3,7 @@
 usage:
   gear_peer.py client HOST PORT FUNCTION PAYLOAD [--background] [--priority high|normal|low] [--unique U]
       prints one line per event: STATUS n/d, DATA x, WARNING x, then COMPLETE x | FAIL | EXCEPTION x
-  gear_peer.py worker HOST PORT FUNCTION MODE COUNT [--timeout S] [--id ID]
+  gear_peer.py worker HOST PORT FUNCTION MODE COUNT [--timeout MS] [--id ID]
       MODE: reverse (status + data + complete), fail, exception, hang (never answers),
             crash (exits hard on its first job, holding it)
 """
