@@ -134,6 +134,22 @@ pub struct Config {
     #[arg(long, env = "GEARFLEET_ALLOW_ADMIN_SHUTDOWN", default_value_t = false)]
     pub allow_admin_shutdown: bool,
 
+    /// TCP keepalive on every accepted connection (plain and TLS): quiet time before the first
+    /// probe. With --tcp-keepalive-interval and --tcp-keepalive-count it bounds how long a peer
+    /// that vanished without closing goes unnoticed: idle + interval × count (90s by default),
+    /// also set as TCP_USER_TIMEOUT for a peer that vanished with replies unacknowledged. Whole
+    /// seconds; 0 (here or in either other flag) turns both off.
+    #[arg(long, env = "GEARFLEET_TCP_KEEPALIVE_IDLE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub tcp_keepalive_idle: Duration,
+
+    /// Time between keepalive probes (0 = no keepalive).
+    #[arg(long, env = "GEARFLEET_TCP_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tcp_keepalive_interval: Duration,
+
+    /// Unanswered keepalive probes after which the connection is dropped (0 = no keepalive).
+    #[arg(long, env = "GEARFLEET_TCP_KEEPALIVE_COUNT", default_value_t = 6)]
+    pub tcp_keepalive_count: u32,
+
     /// Log format: text or json.
     #[arg(long, env = "GEARFLEET_LOG_FORMAT", default_value = "text")]
     pub log_format: String,

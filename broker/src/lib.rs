@@ -4,7 +4,8 @@
 //! * [`broker`]: the shared state, timers, scheduler and watch publisher.
 //! * [`connection`]: a connection's protocol session; TLS connections' reader and writer tasks.
 //! * [`event_loop`]: the threads that serve plain TCP connections (one `epoll` each).
-//! * [`server`]: listeners for the Gearman port and HTTP (metrics, health).
+//! * [`server`]: listeners for the Gearman port and HTTP (metrics, health); [`keepalive`]: the
+//!   TCP keepalive and user timeout set on every accepted connection.
 //! * [`admin`]: the text admin protocol.
 //! * [`store`]: the journal that keeps background jobs across restarts.
 //! * [`runtime`]: the tokio runtime the broker runs on (timers, journal, HTTP, TLS connections).
@@ -37,6 +38,7 @@ pub mod connection;
 pub mod event_loop;
 pub mod id_table;
 pub mod idle_poll;
+pub mod keepalive;
 pub mod metrics;
 pub mod outbox;
 pub mod outcomes;

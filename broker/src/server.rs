@@ -21,6 +21,7 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::connection;
 use crate::event_loop::EventLoops;
+use crate::keepalive::Keepalive;
 use crate::metrics::StateCollector;
 
 /// A started broker: its bound addresses and a handle to stop it.
@@ -115,6 +116,7 @@ enum Serve {
 }
 
 async fn accept_loop(broker: Arc<Broker>, listener: TcpListener, serve: Serve, permits: Arc<Semaphore>) {
+    let keepalive = Keepalive::from_config(&broker.config);
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -134,6 +136,11 @@ async fn accept_loop(broker: Arc<Broker>, listener: TcpListener, serve: Serve, p
                 continue;
             }
         };
+        if let Some(k) = &keepalive
+            && let Err(e) = k.apply(socket2::SockRef::from(&stream))
+        {
+            tracing::debug!(%peer, error = %e, "cannot set TCP keepalive");
+        }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection limit reached; refusing");
             tokio::spawn(async move {
