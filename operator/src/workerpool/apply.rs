@@ -2,7 +2,9 @@
 //! for good; retry policies to the broker; deletion
 //! costs, drain marks, drains and undrains (before any replicas are lowered); server-side apply of
 //! the Deployments; deletion of the Deployments of removed functions; recycling (marks, drains,
-//! evictions); the status, with server-side apply; the Events.
+//! evictions); the status, with server-side apply; the Events. Deployments whose replicas are
+//! lowered are applied before the others, so that a pool under `spec.maxReplicas` never
+//! overshoots it while replicas move between functions.
 //!
 //! Kubernetes errors on the pool's own objects fail the reconcile (it is retried); a broker command
 //! that fails is logged and planned again by the next reconcile, since the plan is made from what
@@ -20,7 +22,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::context::{Context, PoolKey};
-use super::plan::{Plan, PodAction};
+use super::plan::{FunctionPlan, Plan, PodAction};
 use crate::error::Error;
 use crate::kube_util::{FIELD_MANAGER, apply_status};
 
@@ -73,7 +75,9 @@ pub async fn apply(ctx: &Context, pool: &WorkerPool, ns: &str, plan: Plan) -> Re
         pod_action(ctx, &pods, pool, action).await?;
     }
 
-    for f in &functions {
+    let (lowered, others): (Vec<&FunctionPlan>, Vec<&FunctionPlan>) =
+        functions.iter().partition(|f| f.target < f.current);
+    for f in lowered.into_iter().chain(others) {
         let dep_name = f.deployment.name_any();
         deployments.patch(&dep_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&f.deployment)).await?;
         if f.target != f.current {

@@ -6,7 +6,7 @@
 //!   connections, the time, as one [`observe::Observed`] value;
 //! * [`plan`] (pure): everything to do, as one [`plan::Plan`] value, using the pure decision
 //!   modules [`scaling`], [`scale_in`], [`recycle`], [`health`], [`phase`], [`desired`], [`drain`],
-//!   [`connections`] and [`gone`];
+//!   [`connections`], [`gone`] and [`pool_cap`];
 //! * [`apply`] (I/O): carries the plan out.
 //!
 //! [`context`] holds the I/O handles and the [`memory`]: what the controller remembers between
@@ -23,6 +23,7 @@ pub mod memory;
 pub mod observe;
 pub mod phase;
 pub mod plan;
+pub mod pool_cap;
 pub mod reconcile;
 pub mod recycle;
 pub mod scale_in;

@@ -4,7 +4,8 @@
 //!
 //! Per function: [`decide`] the replicas, fit the pool under `spec.maxReplicas`
 //! ([`share_pool_cap`]), go to zero when paused, hold growth at `crashLoopLimit`
-//! ([`health::cap_for_crashes`]); make a scale-in safe and take back drains nobody needs
+//! ([`health::cap_for_crashes`]), hold raises until the pods of lowered functions are gone so the
+//! cap holds at every instant ([`hold_pool_cap`]); make a scale-in safe and take back drains nobody needs
 //! (`plan/pods.rs`); build the Deployment ([`desired_deployment`]); step the recycling. Then the whole
 //! new status with its conditions, the Events, and when to look again.
 
@@ -35,6 +36,7 @@ use super::health;
 use super::memory::PoolMemory;
 use super::observe::Observed;
 use super::phase::{PhaseInput, pool_phase};
+use super::pool_cap::{self, hold_pool_cap};
 use super::recycle::{RecyclePolicy, last_scheduled_restart};
 use super::scaling::{ScaleKind, decide, share_pool_cap};
 
@@ -128,6 +130,11 @@ fn clamp_i32(v: u64) -> i32 {
 
 fn clamp_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Whether `pod` has finished (phase `Failed` or `Succeeded`): it holds no place under the cap.
+fn is_finished(pod: &Pod) -> bool {
+    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Failed" | "Succeeded"))
 }
 
 /// The pool's recycle policy at `now`, if it has a trigger (recycle spec or a restart request)
@@ -241,6 +248,33 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
         }
     }
 
+    // Health, growth held at crashLoopLimit, then raises held for the pool cap at every instant.
+    let healths: Vec<health::FunctionHealth> =
+        pool.spec.functions.iter().map(|f| health::function_health(pods_of(&f.name), now)).collect();
+    let crash_capped: Vec<(i32, Option<String>)> = decisions
+        .iter()
+        .zip(&healths)
+        .map(|(d, h)| health::cap_for_crashes(d.desired, d.current, h.troubled, pool.spec.crash_loop_limit))
+        .collect();
+    let cap_input: Vec<pool_cap::FunctionPods> = pool
+        .spec
+        .functions
+        .iter()
+        .zip(&decisions)
+        .zip(&crash_capped)
+        .map(|((f, d), (target, _))| {
+            let pods: Vec<&Pod> = pods_of(&f.name).into_iter().filter(|p| !is_finished(p)).collect();
+            let terminating = pods.iter().filter(|p| p.metadata.deletion_timestamp.is_some()).count();
+            pool_cap::FunctionPods {
+                current: d.current,
+                target: *target,
+                pods: i32::try_from(pods.len()).unwrap_or(i32::MAX),
+                terminating: i32::try_from(terminating).unwrap_or(i32::MAX),
+            }
+        })
+        .collect();
+    let cap_holds = hold_pool_cap(pool.spec.max_replicas, &cap_input);
+
     let recycle_policy = recycle_policy(pool, now);
     let mut requeue = pool.spec.scaling.poll_interval();
     let mut before_scaling = Vec::new();
@@ -251,7 +285,10 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
     let mut scaling = Vec::new();
     let mut degraded: Vec<String> = Vec::new();
     let mut degraded_reason: Option<&'static str> = None;
-    for ((f, decision), fstats) in pool.spec.functions.iter().zip(&decisions).zip(function_stats) {
+    let per_function = healths.into_iter().zip(crash_capped).zip(cap_holds);
+    for (((f, decision), fstats), ((fhealth, (target, held)), (allowed, cap_held))) in
+        pool.spec.functions.iter().zip(&decisions).zip(function_stats).zip(per_function)
+    {
         let dep_name = pool.deployment_name(&f.name);
         let fpods = FunctionPods {
             function: &f.name,
@@ -260,15 +297,25 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
             current: decision.current,
             now,
         };
-        let fhealth = health::function_health(fpods.pods.iter().copied(), now);
         if let Some((trouble, line)) = &fhealth.first {
             degraded.push(format!("{}: {} pod(s) {} ({line})", f.name, fhealth.troubled, trouble.reason()));
             degraded_reason.get_or_insert(trouble.reason());
         }
-        let (mut target, held) =
-            health::cap_for_crashes(decision.desired, decision.current, fhealth.troubled, pool.spec.crash_loop_limit);
+        let mut target = target;
         if let Some(why) = held {
             scaling.push(format!("{}: {why}", f.name));
+        }
+        if let Some(h) = cap_held {
+            target = allowed;
+            requeue = requeue.min(Duration::from_secs(2));
+            scaling.push(format!(
+                "{}: raise to {} waits for the pool cap (maxReplicas {}: {} pod(s) of other functions, or terminating, still there): {} for now",
+                f.name,
+                h.wanted,
+                pool.spec.max_replicas.unwrap_or_default(),
+                h.occupied,
+                h.allowed
+            ));
         }
         let mut victims = Vec::new();
         let mut waiting_for_drain = false;

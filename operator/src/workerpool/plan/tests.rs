@@ -21,6 +21,7 @@ use crate::workerpool::memory::FunctionMemory;
 
 mod disconnects;
 mod drains;
+mod pool_cap;
 mod status;
 use crate::workerpool::scale_in::POD_DELETION_COST;
 
