@@ -73,21 +73,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     });
 
-    let workers_address = args.workers_broker_address.unwrap_or_else(|| args.broker_address.clone());
+    let workers_address = args.workers_broker_address.clone().unwrap_or_else(|| args.broker_address.clone());
     tracing::info!(broker = %args.broker_address, workers_broker = %workers_address, namespace = ?args.namespace, "starting");
     let ctx_metrics = metrics.clone();
-    let token = match (&args.broker_admin_token, &args.broker_admin_token_file) {
-        (Some(t), _) => Some(t.trim().to_string()),
-        (None, Some(path)) => Some(std::fs::read_to_string(path)?.trim().to_string()),
-        (None, None) => None,
-    };
-    let admin = BrokerClient::new(args.broker_address.clone()).with_token(token);
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        BrokerClient::new(args.broker_address.clone()),
-        workers_address,
-        metrics,
-    ));
+    let brokers = BrokerClients::from_args(&args)?;
+    let admin = brokers.jobs;
+    let ctx = Arc::new(Context::new(client.clone(), brokers.pools, workers_address, metrics));
     let controllers = {
         let (client, namespace, job_metrics) = (client.clone(), args.namespace.clone(), ctx_metrics);
         let broker_address = args.broker_address.clone();
@@ -125,6 +116,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
+/// The broker clients of the two controllers.
+struct BrokerClients {
+    /// The WorkerPool controller's: `fleet drain`, `fleet undrain`, `fleet disconnect` and
+    /// `fleet retries` are refused without the admin token.
+    pools: BrokerClient,
+    /// The Job controller's: `cancel job` is refused without it.
+    jobs: BrokerClient,
+}
+
+impl BrokerClients {
+    /// Both clients for `--broker-address`, each authenticating with the admin token when one is
+    /// given (`--broker-admin-token`, or read from `--broker-admin-token-file`).
+    fn from_args(args: &Args) -> std::io::Result<Self> {
+        let token = match (&args.broker_admin_token, &args.broker_admin_token_file) {
+            (Some(t), _) => Some(t.trim().to_string()),
+            (None, Some(path)) => Some(std::fs::read_to_string(path)?.trim().to_string()),
+            (None, None) => None,
+        };
+        let client = BrokerClient::new(args.broker_address.clone()).with_token(token);
+        Ok(Self { pools: client.clone(), jobs: client })
+    }
+}
+
 /// The host name, or a fixed name when there is none (outside a pod without POD_NAME).
 fn default_identity() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -132,4 +146,57 @@ fn default_identity() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| format!("gearfleet-operator-{}", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both controllers' clients, built from the flags, against a real broker that requires the
+    /// admin token: the WorkerPool controller's drain, undrain and retries, and the Job
+    /// controller's admin commands, are accepted.
+    #[tokio::test]
+    async fn both_controllers_authenticate_with_the_admin_token() {
+        let mut config = gearfleet_broker::Config::for_tests();
+        config.admin_token = Some("s3cret".into());
+        let broker = gearfleet_broker::start(config).await.expect("broker");
+        let addr = broker.gearman_addr.to_string();
+
+        let from_flag = Args::parse_from([
+            "gearfleet-operator",
+            "--broker-address",
+            addr.as_str(),
+            "--broker-admin-token",
+            "s3cret",
+        ]);
+        let dir = std::env::temp_dir().join(format!("gearfleet-operator-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("token");
+        std::fs::write(&file, "s3cret\n").expect("token file");
+        let file_arg = file.to_string_lossy().into_owned();
+        let from_file = Args::parse_from([
+            "gearfleet-operator",
+            "--broker-address",
+            addr.as_str(),
+            "--broker-admin-token-file",
+            file_arg.as_str(),
+        ]);
+
+        for args in [from_flag, from_file] {
+            let clients = BrokerClients::from_args(&args).expect("clients");
+            for (controller, client) in [("WorkerPool", &clients.pools), ("Job", &clients.jobs)] {
+                for command in ["fleet drain pod-1", "fleet undrain pod-1", "fleet retries echo 3 1s 5m"] {
+                    let reply = client.ok(command).await;
+                    assert!(reply.is_ok(), "{controller} controller: {command}: {reply:?}");
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+
+        // Without a token the broker refuses them: the test above is not vacuous.
+        let anonymous = Args::parse_from(["gearfleet-operator", "--broker-address", addr.as_str()]);
+        let clients = BrokerClients::from_args(&anonymous).expect("clients");
+        assert!(clients.pools.ok("fleet drain pod-1").await.is_err());
+        broker.stop().await;
+    }
 }
