@@ -1,16 +1,12 @@
 use clap::Parser;
 use gearfleet_broker::Config;
-use tracing_subscriber::EnvFilter;
+use gearfleet_proto::logging::{self, LogFormat, Writer};
 
 fn main() -> anyhow::Result<()> {
     tune_malloc();
     let config = Config::parse();
-    let filter = EnvFilter::try_from_env("GEARFLEET_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    if config.log_format == "json" {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    let format: LogFormat = config.log_format.parse()?;
+    logging::init(format, "GEARFLEET_LOG", "info", Writer::Stdout);
     gearfleet_broker::runtime::build(&config)?.block_on(run(config))
 }
 

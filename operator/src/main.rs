@@ -11,6 +11,7 @@ use gearfleet_operator::job::runner::Runner;
 use gearfleet_operator::leader::{self, LeaderConfig};
 use gearfleet_operator::metrics::{self, Metrics};
 use gearfleet_operator::workerpool::reconcile::{self, Context};
+use gearfleet_proto::logging::{self, LogFormat, Writer};
 
 /// Kubernetes operator for Gearman worker fleets (WorkerPool controller).
 #[derive(Parser, Debug)]
@@ -48,20 +49,13 @@ struct Args {
     broker_admin_token_file: Option<std::path::PathBuf>,
     /// Log format: text or json (filter with RUST_LOG).
     #[arg(long, env = "GEARFLEET_LOG_FORMAT", default_value = "text")]
-    log_format: String,
+    log_format: LogFormat,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if args.log_format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    logging::init(args.log_format, "RUST_LOG", "info", Writer::Stderr);
 
     let client = kube::Client::try_default().await?;
     let metrics = Arc::new(Metrics::default());
