@@ -301,6 +301,49 @@ mod tests {
         assert_eq!(watch.next().await, Some(None));
     }
 
+    /// Against a real broker: a stock worker (no SET_CLIENT_ID) is found by its pod's IP, drained,
+    /// undrained and disconnected by the argument `connections::broker_target` chooses for it.
+    #[tokio::test]
+    async fn a_stock_worker_is_drained_and_disconnected_by_its_ip() {
+        use crate::workerpool::connections::{PodIdentity, broker_target, connections_of};
+        use gearfleet_proto::{Packet, PacketType};
+
+        let broker = gearfleet_broker::start(gearfleet_broker::Config::for_tests()).await.unwrap();
+        let addr = broker.gearman_addr.to_string();
+        let mut stock = TcpStream::connect(&addr).await.unwrap();
+        stock.write_all(&Packet::req(PacketType::CanDo, &[b"echo"]).to_bytes()).await.unwrap();
+        let client = BrokerClient::new(addr);
+        let pod = PodIdentity { name: "php-0".into(), ips: vec!["127.0.0.1".parse().unwrap()] };
+        let mine = || async {
+            let workers = client.fleet_workers().await.unwrap();
+            connections_of(&workers, &pod).cloned().collect::<Vec<WorkerStats>>()
+        };
+        let mut seen = mine().await;
+        for _ in 0..50 {
+            if !seen.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            seen = mine().await;
+        }
+        assert_eq!(seen.len(), 1, "the stock worker's connection is the pod's");
+        assert_eq!(seen[0].client_id, "-");
+        let target = broker_target(&pod, &seen.iter().collect::<Vec<_>>());
+        assert_eq!(target, "127.0.0.1");
+
+        client.drain(&target).await.unwrap();
+        assert!(mine().await.iter().all(|w| w.draining), "drained by IP");
+        client.undrain(&target).await.unwrap();
+        assert!(mine().await.iter().all(|w| !w.draining), "undrained by IP");
+        client.disconnect(&target).await.unwrap();
+        let mut buf = [0u8; 16];
+        let read =
+            tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut stock, &mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the broker closed the connection: {read:?}");
+        assert!(mine().await.is_empty());
+        broker.stop().await;
+    }
+
     /// Against a real broker started with an admin token: drain needs the token, status does not.
     #[tokio::test]
     async fn admin_token_is_sent_before_state_changing_commands() {
