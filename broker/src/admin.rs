@@ -117,7 +117,7 @@ pub fn run(
         AdminCommand::FleetDrain(id) => format!("OK {}\n", state.set_draining(&id, true, fx)),
         AdminCommand::FleetUndrain(id) => format!("OK {}\n", state.set_draining(&id, false, fx)),
         AdminCommand::FleetDisconnect(target) => {
-            let fds = state.disconnect_named(&target, conn, fx);
+            let fds = state.disconnect_named(&target, conn, crate::clock::now(), fx);
             for &fd in &fds {
                 shut_down(fd);
             }

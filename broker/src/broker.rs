@@ -1,5 +1,5 @@
 //! The shared broker: state behind one lock, plus the background tasks that act on time
-//! (scheduled jobs, CAN_DO_TIMEOUT) and publish queue changes to watchers.
+//! (scheduled jobs, CAN_DO_TIMEOUT and its grace) and publish queue changes to watchers.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -69,6 +69,7 @@ impl Broker {
             },
             max_requeues: config.max_requeues,
             dead_letter_limit: config.dead_letter_limit,
+            timeout_grace: config.timeout_grace,
             retained_outcomes: config.retained_outcomes,
             retained_outcome_ttl: config.retained_outcome_ttl,
         };
@@ -106,6 +107,23 @@ impl Broker {
                 let mut fx = Effects::default();
                 if broker.with_state(|s| s.expire(job, attempt, clock::now(), &mut fx)) {
                     tracing::warn!(job, attempt, timeout = ?after, "job timed out; failed to its clients");
+                }
+                broker.apply(fx);
+            });
+        }
+        for (worker, job, attempt, grace) in fx.graces {
+            let broker = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                let mut fx = Effects::default();
+                if broker.with_state(|s| s.grace_over(worker, job, attempt, clock::now(), &mut fx)) {
+                    tracing::warn!(
+                        job,
+                        attempt,
+                        worker,
+                        ?grace,
+                        "timed-out job not answered within the grace; handed back"
+                    );
                 }
                 broker.apply(fx);
             });

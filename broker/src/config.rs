@@ -79,6 +79,13 @@ pub struct Config {
     #[arg(long, env = "GEARFLEET_RETRY_BACKOFF_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
     pub retry_backoff_max: Duration,
 
+    /// How long a worker whose job ran past its CAN_DO_TIMEOUT keeps holding it after its clients
+    /// were told (it counts as busy, and the job is not run again meanwhile), unless it answers
+    /// for the job or disconnects first; only then may a background job's retry run (0 = hand it
+    /// back at the timeout).
+    #[arg(long, env = "GEARFLEET_TIMEOUT_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout_grace: Duration,
+
     /// A background job handed back this many times by workers that disconnected while holding
     /// it is dead-lettered (0 = never).
     #[arg(long, env = "GEARFLEET_MAX_REQUEUES", default_value_t = 10)]

@@ -187,7 +187,7 @@ impl Session {
     /// its outbox. Held replies must have been released before.
     pub fn close(self, broker: &Arc<Broker>, outbox: &Arc<Outbox>, reason: &'static str) {
         let mut fx = Effects::default();
-        broker.with_state(|s| s.remove_conn(self.id, &mut fx));
+        broker.with_state(|s| s.remove_conn(self.id, clock::now(), &mut fx));
         broker.apply(fx);
         if self.watching {
             broker.watch_ended();

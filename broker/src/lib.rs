@@ -23,9 +23,11 @@
 //! 4. **Grab**: `state/workers.rs` hands the oldest job of the highest priority to a worker and
 //!    asks (through `Effects`) for its CAN_DO_TIMEOUT timer, which `broker.rs` runs.
 //! 5. **Updates**: WORK_STATUS/DATA/WARNING go to the attached clients (`state/finish.rs`).
-//! 6. **Finish**: WORK_COMPLETE/FAIL/EXCEPTION or a timeout end the try (`state/finish.rs`); a
-//!    failed background job is retried after its backoff or dead-lettered (`state/retry.rs`); a
-//!    worker that disconnects hands its jobs back (`state/conn.rs`, `state/retry.rs`).
+//! 6. **Finish**: WORK_COMPLETE/FAIL/EXCEPTION end the try (`state/finish.rs`); a timeout ends
+//!    it for its clients, but the worker holds the job until it answers, leaves or the grace ends
+//!    (`state/timeout.rs`, its timers in `broker.rs`); a failed background job is retried after
+//!    its backoff or dead-lettered (`state/retry.rs`); a worker that disconnects hands its jobs
+//!    back (`state/connections.rs`, `state/retry.rs`).
 //! 7. **Journal**: background jobs are appended to the journal at each step
 //!    (`state/durability.rs`, `store/`), and replies wait for it in fsync mode
 //!    (`connection.rs`, `outbox.rs`).

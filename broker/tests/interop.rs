@@ -6,10 +6,11 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Peer, broker};
 use gearfleet_proto::PacketType as T;
+use gearfleet_proto::admin::{FunctionStats, StatusRow, WorkerState, WorkerStats, split_list};
 
 fn have(tool: &str, probe: &[&str]) -> bool {
     let ok =
@@ -69,7 +70,7 @@ async fn wait_for_workers(addr: std::net::SocketAddr, function: &str, n: u64) {
         let status = admin.admin("status").await;
         let count = status
             .lines()
-            .filter_map(gearfleet_proto::admin::StatusRow::parse)
+            .filter_map(StatusRow::parse)
             .find(|r| r.function == function)
             .map_or(0, |r| r.available_workers);
         if count >= n {
@@ -291,10 +292,10 @@ async fn drain_and_undrain_by_ip_reach_a_gearman_cli_worker_without_a_client_id(
     let n: usize = reply.strip_prefix("OK ").and_then(|n| n.trim().parse().ok()).expect("OK <n>");
     assert!(n >= 2, "the CLI worker and this admin connection at least: {reply:?}");
     let workers = admin.admin("fleet workers").await;
-    let row = gearfleet_proto::admin::split_list(&workers)
+    let row = split_list(&workers)
         .unwrap()
         .into_iter()
-        .filter_map(gearfleet_proto::admin::WorkerStats::parse)
+        .filter_map(WorkerStats::parse)
         .find(|w| w.functions == ["drained"])
         .expect("the CLI worker is listed");
     assert_eq!((row.client_id.as_str(), row.draining), ("-", true), "no client id, drained by its IP");
@@ -315,5 +316,135 @@ async fn drain_and_undrain_by_ip_reach_a_gearman_cli_worker_without_a_client_id(
     assert!(String::from_utf8_lossy(done.arg(1)).contains("cba"), "{done:?}");
     worker.kill().await.unwrap();
     let _ = worker.wait().await;
+    b.stop().await;
+}
+
+/// A gear worker that registers `function` with `registerFunction(name, timeout=b"1500")`, which
+/// gear sends as CAN_DO_TIMEOUT 1500 (milliseconds), takes one job, sleeps `secs`, answers it
+/// (late) and leaves.
+fn late_gear_worker(port: u16, function: &str, secs: &str) -> tokio::process::Child {
+    gear_cmd(port, &["worker", function, "late", "1", "--timeout", "1500", "--sleep", secs])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until `function` has a running job.
+async fn wait_until_running(admin: &mut Peer, function: &str) {
+    for _ in 0..250 {
+        let status = admin.admin("status").await;
+        if status.lines().filter_map(StatusRow::parse).any(|r| r.function == function && r.running == 1) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no job of {function} started");
+}
+
+/// `fleet workers`, parsed.
+async fn fleet_workers(admin: &mut Peer) -> Vec<WorkerStats> {
+    let reply = admin.admin("fleet workers").await;
+    split_list(&reply).unwrap().into_iter().filter_map(WorkerStats::parse).collect()
+}
+
+/// `status`'s row for `function`.
+async fn status_row(admin: &mut Peer, function: &str) -> StatusRow {
+    let status = admin.admin("status").await;
+    status.lines().filter_map(StatusRow::parse).find(|r| r.function == function).expect("function listed")
+}
+
+/// While a timed-out worker holds its job: the job counts as running, the worker as busy with it.
+async fn assert_held(admin: &mut Peer, function: &str, handle: &[u8]) {
+    let row = status_row(admin, function).await;
+    assert_eq!((row.total, row.running, row.available_workers), (1, 1, 2), "{row:?}");
+    let workers = fleet_workers(admin).await;
+    let holder = workers.iter().find(|w| w.client_id == "interop-worker").expect("the gear worker");
+    assert_eq!(holder.state, WorkerState::Busy);
+    assert_eq!(holder.current_jobs, [String::from_utf8_lossy(handle).into_owned()]);
+    let fleet = admin.admin("fleet status").await;
+    let stats =
+        split_list(&fleet).unwrap().into_iter().filter_map(FunctionStats::parse).find(|s| s.function == function);
+    assert_eq!(
+        stats.map(|s| (s.running, s.workers, s.idle_workers)),
+        Some((1, 2, 1)),
+        "only the second worker is idle"
+    );
+}
+
+#[tokio::test]
+async fn a_timed_out_foreground_job_fails_once_and_no_other_worker_gets_it() {
+    if !have_gear() {
+        return;
+    }
+    let b = broker().await;
+    let port = b.gearman_addr.port();
+    let mut slow = late_gear_worker(port, "slowfg", "5");
+    wait_for_workers(b.gearman_addr, "slowfg", 1).await;
+    let mut admin = Peer::connect(b.gearman_addr).await;
+    let mut client = Peer::connect(b.gearman_addr).await;
+    let started = Instant::now();
+    let h = client.submit(T::SubmitJob, "slowfg", "", b"x").await;
+    wait_until_running(&mut admin, "slowfg").await;
+    // A second worker of the function, idle the whole time.
+    let mut idle = Peer::worker(b.gearman_addr, &["slowfg"]).await;
+    assert!(idle.grab().await.is_none());
+    idle.send(T::PreSleep, &[]).await;
+
+    let fail = client.try_recv(Duration::from_secs(4)).await.expect("the timeout fails the job");
+    let elapsed = started.elapsed();
+    assert_eq!((fail.ptype, fail.arg(0)), (T::WorkFail, h.as_slice()));
+    assert!(elapsed >= Duration::from_millis(1200) && elapsed <= Duration::from_secs(3), "WORK_FAIL after {elapsed:?}");
+    assert_held(&mut admin, "slowfg", &h).await;
+
+    // The gear worker answers 5 s in, then leaves; meanwhile and after, the job goes nowhere.
+    let status = tokio::time::timeout(Duration::from_secs(15), slow.wait()).await.expect("it answers").unwrap();
+    assert!(status.success(), "the gear worker answered its job late and left");
+    idle.expect_silence(Duration::from_millis(300)).await;
+    assert!(idle.grab().await.is_none(), "a timed-out foreground job never runs again");
+    client.expect_silence(Duration::from_millis(300)).await;
+    let row = status_row(&mut admin, "slowfg").await;
+    assert_eq!((row.total, row.running), (0, 0), "handed back once answered: {row:?}");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_timed_out_background_job_is_retried_only_after_its_worker_answers() {
+    if !have_gear() {
+        return;
+    }
+    let b = broker().await;
+    let port = b.gearman_addr.port();
+    let mut admin = Peer::connect(b.gearman_addr).await;
+    assert_eq!(admin.admin("fleet retries slowbg 1 100ms 100ms").await, "OK\r\n");
+    let mut slow = late_gear_worker(port, "slowbg", "4");
+    wait_for_workers(b.gearman_addr, "slowbg", 1).await;
+    let mut client = Peer::connect(b.gearman_addr).await;
+    let started = Instant::now();
+    let h = client.submit(T::SubmitJobBg, "slowbg", "", b"x").await;
+    wait_until_running(&mut admin, "slowbg").await;
+    let mut idle = Peer::worker(b.gearman_addr, &["slowbg"]).await;
+    assert!(idle.grab().await.is_none());
+    idle.send(T::PreSleep, &[]).await;
+
+    // Past the timeout (1.5 s) and its retry's backoff (100 ms), the first worker still holds it.
+    tokio::time::sleep(Duration::from_millis(2500).saturating_sub(started.elapsed())).await;
+    assert_held(&mut admin, "slowbg", &h).await;
+    let woken = idle.try_recv(Duration::from_secs(10)).await.expect("the retry, once the first worker answered");
+    let at = started.elapsed();
+    assert_eq!(woken.ptype, T::Noop);
+    assert!(
+        at >= Duration::from_millis(3800),
+        "the retry was released {at:?} in, before the first worker answered (4 s)"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), slow.wait()).await.expect("it left").unwrap();
+    assert!(status.success(), "the gear worker answered its job late and left");
+    let job = idle.grab().await.expect("the retry");
+    assert_eq!(job.arg(0), h.as_slice());
+    idle.send(T::WorkComplete, &[&h, b""]).await;
+    idle.send(T::EchoReq, &[b""]).await;
+    idle.expect(T::EchoRes).await;
+    let row = status_row(&mut admin, "slowbg").await;
+    assert_eq!((row.total, row.running), (0, 0), "{row:?}");
+    assert_eq!(admin.admin("show dead").await, ".\n");
     b.stop().await;
 }

@@ -93,7 +93,8 @@ impl State {
     pub fn admin_cancel(&mut self, handle: &str, fx: &mut Effects) -> Result<(), &'static str> {
         let job_id = self.parse_handle(handle.as_bytes()).ok_or("UNKNOWN_JOB")?;
         let job = self.jobs.get(&job_id).ok_or("UNKNOWN_JOB")?;
-        if let JobState::Running { .. } = job.state {
+        if let JobState::Running { .. } | JobState::TimedOut { .. } = job.state {
+            // A timed-out try's worker may still be running it.
             return Err("JOB_RUNNING");
         }
         let clients = job.clients.clone();
@@ -152,7 +153,7 @@ impl State {
                 let mut draining = 0;
                 for w in &f.workers {
                     if let Some(c) = self.conns.get(w) {
-                        if c.holding.is_empty() {
+                        if c.holding.is_empty() && c.timed_out.is_empty() {
                             idle += 1;
                         }
                         if c.draining {
@@ -174,17 +175,21 @@ impl State {
             .collect()
     }
 
-    /// `fleet workers`: connections that registered a function or hold a job.
+    /// `fleet workers`: connections that registered a function or hold a job. A worker holding a
+    /// try that timed out is busy with it (it may still be running it).
     pub fn fleet_workers(&self) -> Vec<WorkerStats> {
-        let mut conns: Vec<_> =
-            self.conns.iter().filter(|(_, c)| !c.abilities.is_empty() || !c.holding.is_empty()).collect();
+        let mut conns: Vec<_> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.abilities.is_empty() || !c.holding.is_empty() || !c.timed_out.is_empty())
+            .collect();
         conns.sort_by_key(|(id, _)| **id);
         conns
             .into_iter()
             .map(|(_, c)| WorkerStats {
                 client_id: lossy(&c.client_id),
                 address: c.peer.clone(),
-                state: if !c.holding.is_empty() {
+                state: if !c.holding.is_empty() || !c.timed_out.is_empty() {
                     WorkerState::Busy
                 } else if c.sleeping {
                     WorkerState::Sleeping
@@ -193,7 +198,13 @@ impl State {
                 },
                 draining: c.draining,
                 jobs_done: c.jobs_done,
-                current_jobs: c.holding.iter().map(|&j| self.handle_string(j)).collect(),
+                current_jobs: c
+                    .holding
+                    .iter()
+                    .copied()
+                    .chain(c.timed_out.iter().map(|t| t.job))
+                    .map(|j| self.handle_string(j))
+                    .collect(),
                 functions: c.abilities.iter().map(|a| lossy(&self.functions[a.fid as usize].name)).collect(),
             })
             .collect()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::model::{Ability, JobId};
+use super::model::{Ability, JobId, TimedOutTry};
 use crate::outbox::Outbox;
 
 #[derive(Debug)]
@@ -25,6 +25,9 @@ pub(super) struct Conn {
     pub(super) retain_outcomes: bool,
     /// Jobs this connection holds as a worker.
     pub(super) holding: Vec<JobId>,
+    /// Tries that ran past their timeout which this worker may still be running: it counts as
+    /// busy with them until it answers, leaves or their grace ends.
+    pub(super) timed_out: Vec<TimedOutTry>,
     /// Foreground jobs this connection waits on as a client, oldest first.
     pub(super) waiting_on: VecDeque<JobId>,
     pub(super) jobs_done: u64,

@@ -11,7 +11,7 @@ use gearfleet_proto::packet::PacketType;
 
 use super::State;
 use super::conn::Conn;
-use super::model::{ConnId, Effects, JobState};
+use super::model::{ConnId, Effects, JobState, Now};
 use crate::outbox::Outbox;
 
 impl State {
@@ -30,6 +30,7 @@ impl State {
                 exceptions: false,
                 retain_outcomes: false,
                 holding: Vec::new(),
+                timed_out: Vec::new(),
                 waiting_on: VecDeque::new(),
                 jobs_done: 0,
                 watching: false,
@@ -37,16 +38,20 @@ impl State {
         );
     }
 
-    /// Forgets a closed connection: jobs it held go back to the front of their queues (gearmand
-    /// semantics; a disconnect is not the job's fault), foreground jobs nobody waits for any more
-    /// are dropped if they have not started.
-    pub fn remove_conn(&mut self, id: ConnId, fx: &mut Effects) {
+    /// Forgets a connection closed at `now`: jobs it held go back to the front of their queues
+    /// (gearmand semantics; a disconnect is not the job's fault), tries of it that had timed out
+    /// are handed back (a background job's retry counts its backoff from now), foreground jobs
+    /// nobody waits for any more are dropped if they have not started.
+    pub fn remove_conn(&mut self, id: ConnId, now: Now, fx: &mut Effects) {
         let Some(conn) = self.conns.remove(&id) else { return };
         for ability in &conn.abilities {
             self.functions[ability.fid as usize].workers.retain(|&w| w != id);
         }
         for job_id in conn.holding {
             self.requeue_front(job_id, fx);
+        }
+        for timed_out in conn.timed_out {
+            self.release_timed_out(id, timed_out, now, fx);
         }
         for job_id in conn.waiting_on {
             let Some(job) = self.jobs.get_mut(&job_id) else { continue };
@@ -112,14 +117,14 @@ impl State {
     /// [`State::remove_conn`]). Their outboxes are closed, so nothing more is sent to them nor
     /// read from them; the caller shuts their sockets (the returned descriptors stay open while
     /// the state is locked: a connection's socket is closed only after it has left the state).
-    pub fn disconnect_named(&mut self, target: &str, by: ConnId, fx: &mut Effects) -> Vec<i64> {
+    pub fn disconnect_named(&mut self, target: &str, by: ConnId, now: Now, fx: &mut Effects) -> Vec<i64> {
         let mut fds = Vec::new();
         for id in self.conns_named(target).into_iter().filter(|&id| id != by) {
             if let Some(c) = self.conns.get(&id) {
                 c.outbox.close();
                 fds.push(c.fd);
             }
-            self.remove_conn(id, fx);
+            self.remove_conn(id, now, fx);
         }
         fds
     }
@@ -167,7 +172,7 @@ mod tests {
     use gearfleet_proto::PacketType;
 
     use super::super::model::{Effects, Limits};
-    use super::super::testing::{connect, received, req, sent, state};
+    use super::super::testing::{connect, received, req, sent, start, state};
     use crate::outbox::Outbox;
 
     #[test]
@@ -226,7 +231,7 @@ mod tests {
         req(&mut s, 3, PacketType::PreSleep, &[]);
 
         let mut fx = Effects::default();
-        assert_eq!(s.disconnect_named("10.0.0.1", 9, &mut fx), [-1], "the holder's socket, to shut");
+        assert_eq!(s.disconnect_named("10.0.0.1", 9, start(), &mut fx), [-1], "the holder's socket, to shut");
         assert!(!s.conns.contains_key(&1), "gone from the state at once");
         assert!(holder.is_closed(), "nothing more is sent to it");
         assert_eq!(sent(&rescuer), [PacketType::Noop], "the job is back in the queue");
@@ -234,8 +239,8 @@ mod tests {
         let assigned = received(&rescuer).pop().unwrap();
         assert_eq!((assigned.ptype, assigned.arg(0)), (PacketType::JobAssign, &handle[..]));
         assert_eq!(sent(&client), [PacketType::JobCreated], "the client still waits on it");
-        assert!(s.disconnect_named("10.0.0.1", 9, &mut fx).is_empty(), "nothing left to match");
-        assert!(s.disconnect_named("10.0.0.2", 2, &mut fx).is_empty(), "never the connection that asks");
+        assert!(s.disconnect_named("10.0.0.1", 9, start(), &mut fx).is_empty(), "nothing left to match");
+        assert!(s.disconnect_named("10.0.0.2", 2, start(), &mut fx).is_empty(), "never the connection that asks");
         assert!(s.conns.contains_key(&2));
     }
 }

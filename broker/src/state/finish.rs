@@ -13,6 +13,8 @@ use crate::outcomes::Retained;
 use crate::store::Record;
 
 const ERR_JOB_NOT_FOUND: &[u8] = b"job_not_found";
+/// The error a background job keeps when a try timed out.
+pub(super) const TIMED_OUT: &[u8] = b"timed out";
 
 impl State {
     /// The job `handle` if this worker holds it; otherwise tells the worker it does not.
@@ -42,7 +44,14 @@ impl State {
     }
 
     pub(super) fn work_finish(&mut self, id: ConnId, p: &Packet, outcome: Outcome, now: Now, fx: &mut Effects) {
-        let Some(job_id) = self.held_job(id, p.arg(0)) else { return };
+        let Some(job_id) = self.held_job(id, p.arg(0)) else {
+            // Answered as for any job that is gone; if it is a try of this worker that timed out,
+            // the answer is discarded and the try handed back (`timeout.rs`).
+            if let Some(job_id) = self.parse_handle(p.arg(0)) {
+                self.late_answer(id, job_id, now, fx);
+            }
+            return;
+        };
         if let Some(c) = self.conns.get_mut(&id) {
             c.holding.retain(|&j| j != job_id);
             c.jobs_done += 1;
@@ -50,35 +59,20 @@ impl State {
         self.finish(job_id, outcome, Some(p), now, fx);
     }
 
-    /// CAN_DO_TIMEOUT expiry: the attempt is failed to its clients and taken from the worker, so
-    /// it never runs twice; the worker's later packets for it get `job_not_found`.
-    pub fn expire(&mut self, job_id: JobId, attempt: u32, now: Now, fx: &mut Effects) -> bool {
-        let Some(job) = self.jobs.get(&job_id) else { return false };
-        let JobState::Running { worker } = job.state else { return false };
-        if job.attempt != attempt {
-            return false;
-        }
-        if let Some(c) = self.conns.get_mut(&worker) {
-            c.holding.retain(|&j| j != job_id);
-        }
-        self.metrics.timeouts.inc();
-        self.finish(job_id, Outcome::Timeout, None, now, fx);
-        true
-    }
-
     /// Ends a try: a failed background job goes on to a retry or its dead-letter queue; any other
-    /// job is told to its clients and forgotten.
-    fn finish(&mut self, job_id: JobId, outcome: Outcome, packet: Option<&Packet>, now: Now, fx: &mut Effects) {
+    /// job is told to its clients and forgotten. (A foreground job whose try timed out but is
+    /// still held by its worker, `JobState::TimedOut`, keeps counting as running.)
+    pub(super) fn finish(
+        &mut self,
+        job_id: JobId,
+        outcome: Outcome,
+        packet: Option<&Packet>,
+        now: Now,
+        fx: &mut Effects,
+    ) {
         let Some(job) = self.jobs.get(&job_id) else { return };
         if job.background && outcome != Outcome::Complete {
-            let error = match (outcome, packet) {
-                (Outcome::Exception, Some(p)) => p.arg_bytes(1),
-                (Outcome::Timeout, _) => Bytes::from_static(b"timed out"),
-                _ => Bytes::from_static(b"WORK_FAIL"),
-            };
-            self.metrics.failed.inc();
-            self.functions[job.fid as usize].failed += 1;
-            self.notify_clients(job_id, outcome, packet);
+            let error = self.fail_background_try(job_id, outcome, packet);
             self.retry_or_dead_letter(job_id, error, now, fx);
             return;
         }
@@ -114,6 +108,22 @@ impl State {
         let clients = job.clients;
         self.tell_clients(job_id, &clients, outcome, packet);
         fx.stats_changed = true;
+    }
+
+    /// Counts a background job's failed try and tells the clients attached to it; returns the
+    /// error the job keeps.
+    pub(super) fn fail_background_try(&mut self, job_id: JobId, outcome: Outcome, packet: Option<&Packet>) -> Bytes {
+        let error = match (outcome, packet) {
+            (Outcome::Exception, Some(p)) => p.arg_bytes(1),
+            (Outcome::Timeout, _) => Bytes::from_static(TIMED_OUT),
+            _ => Bytes::from_static(b"WORK_FAIL"),
+        };
+        self.metrics.failed.inc();
+        if let Some(job) = self.jobs.get(&job_id) {
+            self.functions[job.fid as usize].failed += 1;
+        }
+        self.notify_clients(job_id, outcome, packet);
+        error
     }
 
     /// Sends a try's outcome to the clients attached to the job, and detaches them.
@@ -189,7 +199,8 @@ fn status_fields(job: Option<&Job>) -> (&'static [u8], &'static [u8], Vec<u8>, V
     match job {
         None => (b"0", b"0", b"0".to_vec(), b"0".to_vec()),
         Some(job) => {
-            let running: &'static [u8] = if matches!(job.state, JobState::Running { .. }) { b"1" } else { b"0" };
+            let running = matches!(job.state, JobState::Running { .. } | JobState::TimedOut { .. });
+            let running: &'static [u8] = if running { b"1" } else { b"0" };
             let (num, den) = job
                 .extra
                 .as_ref()

@@ -12,8 +12,10 @@
 //! * `submit.rs`: submission, coalescing on unique keys, scheduled jobs, enqueueing and the
 //!   NOOP wake-ups of sleeping workers; taking a job that has not started back out.
 //! * `workers.rs`: abilities, PRE_SLEEP, grabbing a job, draining.
-//! * `finish.rs`: WORK_STATUS/DATA/WARNING, the end of a try, telling attached clients, timeouts,
+//! * `finish.rs`: WORK_STATUS/DATA/WARNING, the end of a try, telling attached clients,
 //!   retained outcomes, GET_STATUS.
+//! * `timeout.rs`: CAN_DO_TIMEOUT expiry, and the timed-out try its worker holds until it answers,
+//!   leaves or its grace ends.
 //! * `retry.rs`: retries with backoff, dead letters, hand-backs of a lost worker's jobs.
 //! * `durability.rs`: the journal (recovery, compaction) and giving memory back after a drain.
 //! * `admin.rs`: what the admin and fleet commands ask of the state (typed rows; the text is
@@ -30,6 +32,7 @@ mod function;
 pub mod model;
 mod retry;
 mod submit;
+mod timeout;
 mod workers;
 
 #[cfg(test)]

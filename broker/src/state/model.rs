@@ -44,6 +44,18 @@ pub(super) enum JobState {
     Dead,
     /// Assigned to a worker connection.
     Running { worker: ConnId },
+    /// Its try ran past `worker`'s CAN_DO_TIMEOUT, and that worker may still be running it: held
+    /// by it until it answers, disconnects or the timeout grace passes; only then retried or
+    /// dead-lettered (background jobs only: a foreground job is finished at the timeout).
+    TimedOut { worker: ConnId },
+}
+
+/// A try that ran past its timeout and is still held by its worker (see `state/timeout.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct TimedOutTry {
+    pub(super) job: JobId,
+    pub(super) attempt: u32,
+    pub(super) fid: FnId,
 }
 
 /// Rarely used job fields, boxed so the common job stays small.
@@ -104,6 +116,10 @@ pub(super) struct Ability {
 pub struct Effects {
     /// Fail `job` if attempt `attempt` is still running after the duration.
     pub timers: Vec<(JobId, u32, Duration)>,
+    /// Hand back the timed-out try `attempt` of `job` held by worker connection `conn` after
+    /// the duration (the timeout grace), unless the worker answered or left before:
+    /// `(conn, job, attempt, grace)`.
+    pub graces: Vec<(ConnId, JobId, u32, Duration)>,
     /// The earliest scheduled time may have changed.
     pub schedule_changed: bool,
     /// Queue or worker counts changed (for `fleet watch`).
@@ -149,6 +165,9 @@ pub struct Limits {
     pub max_requeues: u32,
     /// Dead-lettered jobs kept per function (0 = no limit); the oldest beyond it are dropped.
     pub dead_letter_limit: usize,
+    /// How long a worker whose try timed out keeps holding it (busy, the job not run again)
+    /// unless it answers or disconnects first; zero hands it back at the timeout.
+    pub timeout_grace: Duration,
     /// Finished-job outcomes kept for retaining clients (0 = none), and for how long.
     pub retained_outcomes: usize,
     pub retained_outcome_ttl: Duration,

@@ -14,7 +14,7 @@ impl State {
     pub(super) fn retry_or_dead_letter(&mut self, job_id: JobId, error: Bytes, now: Now, fx: &mut Effects) {
         let Some(job) = self.jobs.get_mut(&job_id) else { return };
         let fid = job.fid as usize;
-        if let JobState::Running { .. } = job.state {
+        if let JobState::Running { .. } | JobState::TimedOut { .. } = job.state {
             self.functions[fid].running -= 1;
         }
         job.state = JobState::Queued;
@@ -164,7 +164,7 @@ mod tests {
             connect(&mut s, worker);
             req(&mut s, worker, PacketType::CanDo, &[b"f"]);
             req(&mut s, worker, PacketType::GrabJob, &[]);
-            s.remove_conn(worker, &mut Effects::default());
+            s.remove_conn(worker, super::super::testing::start(), &mut Effects::default());
         }
         assert_eq!(s.functions[s.fn_index[&b"f"[..]] as usize].dead.len(), 1);
         assert_eq!(sent(&client), [PacketType::WorkFail]);

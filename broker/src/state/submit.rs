@@ -239,7 +239,7 @@ impl State {
             JobState::Dead => {
                 f.dead.retain(|&j| j != job_id);
             }
-            JobState::Running { .. } => return false,
+            JobState::Running { .. } | JobState::TimedOut { .. } => return false,
         }
         f.uniques.remove(job_id, &job.unique);
         let durable = job.background;

@@ -3,9 +3,10 @@
 usage:
   gear_peer.py client HOST PORT FUNCTION PAYLOAD [--background] [--priority high|normal|low] [--unique U]
       prints one line per event: STATUS n/d, DATA x, WARNING x, then COMPLETE x | FAIL | EXCEPTION x
-  gear_peer.py worker HOST PORT FUNCTION MODE COUNT [--timeout MS] [--id ID]
+  gear_peer.py worker HOST PORT FUNCTION MODE COUNT [--timeout MS] [--sleep S] [--id ID]
       MODE: reverse (status + data + complete), fail, exception, hang (never answers),
-            crash (exits hard on its first job, holding it)
+            crash (exits hard on its first job, holding it),
+            late (sleeps --sleep seconds, then completes: past a --timeout shorter than that)
 """
 import argparse
 import os
@@ -68,6 +69,9 @@ def worker(a):
             job.sendWorkException(b"it broke")
         elif a.mode == "hang":
             time.sleep(30)
+        elif a.mode == "late":
+            time.sleep(float(a.sleep))
+            job.sendWorkComplete(arg[::-1].encode())
         elif a.mode == "crash":
             sys.stdout.flush()
             os._exit(3)
@@ -88,6 +92,7 @@ def main():
     for n in ("host", "port", "function", "mode", "count"):
         w.add_argument(n)
     w.add_argument("--timeout", default="")
+    w.add_argument("--sleep", default="5")
     w.add_argument("--id", default="interop-worker")
     a = p.parse_args()
     client(a) if a.cmd == "client" else worker(a)
