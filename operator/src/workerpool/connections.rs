@@ -11,7 +11,8 @@
 //!   alone (its address is not looked at);
 //! * else, when it has no client id (`-`), if its address's IP is one of the pod's IPs
 //!   (`status.podIPs`). A `hostNetwork` pod's IP is its node's, shared by every host-network pod
-//!   there, so such pods are matched by client id only.
+//!   there, and a finished pod's (`Failed`, `Succeeded`) went back to its node, so such pods are
+//!   matched by client id only.
 //!
 //! A pod may have several connections (a multi-process worker): it is busy if any of them is.
 //! The broker's `fleet drain|undrain|disconnect <arg>` take a client id, an `IP:PORT` or a bare IP
@@ -35,12 +36,19 @@ pub struct PodIdentity {
 }
 
 impl PodIdentity {
-    /// The identity of `pod`: its name and, unless it uses the host's network, its IPs.
+    /// The identity of `pod`: its name and, unless it uses the host's network or has finished
+    /// (phase `Failed` or `Succeeded`: its IP went back to the node and may be another pod's
+    /// now, though its status still shows it), its IPs.
     pub fn of(pod: &Pod) -> Self {
         let name = pod.metadata.name.clone().unwrap_or_default();
         let host_network = pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        let finished = matches!(phase, Some("Failed" | "Succeeded"));
         let mut ips = Vec::new();
-        if !host_network && let Some(status) = &pod.status {
+        if !host_network
+            && !finished
+            && let Some(status) = &pod.status
+        {
             let listed = status.pod_ips.iter().flatten().map(|p| p.ip.as_str());
             for ip in listed.chain(status.pod_ip.as_deref()).filter_map(|ip| ip.parse::<IpAddr>().ok()) {
                 if !ips.contains(&ip) {
@@ -174,6 +182,11 @@ mod tests {
         assert_eq!(PodIdentity::of(&host), identity("php-h", &[]));
         assert!(!belongs_to(&worker("-", "192.168.1.10:40000"), &PodIdentity::of(&host)), "node IP is shared");
         assert_eq!(PodIdentity::of(&Pod::default()), identity("", &[]), "no status yet");
+        for phase in ["Failed", "Succeeded"] {
+            let mut finished = k8s_pod("php-f", &["10.0.0.3"], false);
+            finished.status.as_mut().expect("status").phase = Some(phase.into());
+            assert_eq!(PodIdentity::of(&finished), identity("php-f", &[]), "{phase}: its IP may be reused");
+        }
     }
 
     #[test]

@@ -83,8 +83,8 @@ pub fn gone_for_good(pod: &Pod, nodes: Option<&NodeStates>) -> Option<Gone> {
 }
 
 /// The identity a gone pod's connections are matched by: a failed pod's IP may be another pod's
-/// now (see the module docs), so it is matched by name only; so is a pod whose IP a pod of the
-/// pool that is not gone has (`live_ips`).
+/// now (see the module docs), so it is matched by name only ([`PodIdentity::of`] knows); so is a
+/// pod whose IP a pod of the pool that is not gone has (`live_ips`).
 pub fn gone_identity(pod: &Pod, gone: Gone, live_ips: &[std::net::IpAddr]) -> PodIdentity {
     let mut identity = PodIdentity::of(pod);
     if gone == Gone::Failed || identity.ips.iter().any(|ip| live_ips.contains(ip)) {

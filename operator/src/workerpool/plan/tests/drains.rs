@@ -251,6 +251,23 @@ fn drains_and_undrains() {
             "",
         ),
         case(
+            "a failed stock pod is not matched by address: the draining worker now at its IP is left alone",
+            Fx {
+                extra_workers: vec![WorkerStats {
+                    draining: true,
+                    ..pod("elsewhere").stock("10.1.0.1").worker().expect("worker")
+                }],
+                ..fx()
+                    .replicas(1)
+                    .backlog(0, 1)
+                    .pods([pod("a").busy(), PodFx { worker: None, ..pod("old").stock("10.1.0.1").failed() }])
+            },
+            &[],
+            &[],
+            1,
+            "",
+        ),
+        case(
             "a hostNetwork pod is not matched by address (its IP is the node's)",
             fx().replicas(2)
                 .backlog(0, 1)
