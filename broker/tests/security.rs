@@ -137,6 +137,14 @@ async fn tls_listener_serves_gearman_over_tls() {
     }
     assert_eq!(seen.first(), Some(&T::JobCreated));
 
+    // `fleet disconnect IP:PORT` closes a TLS connection too: its reader sees the end at once.
+    let tls_peer = tls.get_ref().0.local_addr().unwrap();
+    let mut admin = Peer::connect(b.gearman_addr).await;
+    assert_eq!(admin.admin(&format!("fleet disconnect {tls_peer}")).await, "OK 1\n");
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(2), tls.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the TLS connection was not closed");
+
     // A plain-text client on the TLS port gets no Gearman service.
     let mut plain = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
     plain.write_all(&Packet::req(T::EchoReq, &[b"x"]).to_bytes()).await.unwrap();
