@@ -35,8 +35,8 @@ pub use job::{
 pub use names::{deployment_name, is_valid_function_name};
 pub use validation::ValidationError;
 pub use workerpool::{
-    FunctionSpec, FunctionStatus, RecycleSpec, ScalingPolicy, ScalingPolicyType, ScalingRules, ScalingSpec,
-    SelectPolicy, WorkerPool, WorkerPoolPhase, WorkerPoolSpec, WorkerPoolStatus, pool_condition,
+    FunctionPhase, FunctionSpec, FunctionStatus, RecycleSpec, ScalingPolicy, ScalingPolicyType, ScalingRules,
+    ScalingSpec, SelectPolicy, WorkerPool, WorkerPoolPhase, WorkerPoolSpec, WorkerPoolStatus, pool_condition,
 };
 
 /// API group of all gearfleet resources.

@@ -37,8 +37,14 @@ pub mod pool_condition {
     pub const DRAINING: &str = "Draining";
     /// The pool is paused and no worker pods are left.
     pub const DRAINED: &str = "Drained";
+    /// Some function is on its way to the state the operator wants for it:
+    /// replicas changing or pods not ready yet, a scale-in waiting for busy
+    /// workers, a raise waiting for the pool cap, or pods being recycled (the
+    /// functions' `phase` says which). False (reason `Stable`) once every
+    /// function is `Running` or `Degraded`.
+    pub const PROGRESSING: &str = "Progressing";
     /// Every condition type, in a stable order.
-    pub const ALL: [&str; 6] = [READY, SCALING, BROKER_UNAVAILABLE, DEGRADED, DRAINING, DRAINED];
+    pub const ALL: [&str; 7] = [READY, SCALING, BROKER_UNAVAILABLE, DEGRADED, DRAINING, DRAINED, PROGRESSING];
 }
 
 /// WorkerPool runs Gearman workers for a set of functions. For every function
@@ -519,6 +525,40 @@ pub struct WorkerPoolStatus {
     pub message: Option<String>,
 }
 
+/// One-word summary of one function's state (the pool's conditions have the
+/// details).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum FunctionPhase {
+    /// It has the replicas it wants, and as many ready pods.
+    Running,
+    /// Its replicas are being changed, or its pods have not caught up with
+    /// them yet (starting, not ready, or terminating).
+    Scaling,
+    /// A scale-in (or pausing the pool) waits for busy workers to finish.
+    Draining,
+    /// A raise waits for pods of other functions to go, so the pool stays
+    /// within spec.maxReplicas.
+    WaitingForCap,
+    /// Pods are being replaced (recycle).
+    Recycling,
+    /// Some of its pods crash, are OOM-killed or cannot pull their image.
+    Degraded,
+}
+
+impl FunctionPhase {
+    /// The phase as written in the status (also the `Progressing` condition's reason).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FunctionPhase::Running => "Running",
+            FunctionPhase::Scaling => "Scaling",
+            FunctionPhase::Draining => "Draining",
+            FunctionPhase::WaitingForCap => "WaitingForCap",
+            FunctionPhase::Recycling => "Recycling",
+            FunctionPhase::Degraded => "Degraded",
+        }
+    }
+}
+
 /// Observed state of one function.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -529,6 +569,11 @@ pub struct FunctionStatus {
     /// Name of the Deployment running this function's workers.
     #[serde(default)]
     pub deployment: String,
+
+    /// One-word summary: Running, Scaling, Draining, WaitingForCap,
+    /// Recycling or Degraded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<FunctionPhase>,
 
     /// Worker pods (Deployment status.replicas).
     #[serde(default)]
@@ -805,6 +850,14 @@ mod tests {
         assert_eq!(r.allowed_change(3, changed), Some(3));
         let r = rules(SelectPolicy::Disabled, vec![(Pods, 4, "15s")]);
         assert_eq!(r.allowed_change(3, none), Some(0));
+    }
+
+    #[test]
+    fn function_phase_names_are_their_serialized_form() {
+        use FunctionPhase::*;
+        for phase in [Running, Scaling, Draining, WaitingForCap, Recycling, Degraded] {
+            assert_eq!(serde_json::to_value(phase).expect("json"), serde_json::json!(phase.as_str()));
+        }
     }
 
     #[test]

@@ -17,8 +17,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use gearfleet_crd::{
-    ANNOTATION_RESTART, FunctionStatus, LABEL_FUNCTION, WorkerPool, WorkerPoolStatus, is_condition_true, new_condition,
-    pool_condition, set_condition,
+    ANNOTATION_RESTART, FunctionPhase, FunctionStatus, LABEL_FUNCTION, WorkerPool, WorkerPoolStatus, is_condition_true,
+    new_condition, pool_condition, set_condition,
 };
 use gearfleet_proto::admin::FunctionStats;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -35,10 +35,11 @@ use super::drain::elapsed;
 use super::health;
 use super::memory::PoolMemory;
 use super::observe::Observed;
-use super::phase::{PhaseInput, pool_phase};
+use super::phase::{FunctionPhaseInput, PhaseInput, function_phase, is_progressing, pool_phase};
 use super::pool_cap::{self, hold_pool_cap};
 use super::recycle::{RecyclePolicy, last_scheduled_restart};
 use super::scaling::{ScaleKind, decide, share_pool_cap};
+use crate::kube_util::is_pod_ready;
 
 /// A retry policy is sent again this often, so a restarted broker gets it back.
 pub const RETRIES_RESEND: Duration = Duration::from_secs(60);
@@ -285,6 +286,7 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
     let mut scaling = Vec::new();
     let mut degraded: Vec<String> = Vec::new();
     let mut degraded_reason: Option<&'static str> = None;
+    let mut progressing: Vec<(String, FunctionPhase)> = Vec::new();
     let per_function = healths.into_iter().zip(crash_capped).zip(cap_holds);
     for (((f, decision), fstats), ((fhealth, (target, held)), (allowed, cap_held))) in
         pool.spec.functions.iter().zip(&decisions).zip(function_stats).zip(per_function)
@@ -305,6 +307,7 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
         if let Some(why) = held {
             scaling.push(format!("{}: {why}", f.name));
         }
+        let waiting_for_cap = cap_held.is_some();
         if let Some(h) = cap_held {
             target = allowed;
             requeue = requeue.min(Duration::from_secs(2));
@@ -319,6 +322,7 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
         }
         let mut victims = Vec::new();
         let mut waiting_for_drain = false;
+        let mut recycling_now = false;
         if target < decision.current {
             let step = plan_scale_in(&fpods, decision.desired, pool.spec.scaling.drain_timeout());
             before_scaling.extend(step.actions);
@@ -357,6 +361,7 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
         {
             let step = plan_recycle(&fpods, policy);
             recycling.extend(step.actions);
+            recycling_now = step.in_progress;
             if step.in_progress {
                 requeue = requeue.min(Duration::from_secs(2));
                 scaling.push(format!("{}: recycling pods", f.name));
@@ -368,9 +373,25 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
         let observed_status = by_name.get(&dep_name).and_then(|d| d.status.as_ref());
         let fstats = fstats.unwrap_or_default();
         let busy = fstats.workers.saturating_sub(fstats.idle_workers);
+        let present: Vec<&Pod> = fpods.pods.iter().copied().filter(|p| !is_finished(p)).collect();
+        let ready = present.iter().filter(|p| p.metadata.deletion_timestamp.is_none() && is_pod_ready(p)).count();
+        let fphase = function_phase(FunctionPhaseInput {
+            degraded: fhealth.troubled > 0,
+            draining: waiting_for_drain,
+            waiting_for_cap,
+            recycling: recycling_now,
+            current: decision.current,
+            target,
+            pods: present.len(),
+            ready,
+        });
+        if is_progressing(fphase) {
+            progressing.push((f.name.clone(), fphase));
+        }
         functions.push(FunctionStatus {
             name: f.name.clone(),
             deployment: dep_name,
+            phase: Some(fphase),
             replicas: observed_status.and_then(|s| s.replicas).unwrap_or(0),
             ready_replicas: observed_status.and_then(|s| s.ready_replicas).unwrap_or(0),
             desired_replicas: decision.desired,
@@ -418,6 +439,15 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
     set_condition(&mut status.conditions, ready_cond);
     set_condition(&mut status.conditions, scaling_cond);
     set_condition(&mut status.conditions, broker_cond);
+    let progressing_cond = match progressing.first() {
+        Some((_, phase)) => {
+            let message =
+                progressing.iter().map(|(f, p)| format!("{f}: {}", p.as_str())).collect::<Vec<_>>().join("; ");
+            new_condition(pool_condition::PROGRESSING, true, phase.as_str(), message, generation, t.clone())
+        }
+        None => new_condition(pool_condition::PROGRESSING, false, "Stable", "", generation, t.clone()),
+    };
+    set_condition(&mut status.conditions, progressing_cond);
     let degraded_cond = match degraded_reason {
         Some(reason) => {
             new_condition(pool_condition::DEGRADED, true, reason, degraded.join("; "), generation, t.clone())

@@ -88,4 +88,10 @@ fn a_raise_waits_while_lowered_pods_terminate() {
     assert!(scaling_message(&plan).contains("b: raise to 3 waits for the pool cap (maxReplicas 4: 3 pod(s)"));
     assert_eq!(plan.requeue, Some(Duration::from_secs(2)));
     assert!(plan.events.is_empty(), "no scale Event for a raise that waits");
+    let phases: Vec<_> = plan.status.functions.iter().map(|f| f.phase).collect();
+    use gearfleet_crd::FunctionPhase::{Scaling, WaitingForCap};
+    assert_eq!(phases, [Some(Scaling), Some(WaitingForCap)], "a's pods still terminate; b waits");
+    let (status, reason, message) = condition(&plan, pool_condition::PROGRESSING);
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Scaling"));
+    assert_eq!(message, "a: Scaling; b: WaitingForCap");
 }

@@ -7,7 +7,7 @@ use super::*;
 #[test]
 fn conditions_phase_events_and_requeue() {
     use gearfleet_crd::WorkerPoolPhase;
-    use pool_condition::{BROKER_UNAVAILABLE, DEGRADED, DRAINED, DRAINING, READY, SCALING};
+    use pool_condition::{BROKER_UNAVAILABLE, DEGRADED, DRAINED, DRAINING, PROGRESSING, READY, SCALING};
     type Cond = (&'static str, &'static str, &'static str, &'static str);
     struct Case {
         name: &'static str,
@@ -42,6 +42,7 @@ fn conditions_phase_events_and_requeue() {
                 (DEGRADED, "False", "Healthy", ""),
                 (DRAINING, "False", "NotPaused", ""),
                 (DRAINED, "False", "NotPaused", ""),
+                (PROGRESSING, "False", "Stable", ""),
             ],
             WorkerPoolPhase::Running,
             &[],
@@ -165,7 +166,10 @@ fn conditions_phase_events_and_requeue() {
             assert_eq!((s.as_str(), r.as_str()), (status, reason), "{}: {type_}", c.name);
             assert!(m.contains(message), "{}: {type_} message {m:?} lacks {message:?}", c.name);
         }
-        assert_eq!(plan.status.conditions.len(), 6, "{}: every condition is set", c.name);
+        assert_eq!(plan.status.conditions.len(), pool_condition::ALL.len(), "{}: every condition is set", c.name);
+        for type_ in pool_condition::ALL {
+            assert!(find_condition(&plan.status.conditions, type_).is_some(), "{}: no {type_}", c.name);
+        }
         assert_eq!(plan.status.phase, Some(c.phase), "{}", c.name);
         let events: Vec<&str> = plan.events.iter().map(|e| e.reason.as_str()).collect();
         assert_eq!(events, c.events, "{}: events", c.name);
@@ -192,4 +196,58 @@ fn events_carry_the_notes_of_today() {
     assert!(
         matches!(&recycled.recycling[..], [PodAction::Evict { note, .. }] if note == "echo: replacing pod a (maxAge reached)")
     );
+}
+
+/// Each function's phase and the `Progressing` condition: (status, reason, a piece of the message).
+#[test]
+fn function_phases_and_progressing() {
+    use gearfleet_crd::FunctionPhase::{self, Degraded, Draining, Recycling, Running, Scaling};
+    struct Case {
+        name: &'static str,
+        fx: Fx,
+        phase: FunctionPhase,
+        progressing: (&'static str, &'static str, &'static str),
+    }
+    let case = |name, fx, phase, progressing| Case { name, fx, phase, progressing };
+    let cases = [
+        case("steady", fx().pods([pod("a")]), Running, ("False", "Stable", "")),
+        case("a backlog scales up", fx().backlog(3, 0).pods([pod("a")]), Scaling, ("True", "Scaling", "echo: Scaling")),
+        case(
+            "replicas set, the pod not ready yet",
+            fx().pods([PodFx { ready: false, ..pod("a") }]),
+            Scaling,
+            ("True", "Scaling", "echo: Scaling"),
+        ),
+        case(
+            "a scale-in applied, its pod still terminating",
+            fx().pods([pod("a"), pod("b").terminating()]),
+            Scaling,
+            ("True", "Scaling", "echo: Scaling"),
+        ),
+        case(
+            "a scale-in waits for a busy worker",
+            fx().replicas(2).backlog(0, 1).pods([pod("old").busy().age(7200), pod("new").busy().age(60)]),
+            Draining,
+            ("True", "Draining", "echo: Draining"),
+        ),
+        case(
+            "recycling",
+            fx().spec("recycle: {maxAge: 1h}").backlog(0, 1).pods([pod("a").busy().age(7200)]),
+            Recycling,
+            ("True", "Recycling", "echo: Recycling"),
+        ),
+        case(
+            "crash-looping pods: Degraded, not progressing",
+            fx().pods([pod("a").container(waiting("CrashLoopBackOff"))]),
+            Degraded,
+            ("False", "Stable", ""),
+        ),
+    ];
+    for c in cases {
+        let plan = c.fx.plan();
+        assert_eq!(plan.status.functions[0].phase, Some(c.phase), "{}: phase", c.name);
+        let (status, reason, message) = condition(&plan, pool_condition::PROGRESSING);
+        assert_eq!((status.as_str(), reason.as_str()), (c.progressing.0, c.progressing.1), "{}", c.name);
+        assert!(message.contains(c.progressing.2), "{}: message {message:?}", c.name);
+    }
 }
