@@ -49,9 +49,10 @@ impl Function {
         }
     }
 
-    /// Registers with CAN_DO_TIMEOUT: the server fails a job still running after `timeout`
-    /// (gearfleet-broker counts whole seconds, rounded up, at least 1), and the SDK cancels the
-    /// job's token and stops waiting for the handler at the same moment.
+    /// Registers with CAN_DO_TIMEOUT: the server fails a job still running after `timeout` (sent
+    /// in milliseconds, as every Gearman library does; gearfleet-broker and gearmand raise values
+    /// under one second to one second), and the SDK cancels the job's token and stops waiting for
+    /// the handler once `timeout` has passed.
     pub fn timeout(mut self, timeout: Duration) -> Function {
         self.timeout = Some(timeout);
         self.announce_timeout = true;
@@ -78,10 +79,10 @@ impl Function {
         &self.name
     }
 
-    /// The value sent in CAN_DO_TIMEOUT: whole seconds, rounded up, at least 1; `None` for
-    /// plain CAN_DO.
-    pub(crate) fn timeout_secs(&self) -> Option<u64> {
-        self.timeout.filter(|_| self.announce_timeout).map(|t| t.as_millis().div_ceil(1000).max(1) as u64)
+    /// The value sent in CAN_DO_TIMEOUT: milliseconds, at least 1 (0 would mean no timeout);
+    /// `None` for plain CAN_DO.
+    pub(crate) fn timeout_ms(&self) -> Option<u64> {
+        self.timeout.filter(|_| self.announce_timeout).map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1))
     }
 }
 
@@ -104,13 +105,13 @@ mod tests {
     }
 
     #[test]
-    fn timeout_rounds_up_to_whole_seconds() {
+    fn timeout_is_announced_in_milliseconds() {
         let f = Function::new("f", noop);
-        assert_eq!(f.timeout_secs(), None);
-        assert_eq!(f.clone().timeout(Duration::from_millis(1)).timeout_secs(), Some(1));
-        assert_eq!(f.clone().timeout(Duration::from_millis(1500)).timeout_secs(), Some(2));
-        assert_eq!(f.clone().timeout(Duration::from_secs(30)).timeout_secs(), Some(30));
+        assert_eq!(f.timeout_ms(), None);
+        assert_eq!(f.clone().timeout(Duration::from_micros(10)).timeout_ms(), Some(1));
+        assert_eq!(f.clone().timeout(Duration::from_millis(1500)).timeout_ms(), Some(1500));
+        assert_eq!(f.clone().timeout(Duration::from_secs(30)).timeout_ms(), Some(30_000));
         let local = f.local_timeout(Duration::from_secs(30));
-        assert_eq!((local.timeout, local.timeout_secs()), (Some(Duration::from_secs(30)), None));
+        assert_eq!((local.timeout, local.timeout_ms()), (Some(Duration::from_secs(30)), None));
     }
 }

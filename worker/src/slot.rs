@@ -182,8 +182,8 @@ impl Session<'_> {
         let client_id = self.shared.client_id.clone();
         self.conn.feed(Packet::req(PacketType::SetClientId, &[client_id.as_bytes()])).await.map_err(err)?;
         for f in &self.shared.functions {
-            let p = match f.timeout_secs() {
-                Some(secs) => Packet::req(PacketType::CanDoTimeout, &[f.name.as_bytes(), secs.to_string().as_bytes()]),
+            let p = match f.timeout_ms() {
+                Some(ms) => Packet::req(PacketType::CanDoTimeout, &[f.name.as_bytes(), ms.to_string().as_bytes()]),
                 None => Packet::req(PacketType::CanDo, &[f.name.as_bytes()]),
             };
             self.conn.feed(p).await.map_err(err)?;

@@ -392,7 +392,7 @@ async fn registers_function_timeouts_in_whole_seconds_unless_local() {
     let mut conn = Framed::new(sock, Codec::server());
     expect(&mut conn, PacketType::SetClientId).await;
     let a = expect(&mut conn, PacketType::CanDoTimeout).await;
-    assert_eq!((a.arg(0), a.arg(1)), (&b"a"[..], &b"2"[..]));
+    assert_eq!((a.arg(0), a.arg(1)), (&b"a"[..], &b"1500"[..]));
     assert_eq!(expect(&mut conn, PacketType::CanDo).await.arg(0), b"b");
     expect(&mut conn, PacketType::GrabJobUniq).await;
     conn.send(Packet::res(PacketType::NoJob, &[])).await.unwrap();
