@@ -23,25 +23,30 @@ pub const MAX_SCALING_POLICIES: usize = 8;
 
 /// Condition types set on `WorkerPool.status.conditions`.
 pub mod pool_condition {
-    /// All functions have the replicas they need and all of them are ready.
+    /// Every function has its desired replicas available (its phase is
+    /// Ready or Idle): reason `AllFunctionsReady`. False (reason
+    /// `FunctionsNotReady`) names the functions that are not, e.g.
+    /// `sleep: 1/3 available (Scaling)`; False with reason `InvalidSpec` for a
+    /// spec the operator refuses.
     pub const READY: &str = "Ready";
     /// At least one function is being scaled (desired != current replicas).
     pub const SCALING: &str = "Scaling";
     /// The operator cannot reach the Gearman broker, so queue depths are
     /// unknown and scaling is frozen.
     pub const BROKER_UNAVAILABLE: &str = "BrokerUnavailable";
-    /// Something prevents the pool from reaching its desired state, e.g. pods
-    /// in a crash loop, an invalid spec or the pool-wide replica cap.
+    /// Something keeps the pool from what its queues ask for. Reason, the
+    /// first that applies: a pod trouble (`CrashLoopBackOff`, `OOMKilled`,
+    /// `ImagePullBackOff`), `BrokerUnreachable`, `PoolCapReached`
+    /// (spec.maxReplicas holds a function below what its queue asks); the
+    /// message lists every cause. False: reason `Healthy`.
     pub const DEGRADED: &str = "Degraded";
     /// The pool is paused and busy workers are finishing their jobs.
     pub const DRAINING: &str = "Draining";
     /// The pool is paused and no worker pods are left.
     pub const DRAINED: &str = "Drained";
-    /// Some function is on its way to the state the operator wants for it:
-    /// replicas changing or pods not ready yet, a scale-in waiting for busy
-    /// workers, a raise waiting for the pool cap, or pods being recycled (the
-    /// functions' `phase` says which). False (reason `Stable`) once every
-    /// function is `Running` or `Degraded`.
+    /// Some function is `Scaling` or `Draining` (reason: the first such
+    /// phase; message `function: phase; ...`). False (reason `Stable`)
+    /// otherwise.
     pub const PROGRESSING: &str = "Progressing";
     /// Every condition type, in a stable order.
     pub const ALL: [&str; 7] = [READY, SCALING, BROKER_UNAVAILABLE, DEGRADED, DRAINING, DRAINED, PROGRESSING];
@@ -66,16 +71,34 @@ pub mod pool_condition {
     derive = "PartialEq",
     doc = "WorkerPool runs a fleet of Gearman workers: one autoscaled Deployment per function, scaled from the function's queue depth in the broker.",
     printcolumn(
-        name = "Functions",
+        name = "Ready",
         type_ = "string",
-        json_path = ".spec.functions[*].name",
-        description = "Functions served by the pool"
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Every function has its desired replicas available (the Ready condition)"
     ),
     printcolumn(
-        name = "Replicas",
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Summary of the pool's state"
+    ),
+    printcolumn(
+        name = "Functions",
+        type_ = "string",
+        json_path = ".status.readyFunctions",
+        description = "Functions that are Ready or Idle, of all"
+    ),
+    printcolumn(
+        name = "Desired",
         type_ = "integer",
-        json_path = ".status.replicas",
-        description = "Worker pods across all functions"
+        json_path = ".status.desiredReplicas",
+        description = "Worker replicas wanted across all functions"
+    ),
+    printcolumn(
+        name = "Available",
+        type_ = "integer",
+        json_path = ".status.availableReplicas",
+        description = "Available worker pods across all functions"
     ),
     printcolumn(
         name = "Queued",
@@ -84,22 +107,38 @@ pub mod pool_condition {
         description = "Jobs waiting in the broker across all functions"
     ),
     printcolumn(
+        name = "Degraded",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Degraded\")].reason",
+        description = "Reason of the Degraded condition (Healthy when it is False)",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Pods",
+        type_ = "integer",
+        json_path = ".status.replicas",
+        description = "Worker pods across all functions",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Running",
+        type_ = "integer",
+        json_path = ".status.running",
+        description = "Jobs being worked on across all functions",
+        priority = 1
+    ),
+    printcolumn(
         name = "Paused",
         type_ = "boolean",
         json_path = ".spec.paused",
-        description = "Whether the pool is paused (drained)"
+        description = "Whether the pool is paused (drained)",
+        priority = 1
     ),
     printcolumn(
-        name = "Ready",
+        name = "Names",
         type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
-        description = "Status of the Ready condition"
-    ),
-    printcolumn(
-        name = "Phase",
-        type_ = "string",
-        json_path = ".status.phase",
-        description = "Summary of the pool's state",
+        json_path = ".spec.functions[*].name",
+        description = "Functions served by the pool",
         priority = 1
     ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
@@ -463,11 +502,11 @@ impl Default for RecycleSpec {
 pub enum WorkerPoolPhase {
     /// Not reconciled yet.
     Pending,
-    /// Every function has the replicas it needs.
+    /// Not paused, not degraded, no function scaling.
     Running,
     /// At least one function is being scaled.
     Scaling,
-    /// Something prevents the pool from reaching its desired state.
+    /// The Degraded condition is True.
     Degraded,
     /// Paused; busy workers are finishing.
     Draining,
@@ -484,8 +523,8 @@ pub struct WorkerPoolStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Current conditions: Ready, Scaling, BrokerUnavailable, Degraded,
-    /// Draining and Drained.
+    /// Current conditions: Ready, Degraded, Progressing, Scaling,
+    /// BrokerUnavailable, Draining and Drained.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -502,6 +541,18 @@ pub struct WorkerPoolStatus {
     /// Ready worker pods across all functions.
     #[serde(default)]
     pub ready_replicas: i32,
+
+    /// Available worker pods across all functions.
+    #[serde(default)]
+    pub available_replicas: i32,
+
+    /// Replicas wanted across all functions.
+    #[serde(default)]
+    pub desired_replicas: i32,
+
+    /// Functions whose phase is Ready or Idle, of all, e.g. "1/2".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_functions: Option<String>,
 
     /// Jobs waiting in the broker across all functions.
     #[serde(default)]
@@ -526,36 +577,57 @@ pub struct WorkerPoolStatus {
 }
 
 /// One-word summary of one function's state (the pool's conditions have the
-/// details).
+/// details). Computed every reconcile; the first that applies of Conflict,
+/// Degraded, Draining, Scaling, Idle, Ready.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum FunctionPhase {
-    /// It has the replicas it wants, and as many ready pods.
-    Running,
-    /// Its replicas are being changed, or its pods have not caught up with
-    /// them yet (starting, not ready, or terminating).
+    /// No replicas wanted, no pods, nothing queued.
+    Idle,
+    /// Replicas are changing, pods are starting, not ready or terminating,
+    /// pods are being recycled, or a raise waits for the pool cap.
     Scaling,
-    /// A scale-in (or pausing the pool) waits for busy workers to finish.
-    Draining,
-    /// A raise waits for pods of other functions to go, so the pool stays
-    /// within spec.maxReplicas.
-    WaitingForCap,
-    /// Pods are being replaced (recycle).
-    Recycling,
-    /// Some of its pods crash, are OOM-killed or cannot pull their image.
+    /// All desired replicas are available.
+    Ready,
+    /// Some of its pods crash-loop, were OOM-killed or cannot pull their
+    /// image, or the broker is unreachable (its queue is unknown).
     Degraded,
+    /// Busy workers are being drained for a scale-in, a recycle or a pause.
+    Draining,
+    /// Reserved for a function name owned by another pool (not set yet).
+    Conflict,
 }
 
 impl FunctionPhase {
+    /// Every phase, in declaration order.
+    pub const ALL: [FunctionPhase; 6] = [
+        FunctionPhase::Idle,
+        FunctionPhase::Scaling,
+        FunctionPhase::Ready,
+        FunctionPhase::Degraded,
+        FunctionPhase::Draining,
+        FunctionPhase::Conflict,
+    ];
+
     /// The phase as written in the status (also the `Progressing` condition's reason).
     pub fn as_str(self) -> &'static str {
         match self {
-            FunctionPhase::Running => "Running",
+            FunctionPhase::Idle => "Idle",
             FunctionPhase::Scaling => "Scaling",
-            FunctionPhase::Draining => "Draining",
-            FunctionPhase::WaitingForCap => "WaitingForCap",
-            FunctionPhase::Recycling => "Recycling",
+            FunctionPhase::Ready => "Ready",
             FunctionPhase::Degraded => "Degraded",
+            FunctionPhase::Draining => "Draining",
+            FunctionPhase::Conflict => "Conflict",
         }
+    }
+
+    /// Whether a function in this phase has what it wants (counts for the `Ready` condition).
+    pub fn is_ready(self) -> bool {
+        matches!(self, FunctionPhase::Idle | FunctionPhase::Ready)
+    }
+
+    /// Whether a function in this phase is on its way somewhere (the `Progressing` condition).
+    pub fn is_progressing(self) -> bool {
+        matches!(self, FunctionPhase::Scaling | FunctionPhase::Draining)
     }
 }
 
@@ -570,8 +642,8 @@ pub struct FunctionStatus {
     #[serde(default)]
     pub deployment: String,
 
-    /// One-word summary: Running, Scaling, Draining, WaitingForCap,
-    /// Recycling or Degraded.
+    /// One-word summary: Idle, Scaling, Ready, Degraded, Draining or
+    /// Conflict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<FunctionPhase>,
 
@@ -579,11 +651,20 @@ pub struct FunctionStatus {
     #[serde(default)]
     pub replicas: i32,
 
-    /// Ready worker pods.
+    /// Ready worker pods (Deployment status.readyReplicas).
     #[serde(default)]
     pub ready_replicas: i32,
 
-    /// Replica count the operator is aiming for.
+    /// Available worker pods (Deployment status.availableReplicas).
+    #[serde(default)]
+    pub available_replicas: i32,
+
+    /// Replicas the Deployment is set to now (Deployment spec.replicas).
+    #[serde(default)]
+    pub current_replicas: i32,
+
+    /// Replica count the operator is aiming for (from the queue, within
+    /// the function's bounds and the pool cap; 0 while paused).
     #[serde(default)]
     pub desired_replicas: i32,
 
@@ -595,7 +676,7 @@ pub struct FunctionStatus {
     #[serde(default)]
     pub idle_workers: i32,
 
-    /// Pods of this function in CrashLoopBackOff.
+    /// Pods of this function in trouble (crash loop, OOM kills, image pull).
     #[serde(default)]
     pub crash_looping: i32,
 
@@ -801,11 +882,16 @@ impl WorkerPool {
 }
 
 impl WorkerPoolStatus {
-    /// Recompute the pool-wide totals (replicas, readyReplicas, queued,
-    /// running) from `functions`.
+    /// Recompute the pool-wide totals (replicas, readyReplicas,
+    /// availableReplicas, desiredReplicas, readyFunctions, queued, running)
+    /// from `functions`.
     pub fn recompute_totals(&mut self) {
         self.replicas = self.functions.iter().map(|f| f.replicas).sum();
         self.ready_replicas = self.functions.iter().map(|f| f.ready_replicas).sum();
+        self.available_replicas = self.functions.iter().map(|f| f.available_replicas).sum();
+        self.desired_replicas = self.functions.iter().map(|f| f.desired_replicas).sum();
+        let ready = self.functions.iter().filter(|f| f.phase.is_some_and(FunctionPhase::is_ready)).count();
+        self.ready_functions = Some(format!("{ready}/{}", self.functions.len()));
         self.queued = self.functions.iter().map(|f| f.queued).sum();
         self.running = self.functions.iter().map(|f| f.running).sum();
     }
@@ -854,8 +940,7 @@ mod tests {
 
     #[test]
     fn function_phase_names_are_their_serialized_form() {
-        use FunctionPhase::*;
-        for phase in [Running, Scaling, Draining, WaitingForCap, Recycling, Degraded] {
+        for phase in FunctionPhase::ALL {
             assert_eq!(serde_json::to_value(phase).expect("json"), serde_json::json!(phase.as_str()));
         }
     }

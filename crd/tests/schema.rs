@@ -127,13 +127,25 @@ fn columns(crd: &CustomResourceDefinition) -> Vec<(String, String, String)> {
 fn printer_columns() {
     let cols = columns(&WorkerPool::crd());
     let names: Vec<_> = cols.iter().map(|c| c.0.as_str()).collect();
-    assert_eq!(names, ["Functions", "Replicas", "Queued", "Paused", "Ready", "Phase", "Age"]);
+    let default = ["Ready", "Phase", "Functions", "Desired", "Available", "Queued"];
+    assert_eq!(names, [&default[..], &["Degraded", "Pods", "Running", "Paused", "Names", "Age"]].concat());
     assert!(cols.contains(&(
         "Ready".into(),
         "string".into(),
         r#".status.conditions[?(@.type=="Ready")].status"#.into()
     )));
     assert!(cols.contains(&("Queued".into(), "integer".into(), ".status.queued".into())));
+    assert!(cols.contains(&("Functions".into(), "string".into(), ".status.readyFunctions".into())));
+    // The default `kubectl get wp` shows health at a glance; the rest is for `-o wide`.
+    let crd = WorkerPool::crd();
+    let wide: Vec<_> = crd.spec.versions[0]
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .filter(|c| c.priority == Some(1))
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(wide, ["Degraded", "Pods", "Running", "Paused", "Names"]);
 
     let cols = columns(&Job::crd());
     let names: Vec<_> = cols.iter().map(|c| c.0.as_str()).collect();

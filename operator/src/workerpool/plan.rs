@@ -17,8 +17,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use gearfleet_crd::{
-    ANNOTATION_RESTART, FunctionPhase, FunctionStatus, LABEL_FUNCTION, WorkerPool, WorkerPoolStatus, is_condition_true,
-    new_condition, pool_condition, set_condition,
+    ANNOTATION_RESTART, FunctionStatus, LABEL_FUNCTION, WorkerPool, WorkerPoolStatus, is_condition_true, new_condition,
+    pool_condition, set_condition,
 };
 use gearfleet_proto::admin::FunctionStats;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -31,11 +31,14 @@ use kube::runtime::events::EventType;
 pub use self::pods::PodAction;
 use self::pods::{FunctionPods, plan_disconnects, plan_recycle, plan_scale_in, plan_undrains};
 use super::desired::{DesiredError, desired_deployment};
-use super::drain::elapsed;
+use super::drain::{elapsed, has_mark_annotations};
 use super::health;
 use super::memory::PoolMemory;
 use super::observe::Observed;
-use super::phase::{FunctionPhaseInput, PhaseInput, function_phase, is_progressing, pool_phase};
+use super::phase::{
+    BROKER_UNREACHABLE, DegradedCause, FunctionPhaseInput, POOL_CAP_REACHED, PhaseInput, degraded_condition,
+    function_phase, pool_phase, progressing_condition, ready_condition,
+};
 use super::pool_cap::{self, hold_pool_cap};
 use super::recycle::{RecyclePolicy, last_scheduled_restart};
 use super::scaling::{ScaleKind, decide, share_pool_cap};
@@ -240,8 +243,25 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
         next_memory.functions.insert(f.name.clone(), fmemory);
         function_stats.push(stats);
     }
+    let asked: Vec<i32> = decisions.iter().map(|d| d.desired).collect();
     let mut decisions = share_pool_cap(decisions, pool.spec.max_replicas);
+    let mut cap_causes: Vec<DegradedCause> = decisions
+        .iter()
+        .zip(&asked)
+        .zip(&pool.spec.functions)
+        .filter(|((d, asked), _)| d.desired < **asked)
+        .map(|((d, asked), f)| DegradedCause {
+            reason: POOL_CAP_REACHED,
+            message: format!(
+                "{}: pool maxReplicas {} holds it at {} of the {asked} its queue asks",
+                f.name,
+                pool.spec.max_replicas.unwrap_or_default(),
+                d.desired
+            ),
+        })
+        .collect();
     if pool.spec.paused {
+        cap_causes.clear();
         for d in &mut decisions {
             d.desired = 0;
             d.kind = ScaleKind::between(d.current, 0);
@@ -284,9 +304,7 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
     let mut functions = Vec::new();
     let mut events = Vec::new();
     let mut scaling = Vec::new();
-    let mut degraded: Vec<String> = Vec::new();
-    let mut degraded_reason: Option<&'static str> = None;
-    let mut progressing: Vec<(String, FunctionPhase)> = Vec::new();
+    let mut causes: Vec<DegradedCause> = Vec::new();
     let per_function = healths.into_iter().zip(crash_capped).zip(cap_holds);
     for (((f, decision), fstats), ((fhealth, (target, held)), (allowed, cap_held))) in
         pool.spec.functions.iter().zip(&decisions).zip(function_stats).zip(per_function)
@@ -300,8 +318,8 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
             now,
         };
         if let Some((trouble, line)) = &fhealth.first {
-            degraded.push(format!("{}: {} pod(s) {} ({line})", f.name, fhealth.troubled, trouble.reason()));
-            degraded_reason.get_or_insert(trouble.reason());
+            let message = format!("{}: {} pod(s) {} ({line})", f.name, fhealth.troubled, trouble.reason());
+            causes.push(DegradedCause { reason: trouble.reason(), message });
         }
         let mut target = target;
         if let Some(why) = held {
@@ -323,6 +341,7 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
         let mut victims = Vec::new();
         let mut waiting_for_drain = false;
         let mut recycling_now = false;
+        let mut recycle_drains = false;
         if target < decision.current {
             let step = plan_scale_in(&fpods, decision.desired, pool.spec.scaling.drain_timeout());
             before_scaling.extend(step.actions);
@@ -360,6 +379,7 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
             && target == decision.current
         {
             let step = plan_recycle(&fpods, policy);
+            recycle_drains = step.actions.iter().any(|a| matches!(a, PodAction::Drain { .. }));
             recycling.extend(step.actions);
             recycling_now = step.in_progress;
             if step.in_progress {
@@ -375,25 +395,30 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
         let busy = fstats.workers.saturating_sub(fstats.idle_workers);
         let present: Vec<&Pod> = fpods.pods.iter().copied().filter(|p| !is_finished(p)).collect();
         let ready = present.iter().filter(|p| p.metadata.deletion_timestamp.is_none() && is_pod_ready(p)).count();
+        let available = observed_status.and_then(|s| s.available_replicas).unwrap_or(0);
+        let marked = present.iter().any(|p| p.metadata.deletion_timestamp.is_none() && has_mark_annotations(p));
         let fphase = function_phase(FunctionPhaseInput {
-            degraded: fhealth.troubled > 0,
-            draining: waiting_for_drain,
+            troubled: fhealth.troubled > 0,
+            broker_unreachable: observed.stats.is_none(),
+            draining: waiting_for_drain || (recycling_now && (marked || recycle_drains)),
             waiting_for_cap,
             recycling: recycling_now,
+            desired: decision.desired,
             current: decision.current,
             target,
             pods: present.len(),
             ready,
+            available,
+            queued: clamp_i64(fstats.queued_total()),
         });
-        if is_progressing(fphase) {
-            progressing.push((f.name.clone(), fphase));
-        }
         functions.push(FunctionStatus {
             name: f.name.clone(),
             deployment: dep_name,
             phase: Some(fphase),
             replicas: observed_status.and_then(|s| s.replicas).unwrap_or(0),
             ready_replicas: observed_status.and_then(|s| s.ready_replicas).unwrap_or(0),
+            available_replicas: available,
+            current_replicas: decision.current,
             desired_replicas: decision.desired,
             busy_workers: clamp_i32(busy),
             idle_workers: clamp_i32(fstats.idle_workers),
@@ -435,40 +460,45 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
     } else {
         new_condition(pool_condition::SCALING, true, "Scaling", scaling.join("; "), generation, t.clone())
     };
-    let ready_cond = new_condition(pool_condition::READY, true, "Reconciled", "", generation, t.clone());
-    set_condition(&mut status.conditions, ready_cond);
+    if observed.stats.is_none() {
+        let message = format!("broker {} is unreachable: queue depths unknown", observed.broker_address);
+        causes.push(DegradedCause { reason: BROKER_UNREACHABLE, message });
+    }
+    causes.extend(cap_causes);
+    let rules = [
+        (pool_condition::READY, ready_condition(&functions)),
+        (pool_condition::PROGRESSING, progressing_condition(&functions)),
+    ];
+    for (type_, rule) in rules {
+        let cond = new_condition(type_, rule.status, rule.reason, rule.message, generation, t.clone());
+        set_condition(&mut status.conditions, cond);
+    }
     set_condition(&mut status.conditions, scaling_cond);
     set_condition(&mut status.conditions, broker_cond);
-    let progressing_cond = match progressing.first() {
-        Some((_, phase)) => {
-            let message =
-                progressing.iter().map(|(f, p)| format!("{f}: {}", p.as_str())).collect::<Vec<_>>().join("; ");
-            new_condition(pool_condition::PROGRESSING, true, phase.as_str(), message, generation, t.clone())
-        }
-        None => new_condition(pool_condition::PROGRESSING, false, "Stable", "", generation, t.clone()),
-    };
-    set_condition(&mut status.conditions, progressing_cond);
-    let degraded_cond = match degraded_reason {
-        Some(reason) => {
-            new_condition(pool_condition::DEGRADED, true, reason, degraded.join("; "), generation, t.clone())
-        }
-        None => new_condition(pool_condition::DEGRADED, false, "Healthy", "", generation, t.clone()),
-    };
-    let newly_degraded = degraded_reason.is_some() && !is_condition_true(&status.conditions, pool_condition::DEGRADED);
-    set_condition(&mut status.conditions, degraded_cond);
+    let degraded = degraded_condition(&causes);
+    let newly_degraded = degraded.status && !is_condition_true(&status.conditions, pool_condition::DEGRADED);
     if newly_degraded {
         events.push(PlannedEvent {
             type_: EventType::Warning,
             reason: "Degraded".into(),
             action: "Health",
-            note: degraded.join("; "),
+            note: degraded.message.clone(),
             aggregate: true,
         });
     }
+    let degraded_cond = new_condition(
+        pool_condition::DEGRADED,
+        degraded.status,
+        degraded.reason,
+        degraded.message,
+        generation,
+        t.clone(),
+    );
+    set_condition(&mut status.conditions, degraded_cond);
     let (phase, draining, drained) = pool_phase(PhaseInput {
         paused: pool.spec.paused,
         pods: observed.pods.len(),
-        degraded: degraded_reason.is_some(),
+        degraded: degraded.status,
         scaling: !scaling.is_empty(),
     });
     let was_drained = is_condition_true(&status.conditions, pool_condition::DRAINED);

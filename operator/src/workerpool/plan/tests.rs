@@ -313,6 +313,9 @@ impl Fx {
                 status: Some(DeploymentStatus {
                     replicas: Some(self.replicas),
                     ready_replicas: Some(self.replicas),
+                    available_replicas: Some(
+                        self.pods.iter().filter(|p| p.function == f.name && p.ready && !p.terminating).count() as i32,
+                    ),
                     ..Default::default()
                 }),
             })

@@ -89,9 +89,14 @@ fn a_raise_waits_while_lowered_pods_terminate() {
     assert_eq!(plan.requeue, Some(Duration::from_secs(2)));
     assert!(plan.events.is_empty(), "no scale Event for a raise that waits");
     let phases: Vec<_> = plan.status.functions.iter().map(|f| f.phase).collect();
-    use gearfleet_crd::FunctionPhase::{Scaling, WaitingForCap};
-    assert_eq!(phases, [Some(Scaling), Some(WaitingForCap)], "a's pods still terminate; b waits");
+    use gearfleet_crd::FunctionPhase::Scaling;
+    assert_eq!(phases, [Some(Scaling), Some(Scaling)], "a's pods still terminate; b's raise waits for the cap");
     let (status, reason, message) = condition(&plan, pool_condition::PROGRESSING);
     assert_eq!((status.as_str(), reason.as_str()), ("True", "Scaling"));
-    assert_eq!(message, "a: Scaling; b: WaitingForCap");
+    assert_eq!(message, "a: Scaling; b: Scaling");
+    let (status, reason, message) = condition(&plan, pool_condition::READY);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "FunctionsNotReady"));
+    assert_eq!(message, "a: 1/1 available (Scaling); b: 1/3 available (Scaling)");
+    let (status, reason, _) = condition(&plan, pool_condition::DEGRADED);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Healthy"), "the cap fits what the queues ask");
 }

@@ -36,7 +36,7 @@ fn conditions_phase_events_and_requeue() {
             "steady",
             fx().pods([pod("a")]),
             &[
-                (READY, "True", "Reconciled", ""),
+                (READY, "True", "AllFunctionsReady", "1 function(s) ready"),
                 (SCALING, "False", "Stable", ""),
                 (BROKER_UNAVAILABLE, "False", "BrokerReachable", ""),
                 (DEGRADED, "False", "Healthy", ""),
@@ -51,7 +51,11 @@ fn conditions_phase_events_and_requeue() {
         case(
             "a backlog scales up",
             fx().backlog(3, 0).pods([pod("a")]),
-            &[(READY, "True", "Reconciled", ""), (SCALING, "True", "Scaling", "echo: 1 -> 3")],
+            &[
+                (READY, "False", "FunctionsNotReady", "echo: 1/3 available (Scaling)"),
+                (SCALING, "True", "Scaling", "echo: 1 -> 3"),
+                (PROGRESSING, "True", "Scaling", "echo: Scaling"),
+            ],
             WorkerPoolPhase::Scaling,
             &["ScaleUp"],
             5,
@@ -75,16 +79,21 @@ fn conditions_phase_events_and_requeue() {
                     "broker broker:4730 is unreachable: holding current replicas",
                 ),
                 (SCALING, "False", "Stable", ""),
-                (READY, "True", "Reconciled", ""),
+                (DEGRADED, "True", "BrokerUnreachable", "broker broker:4730 is unreachable: queue depths unknown"),
+                (READY, "False", "FunctionsNotReady", "echo: 2/2 available (Degraded)"),
             ],
-            WorkerPoolPhase::Running,
-            &[],
+            WorkerPoolPhase::Degraded,
+            &["Degraded"],
             5,
         ),
         case(
             "crash loop",
             fx().pods([pod("a").container(waiting("CrashLoopBackOff"))]),
-            &[(DEGRADED, "True", "CrashLoopBackOff", "echo: 1 pod(s) CrashLoopBackOff (a: boom)")],
+            &[
+                (DEGRADED, "True", "CrashLoopBackOff", "echo: 1 pod(s) CrashLoopBackOff (a: boom)"),
+                (READY, "False", "FunctionsNotReady", "echo: 1/1 available (Degraded)"),
+                (PROGRESSING, "False", "Stable", ""),
+            ],
             WorkerPoolPhase::Degraded,
             &["Degraded"],
             5,
@@ -103,6 +112,52 @@ fn conditions_phase_events_and_requeue() {
             &[(DEGRADED, "True", "ImagePullBackOff", "echo: 1 pod(s) ImagePullBackOff (a: boom)")],
             WorkerPoolPhase::Degraded,
             &["Degraded"],
+            5,
+        ),
+        case(
+            "an image that is not there with pull policy Never",
+            fx().pods([PodFx { ready: false, ..pod("a").container(waiting("ErrImageNeverPull")) }]),
+            &[
+                (DEGRADED, "True", "ImagePullBackOff", "echo: 1 pod(s) ImagePullBackOff (a: boom)"),
+                (READY, "False", "FunctionsNotReady", "echo: 0/1 available (Degraded)"),
+            ],
+            WorkerPoolPhase::Degraded,
+            &["Degraded"],
+            5,
+        ),
+        case(
+            "a pending pod: not ready, not degraded",
+            fx().pods([PodFx { ready: false, ..pod("a").container(waiting("ContainerCreating")) }]),
+            &[
+                (READY, "False", "FunctionsNotReady", "echo: 0/1 available (Scaling)"),
+                (DEGRADED, "False", "Healthy", ""),
+                (PROGRESSING, "True", "Scaling", "echo: Scaling"),
+            ],
+            WorkerPoolPhase::Running,
+            &[],
+            5,
+        ),
+        case(
+            "the pool cap holds a function below its queue",
+            fx().functions("[{name: echo, maxReplicas: 5}, {name: other, minReplicas: 1, maxReplicas: 5}]")
+                .spec("maxReplicas: 2")
+                .backlog(4, 0)
+                .pods([pod("a"), pod("o").of("other")]),
+            &[
+                (DEGRADED, "True", "PoolCapReached", "echo: pool maxReplicas 2 holds it at 1 of the 4 its queue asks"),
+                (READY, "True", "AllFunctionsReady", "2 function(s) ready"),
+                (PROGRESSING, "False", "Stable", ""),
+            ],
+            WorkerPoolPhase::Degraded,
+            &["Degraded"],
+            5,
+        ),
+        case(
+            "idle: nothing wanted, nothing there",
+            fx().replicas(0),
+            &[(READY, "True", "AllFunctionsReady", ""), (PROGRESSING, "False", "Stable", "")],
+            WorkerPoolPhase::Running,
+            &[],
             5,
         ),
         case(
@@ -129,7 +184,12 @@ fn conditions_phase_events_and_requeue() {
         case(
             "paused with pods left",
             fx().spec("paused: true").replicas(1).pods([pod("a").terminating()]),
-            &[(DRAINING, "True", "Paused", "1 worker pod(s) finishing their jobs"), (DRAINED, "False", "Paused", "")],
+            &[
+                (DRAINING, "True", "Paused", "1 worker pod(s) finishing their jobs"),
+                (DRAINED, "False", "Paused", ""),
+                (READY, "False", "FunctionsNotReady", "echo: 0/0 available (Scaling)"),
+                (DEGRADED, "False", "Healthy", ""),
+            ],
             WorkerPoolPhase::Draining,
             &["ScaleToZero"],
             2,
@@ -137,7 +197,11 @@ fn conditions_phase_events_and_requeue() {
         case(
             "paused and no pods left",
             fx().spec("paused: true").replicas(0),
-            &[(DRAINING, "False", "Paused", ""), (DRAINED, "True", "Paused", "")],
+            &[
+                (DRAINING, "False", "Paused", ""),
+                (DRAINED, "True", "Paused", ""),
+                (READY, "True", "AllFunctionsReady", ""),
+            ],
             WorkerPoolPhase::Drained,
             &["Drained"],
             5,
@@ -153,7 +217,11 @@ fn conditions_phase_events_and_requeue() {
         case(
             "a scale-in waiting for a drain",
             fx().replicas(2).backlog(0, 1).pods([pod("old").busy().age(7200), pod("new").busy().age(60)]),
-            &[(SCALING, "True", "Scaling", "waiting for 1 busy worker(s)")],
+            &[
+                (SCALING, "True", "Scaling", "waiting for 1 busy worker(s)"),
+                (PROGRESSING, "True", "Draining", "echo: Draining"),
+                (READY, "False", "FunctionsNotReady", "echo: 2/1 available (Draining)"),
+            ],
             WorkerPoolPhase::Scaling,
             &[],
             1,
@@ -201,7 +269,7 @@ fn events_carry_the_notes_of_today() {
 /// Each function's phase and the `Progressing` condition: (status, reason, a piece of the message).
 #[test]
 fn function_phases_and_progressing() {
-    use gearfleet_crd::FunctionPhase::{self, Degraded, Draining, Recycling, Running, Scaling};
+    use gearfleet_crd::FunctionPhase::{self, Degraded, Draining, Idle, Ready, Scaling};
     struct Case {
         name: &'static str,
         fx: Fx,
@@ -210,7 +278,21 @@ fn function_phases_and_progressing() {
     }
     let case = |name, fx, phase, progressing| Case { name, fx, phase, progressing };
     let cases = [
-        case("steady", fx().pods([pod("a")]), Running, ("False", "Stable", "")),
+        case("steady", fx().pods([pod("a")]), Ready, ("False", "Stable", "")),
+        case("idle", fx().replicas(0), Idle, ("False", "Stable", "")),
+        case(
+            "scaled to zero, a pod still terminating",
+            fx().replicas(0).pods([pod("a").terminating()]),
+            Scaling,
+            ("True", "Scaling", "echo: Scaling"),
+        ),
+        case("broker unreachable", fx().broker_down().pods([pod("a")]), Degraded, ("False", "Stable", "")),
+        case(
+            "paused with a busy worker: drained first",
+            fx().spec("paused: true").backlog(0, 1).pods([pod("a").busy()]),
+            Draining,
+            ("True", "Draining", "echo: Draining"),
+        ),
         case("a backlog scales up", fx().backlog(3, 0).pods([pod("a")]), Scaling, ("True", "Scaling", "echo: Scaling")),
         case(
             "replicas set, the pod not ready yet",
@@ -231,10 +313,16 @@ fn function_phases_and_progressing() {
             ("True", "Draining", "echo: Draining"),
         ),
         case(
-            "recycling",
+            "recycling a busy pod: it is drained first",
             fx().spec("recycle: {maxAge: 1h}").backlog(0, 1).pods([pod("a").busy().age(7200)]),
-            Recycling,
-            ("True", "Recycling", "echo: Recycling"),
+            Draining,
+            ("True", "Draining", "echo: Draining"),
+        ),
+        case(
+            "recycling an idle pod",
+            fx().spec("recycle: {maxAge: 1h}").pods([pod("a").age(7200)]),
+            Scaling,
+            ("True", "Scaling", "echo: Scaling"),
         ),
         case(
             "crash-looping pods: Degraded, not progressing",
