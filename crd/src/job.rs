@@ -37,10 +37,13 @@ pub const RESULT_CONFIG_MAP_KEY: &str = "result";
 pub mod job_condition {
     /// The job (every step of a chain) succeeded. `kubectl wait --for=condition=Complete`.
     pub const COMPLETE: &str = "Complete";
-    /// The job failed for good (retries exhausted, timeout, invalid payload, ...).
+    /// The job failed for good (retries exhausted, timeout, deadline, invalid payload, ...).
     pub const FAILED: &str = "Failed";
+    /// True while `spec.suspend` holds the Job (reason JobSuspended); False (reason JobResumed)
+    /// once it was resumed.
+    pub const SUSPENDED: &str = "Suspended";
     /// Every condition type.
-    pub const ALL: [&str; 2] = [COMPLETE, FAILED];
+    pub const ALL: [&str; 3] = [COMPLETE, FAILED, SUSPENDED];
 }
 
 /// Job submits one Gearman job, or a chain of jobs, and records its progress
@@ -72,7 +75,7 @@ pub mod job_condition {
         name = "Phase",
         type_ = "string",
         json_path = ".status.phase",
-        description = "Pending, Queued, Running, Succeeded or Failed"
+        description = "Pending, Suspended, Queued, Running, Succeeded or Failed"
     ),
     printcolumn(
         name = "Progress",
@@ -145,6 +148,28 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<RetryPolicy>,
 
+    /// Which kinds of attempt failure are retried (within retries.limit)
+    /// and which fail the Job at once. Omit to retry every kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_policy: Option<FailurePolicy>,
+
+    /// Seconds the Job may be active, counted from status.startTime (its
+    /// first submission, or its latest resume) over every attempt, retry
+    /// and step. When it passes the Job fails with reason DeadlineExceeded,
+    /// a still-queued attempt is removed from the broker and nothing more
+    /// is submitted. Omit for no deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub active_deadline_seconds: Option<i64>,
+
+    /// Suspend the Job: nothing is submitted while true, a still-queued
+    /// attempt is removed from the broker, a running attempt finishes (its
+    /// result is kept) but is not retried. Setting it back to false resumes
+    /// where the Job stopped. The only field that may change after
+    /// creation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+
     /// Functions to run after this one, in order (at most 16). Each step
     /// receives the previous step's result as its payload; the Job's result
     /// is the last step's result. Every step uses the same priority,
@@ -158,6 +183,69 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub ttl_seconds_after_finished: Option<i32>,
+}
+
+/// What to do when an attempt fails, by kind of failure (in the spirit of
+/// batch/v1's podFailurePolicy). The first rule naming the failure applies;
+/// a failure no rule names is retried.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailurePolicy {
+    /// Rules, checked in order (at most 3).
+    #[serde(default)]
+    #[schemars(length(max = 3))]
+    pub rules: Vec<FailurePolicyRule>,
+}
+
+/// One rule of a [`FailurePolicy`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailurePolicyRule {
+    /// FailJob or Retry.
+    pub action: FailureAction,
+
+    /// The kinds of failure this rule applies to (1-3 of WorkFail,
+    /// WorkException, Timeout).
+    #[schemars(length(min = 1, max = 3))]
+    pub on_failures: Vec<AttemptFailure>,
+}
+
+/// What a [`FailurePolicyRule`] does with a failed attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum FailureAction {
+    /// Fail the Job at once, whatever retries remain.
+    FailJob,
+    /// Retry while spec.retries allows (what happens without a rule).
+    Retry,
+}
+
+/// A kind of attempt failure; the same spelling as status.reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum AttemptFailure {
+    /// The worker sent WORK_FAIL.
+    WorkFail,
+    /// The worker sent WORK_EXCEPTION.
+    WorkException,
+    /// The attempt ran past spec.timeout.
+    Timeout,
+}
+
+impl AttemptFailure {
+    /// The API spelling, also used as status.reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptFailure::WorkFail => "WorkFail",
+            AttemptFailure::WorkException => "WorkException",
+            AttemptFailure::Timeout => "Timeout",
+        }
+    }
+}
+
+impl FailurePolicy {
+    /// The action for a failure of kind `kind`: the first rule naming it, else Retry.
+    pub fn action(&self, kind: AttemptFailure) -> FailureAction {
+        self.rules.iter().find(|r| r.on_failures.contains(&kind)).map_or(FailureAction::Retry, |r| r.action)
+    }
 }
 
 /// Where to read a job payload from. Exactly one field must be set.
@@ -210,6 +298,8 @@ pub enum JobPhase {
     /// Not submitted yet (waiting for runAt, a retry back-off, or the operator).
     #[default]
     Pending,
+    /// Held by spec.suspend with no attempt in flight.
+    Suspended,
     /// Submitted to the broker, waiting for a worker.
     Queued,
     /// A worker is running it.
@@ -225,6 +315,7 @@ impl JobPhase {
     pub fn as_str(self) -> &'static str {
         match self {
             JobPhase::Pending => "Pending",
+            JobPhase::Suspended => "Suspended",
             JobPhase::Queued => "Queued",
             JobPhase::Running => "Running",
             JobPhase::Succeeded => "Succeeded",
@@ -253,12 +344,12 @@ pub struct JobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Pending, Queued, Running, Succeeded or Failed. For a chain this is the
-    /// phase of the whole chain.
+    /// Pending, Suspended, Queued, Running, Succeeded or Failed. For a chain
+    /// this is the phase of the whole chain.
     #[serde(default)]
     pub phase: JobPhase,
 
-    /// Complete (succeeded) and Failed, for `kubectl wait`.
+    /// Complete (succeeded), Failed and Suspended, for `kubectl wait`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -308,7 +399,8 @@ pub struct JobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_config_map: Option<String>,
 
-    /// Machine-readable reason for the phase, e.g. Timeout or WorkFail.
+    /// Machine-readable reason for the phase: the last attempt's failure
+    /// (WorkFail, WorkException, Timeout) or DeadlineExceeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 
@@ -316,7 +408,8 @@ pub struct JobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 
-    /// When the first attempt was submitted.
+    /// When the first attempt was submitted, or when the Job was last
+    /// resumed (spec.activeDeadlineSeconds counts from here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
 
@@ -417,6 +510,9 @@ impl JobSpec {
             run_at: None,
             timeout: None,
             retries: None,
+            failure_policy: None,
+            active_deadline_seconds: None,
+            suspend: false,
             next: Vec::new(),
             ttl_seconds_after_finished: None,
         }
@@ -448,6 +544,16 @@ impl JobSpec {
         self.retries.clone().unwrap_or_default()
     }
 
+    /// The action of the failure policy for a failure of kind `kind` (Retry without a policy).
+    pub fn failure_action(&self, kind: AttemptFailure) -> FailureAction {
+        self.failure_policy.as_ref().map_or(FailureAction::Retry, |p| p.action(kind))
+    }
+
+    /// `activeDeadlineSeconds` as a [`Duration`], if set and positive.
+    pub fn active_deadline(&self) -> Option<Duration> {
+        self.active_deadline_seconds.and_then(|s| u64::try_from(s).ok()).filter(|s| *s > 0).map(Duration::from_secs)
+    }
+
     /// The `timeout` as a [`Duration`], if set and valid.
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout.as_ref().and_then(|t| t.to_duration().ok())
@@ -473,7 +579,8 @@ impl JobSpec {
     pub fn validate_update(&self, old: &JobSpec) -> Result<(), ValidationError> {
         let mut c = Collector::default();
         self.check(&mut c);
-        c.rule(self == old, "spec", rules::JOB_SPEC_IMMUTABLE.message);
+        let unsuspended = |s: &JobSpec| JobSpec { suspend: false, ..s.clone() };
+        c.rule(unsuspended(self) == unsuspended(old), "spec", rules::JOB_SPEC_IMMUTABLE.message);
         c.finish()
     }
 
@@ -508,6 +615,15 @@ impl JobSpec {
         }
         if let Some(r) = &self.retries {
             r.check(c, "spec.retries");
+        }
+        if let Some(policy) = &self.failure_policy {
+            c.items("spec.failurePolicy.rules", policy.rules.len(), 0, 3);
+            for (i, r) in policy.rules.iter().enumerate() {
+                c.items(&format!("spec.failurePolicy.rules[{i}].onFailures"), r.on_failures.len(), 1, 3);
+            }
+        }
+        if let Some(d) = self.active_deadline_seconds {
+            c.range("spec.activeDeadlineSeconds", d, Some(1), None);
         }
         c.items("spec.next", self.next.len(), 0, MAX_NEXT_STEPS);
         for (i, f) in self.next.iter().enumerate() {

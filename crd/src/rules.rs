@@ -62,7 +62,24 @@ pub const PAYLOAD_FROM_EXACTLY_ONE: CelRule = CelRule {
 };
 
 /// On a Job `spec` (a transition rule: only evaluated on update).
-pub const JOB_SPEC_IMMUTABLE: CelRule = CelRule { rule: "self == oldSelf", message: "Job spec is immutable" };
+///
+/// Every field but `suspend` (which suspends and resumes the Job, as in batch/v1). `function` is a
+/// CEL reserved word, so Kubernetes' CEL names the property `__function__`.
+pub const JOB_SPEC_IMMUTABLE: CelRule = CelRule {
+    rule: "self.__function__ == oldSelf.__function__ \
+           && (has(self.payload) ? has(oldSelf.payload) && self.payload == oldSelf.payload : !has(oldSelf.payload)) \
+           && (has(self.payloadFrom) ? has(oldSelf.payloadFrom) && self.payloadFrom == oldSelf.payloadFrom : !has(oldSelf.payloadFrom)) \
+           && (has(self.unique) ? has(oldSelf.unique) && self.unique == oldSelf.unique : !has(oldSelf.unique)) \
+           && (has(self.priority) ? has(oldSelf.priority) && self.priority == oldSelf.priority : !has(oldSelf.priority)) \
+           && (has(self.runAt) ? has(oldSelf.runAt) && self.runAt == oldSelf.runAt : !has(oldSelf.runAt)) \
+           && (has(self.timeout) ? has(oldSelf.timeout) && self.timeout == oldSelf.timeout : !has(oldSelf.timeout)) \
+           && (has(self.retries) ? has(oldSelf.retries) && self.retries == oldSelf.retries : !has(oldSelf.retries)) \
+           && (has(self.failurePolicy) ? has(oldSelf.failurePolicy) && self.failurePolicy == oldSelf.failurePolicy : !has(oldSelf.failurePolicy)) \
+           && (has(self.activeDeadlineSeconds) ? has(oldSelf.activeDeadlineSeconds) && self.activeDeadlineSeconds == oldSelf.activeDeadlineSeconds : !has(oldSelf.activeDeadlineSeconds)) \
+           && (has(self.next) ? has(oldSelf.next) && self.next == oldSelf.next : !has(oldSelf.next)) \
+           && (has(self.ttlSecondsAfterFinished) ? has(oldSelf.ttlSecondsAfterFinished) && self.ttlSecondsAfterFinished == oldSelf.ttlSecondsAfterFinished : !has(oldSelf.ttlSecondsAfterFinished))",
+    message: "Job spec is immutable",
+};
 
 /// Every CEL rule with the JSON path (within the CRD's `openAPIV3Schema`) of
 /// the schema node that carries it.

@@ -166,6 +166,34 @@ fn job_spec_is_immutable() {
 }
 
 #[test]
+fn only_suspend_may_change() {
+    let schema = schema(Job::crd());
+    let old = job_object(json!({"function": "f", "payload": "a", "activeDeadlineSeconds": 30}));
+    for (spec, ok) in [
+        (json!({"function": "f", "payload": "a", "activeDeadlineSeconds": 30, "suspend": true}), true),
+        (json!({"function": "f", "payload": "a", "activeDeadlineSeconds": 30, "suspend": false}), true),
+        (json!({"function": "g", "payload": "a", "activeDeadlineSeconds": 30}), false),
+        (json!({"function": "f", "activeDeadlineSeconds": 30}), false),
+        (json!({"function": "f", "payload": "a"}), false),
+        (json!({"function": "f", "payload": "a", "activeDeadlineSeconds": 60}), false),
+        (json!({"function": "f", "payload": "a", "activeDeadlineSeconds": 30, "timeout": "1s"}), false),
+        (
+            json!({"function": "f", "payload": "a", "activeDeadlineSeconds": 30,
+                   "failurePolicy": {"rules": [{"action": "FailJob", "onFailures": ["Timeout"]}]}}),
+            false,
+        ),
+    ] {
+        let got = cel_messages(&schema, &job_object(spec.clone()), Some(&old));
+        let expected: &[&str] = if ok { &[] } else { &[rules::JOB_SPEC_IMMUTABLE.message] };
+        assert_eq!(got, expected, "{spec}");
+        // validate_update agrees.
+        let typed: JobSpec = serde_json::from_value(spec).unwrap();
+        let old_typed: JobSpec = serde_json::from_value(old["spec"].clone()).unwrap();
+        assert_eq!(typed.validate_update(&old_typed).is_ok(), ok);
+    }
+}
+
+#[test]
 fn examples_pass_cel() {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let pool: Value =

@@ -239,7 +239,12 @@ fn specific_rules() {
         "!(has(self.payload) && has(self.payloadFrom))".to_owned(),
         "payload and payloadFrom are mutually exclusive".to_owned()
     )));
-    assert!(spec_rules.contains(&("self == oldSelf".to_owned(), "Job spec is immutable".to_owned())));
+    // Every field but suspend is immutable (the rule names each one; see cel.rs for its behaviour).
+    let immutable = rules::JOB_SPEC_IMMUTABLE;
+    assert!(spec_rules.contains(&(immutable.rule.to_owned(), "Job spec is immutable".to_owned())));
+    assert!(
+        immutable.rule.contains("self.__function__ == oldSelf.__function__") && !immutable.rule.contains("suspend")
+    );
 }
 
 #[test]
@@ -311,7 +316,7 @@ fn patterns_lengths_ranges_and_defaults() {
     assert_eq!(node(&job, "spec.ttlSecondsAfterFinished")["minimum"], 0.0);
     assert_eq!(
         node(&job, "status.phase")["enum"],
-        serde_json::json!(["Pending", "Queued", "Running", "Succeeded", "Failed"])
+        serde_json::json!(["Pending", "Suspended", "Queued", "Running", "Succeeded", "Failed"])
     );
     assert_eq!(node(&job, "status.data")["maxLength"], 65536);
     assert_eq!(node(&job, "status.result")["maxLength"], 262144);

@@ -437,3 +437,41 @@ fn job_spec_is_immutable() {
     let err = new.validate_update(&old).unwrap_err();
     assert_eq!(err.to_string(), "spec: Job spec is immutable");
 }
+
+#[test]
+fn job_deadline_and_failure_policy() {
+    use gearfleet_crd::job::{AttemptFailure, FailureAction, FailurePolicy, FailurePolicyRule};
+    job_err(|j| j.active_deadline_seconds = Some(0), "spec.activeDeadlineSeconds", "at least 1");
+    let mut j = job();
+    j.active_deadline_seconds = Some(1);
+    j.suspend = true;
+    j.validate().unwrap();
+    let rule = |on: Vec<AttemptFailure>| FailurePolicyRule { action: FailureAction::FailJob, on_failures: on };
+    job_err(
+        |j| j.failure_policy = Some(FailurePolicy { rules: vec![rule(vec![])] }),
+        "spec.failurePolicy.rules[0].onFailures",
+        "at least 1",
+    );
+    job_err(
+        |j| j.failure_policy = Some(FailurePolicy { rules: vec![rule(vec![AttemptFailure::Timeout]); 4] }),
+        "spec.failurePolicy.rules",
+        "at most 3",
+    );
+    let mut j = job();
+    j.failure_policy = Some(FailurePolicy { rules: vec![rule(vec![AttemptFailure::WorkException])] });
+    j.validate().unwrap();
+    assert_eq!(j.failure_action(AttemptFailure::WorkException), FailureAction::FailJob);
+    assert_eq!(j.failure_action(AttemptFailure::WorkFail), FailureAction::Retry, "no rule: retried");
+    assert_eq!(job().failure_action(AttemptFailure::Timeout), FailureAction::Retry, "no policy: retried");
+}
+
+#[test]
+fn job_suspend_is_the_only_mutable_field() {
+    let old = job();
+    let mut new = job();
+    new.suspend = true;
+    new.validate_update(&old).unwrap();
+    old.validate_update(&new).unwrap();
+    new.active_deadline_seconds = Some(5);
+    assert_eq!(new.validate_update(&old).unwrap_err().to_string(), "spec: Job spec is immutable");
+}

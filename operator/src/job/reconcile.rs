@@ -169,6 +169,11 @@ async fn apply(job: Arc<Job>, ctx: &JobContext) -> Result<Requeue, JobError> {
                 ctx.runner.submit(ObjectRef::from_obj(&*job), unique, function, bytes, job.spec.priority);
             }
             Action::Forget { unique } => ctx.runner.forget(unique),
+            Action::Cancel { unique } => {
+                // The handle is the runner's, or the one last written (after an operator restart).
+                let written = status.handle.clone().filter(|_| status.unique.as_deref() == Some(unique.as_str()));
+                cancel_attempt(ctx, &job, unique, written).await;
+            }
             Action::Delete => {
                 tracing::info!(job = %name, namespace = %ns, "deleting finished job (ttlSecondsAfterFinished)");
                 api.delete(&name, &DeleteParams::background()).await?;
@@ -268,19 +273,24 @@ async fn cleanup(job: Arc<Job>, ctx: &JobContext) -> Result<Requeue, JobError> {
     if let Some(unique) = status.unique.as_deref()
         && matches!(status.phase, JobPhase::Queued | JobPhase::Running)
     {
-        let handle = ctx.runner.handle(unique).or(status.handle.clone());
-        ctx.runner.forget(unique);
-        if let Some(handle) = handle {
-            // Removes the job if no worker has it yet; a running attempt finishes unobserved.
-            match ctx.broker.cancel_job(&handle).await {
-                Ok(()) => tracing::info!(job = %job.name_any(), handle = %handle, "cancelled in the broker"),
-                Err(e) => {
-                    tracing::info!(job = %job.name_any(), handle = %handle, error = %e, "not cancelled (running or gone)")
-                }
-            }
-        }
+        cancel_attempt(ctx, &job, unique, status.handle.clone()).await;
     }
     Ok(Requeue::await_change())
+}
+
+/// Stops following an attempt and removes it from the broker if no worker has it yet (admin
+/// `cancel job HANDLE`); a running attempt finishes unobserved. `written` is the handle from the
+/// status, for when the runner does not know the attempt (the operator restarted).
+async fn cancel_attempt(ctx: &JobContext, job: &Job, unique: &str, written: Option<String>) {
+    let handle = ctx.runner.handle(unique).or(written);
+    ctx.runner.forget(unique);
+    let Some(handle) = handle else { return };
+    match ctx.broker.cancel_job(&handle).await {
+        Ok(()) => tracing::info!(job = %job.name_any(), handle = %handle, "cancelled in the broker"),
+        Err(e) => {
+            tracing::info!(job = %job.name_any(), handle = %handle, error = %e, "not cancelled (running or gone)")
+        }
+    }
 }
 
 async fn patch_status(api: &Api<Job>, name: &str, status: &JobStatus, generation: Option<i64>) -> Result<(), JobError> {

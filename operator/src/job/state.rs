@@ -8,11 +8,20 @@
 //! resubmission of the same attempt (after an operator restart or a lost connection) is coalesced
 //! by the broker with the job still queued or running, or answered from its retained outcome, so
 //! an attempt never runs twice; a retry is a new attempt with a new key.
+//!
+//! Kubernetes Job habits: `spec.failurePolicy` decides per kind of failure (WORK_FAIL,
+//! WORK_EXCEPTION, timeout) whether a failed attempt is retried or fails the Job;
+//! `spec.activeDeadlineSeconds` fails the Job (`DeadlineExceeded`) once it has been active that
+//! long since `status.startTime`; `spec.suspend` parks it in `Suspended` (a still-queued attempt
+//! is withdrawn from the broker, a running one finishes but is not retried) until it is resumed,
+//! which restarts the deadline as batch/v1 does.
 
 use std::time::Duration;
 
-use gearfleet_crd::job::{JobPhase, JobProgress, JobSpec, JobStatus, JobStepStatus, job_condition as condition};
-use gearfleet_crd::{new_condition, set_condition};
+use gearfleet_crd::job::{
+    AttemptFailure, FailureAction, JobPhase, JobProgress, JobSpec, JobStatus, JobStepStatus, job_condition as condition,
+};
+use gearfleet_crd::{is_condition_true, new_condition, set_condition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
@@ -74,6 +83,13 @@ pub enum Action {
         /// The attempt's unique key.
         unique: String,
     },
+    /// Stop following an attempt that no worker has taken yet and remove it from the broker
+    /// (admin `cancel job HANDLE`), so that it never runs. A worker that took it in the meantime
+    /// is not recalled: that run's outcome is ignored.
+    Cancel {
+        /// The attempt's unique key.
+        unique: String,
+    },
     /// Delete the Job (ttlSecondsAfterFinished passed).
     Delete,
 }
@@ -120,6 +136,12 @@ pub mod reason {
     pub const SUCCEEDED: &str = "Succeeded";
     /// The spec is invalid.
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The Job was active longer than `spec.activeDeadlineSeconds`.
+    pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
+    /// `spec.suspend` holds the Job (the Suspended condition's reason, as in batch/v1).
+    pub const SUSPENDED: &str = "JobSuspended";
+    /// The Job was resumed (the Suspended condition's reason once False).
+    pub const RESUMED: &str = "JobResumed";
 }
 
 fn at(ts: Timestamp) -> Time {
@@ -174,7 +196,18 @@ fn step(spec: &JobSpec, base: &str, obs: Option<&Observation>, now: Timestamp, p
         return;
     };
 
-    match s.phase {
+    if spec.suspend {
+        mark_suspended(p, now);
+    } else if is_condition_true(&p.status.conditions, condition::SUSPENDED) {
+        resume(p, now);
+    }
+    if !spec.suspend && deadline_passed(spec, p, now) {
+        return;
+    }
+
+    match p.status.phase {
+        JobPhase::Suspended => {}
+        JobPhase::Pending if spec.suspend => p.status.phase = JobPhase::Suspended,
         JobPhase::Pending => {
             if index == 0
                 && p.status.attempts == 0
@@ -228,9 +261,18 @@ fn step(spec: &JobSpec, base: &str, obs: Option<&Observation>, now: Timestamp, p
             if let Some(t) = spec.timeout() {
                 p.requeue_within(t);
             }
+            if let (Some(deadline), Some(started)) = (spec.active_deadline(), p.status.start_time.as_ref()) {
+                let due = plus(started.0, deadline);
+                p.requeue_within(until(now, due));
+            }
         }
         JobPhase::Queued | JobPhase::Running => {
+            let s = &mut p.status;
             let unique = s.unique.clone().unwrap_or_else(|| attempt_unique(base, index, s.attempts.max(1)));
+            if spec.suspend && s.phase == JobPhase::Queued && obs.is_none_or(|o| !o.started && o.outcome.is_none()) {
+                withdraw(p, unique);
+                return;
+            }
             let Some(obs) = obs else {
                 // Nobody follows this attempt (the operator restarted, or the broker connection was
                 // lost): submit it again under the same key. The broker attaches to the job if it is
@@ -270,11 +312,12 @@ fn step(spec: &JobSpec, base: &str, obs: Option<&Observation>, now: Timestamp, p
                 }
                 Some(AttemptOutcome::Fail) => {
                     p.actions.push(Action::Forget { unique });
-                    attempt_failed(spec, p, reason::WORK_FAIL, "the worker reported WORK_FAIL".into(), now);
+                    let message = "the worker reported WORK_FAIL".into();
+                    attempt_failed(spec, p, AttemptFailure::WorkFail, message, now);
                 }
                 Some(AttemptOutcome::Exception(message)) => {
                     p.actions.push(Action::Forget { unique });
-                    attempt_failed(spec, p, reason::WORK_EXCEPTION, message.clone(), now);
+                    attempt_failed(spec, p, AttemptFailure::WorkException, message.clone(), now);
                 }
                 None => check_timeout(spec, p, now, Some(unique)),
             }
@@ -291,12 +334,86 @@ fn check_timeout(spec: &JobSpec, p: &mut Plan, now: Timestamp, unique: Option<St
         p.requeue_within(until(now, due));
         return;
     }
-    let unique = unique.or_else(|| p.status.unique.clone());
-    if let Some(unique) = unique {
-        p.actions.push(Action::Forget { unique });
-    }
+    stop_attempt(p, unique);
     let message = format!("attempt {} ran longer than the timeout {}", p.status.attempts, humantime(timeout));
-    attempt_failed(spec, p, reason::TIMEOUT, message, now);
+    attempt_failed(spec, p, AttemptFailure::Timeout, message, now);
+}
+
+/// Stops following the attempt in flight: a running one is only forgotten (a stock worker cannot
+/// be recalled; its late outcome is ignored), a still-queued one is also removed from the broker,
+/// so it never runs beside the next attempt.
+fn stop_attempt(p: &mut Plan, unique: Option<String>) {
+    let Some(unique) = unique.or_else(|| p.status.unique.clone()) else { return };
+    p.actions.push(if p.status.phase == JobPhase::Queued {
+        Action::Cancel { unique }
+    } else {
+        Action::Forget { unique }
+    });
+}
+
+/// Sets the Suspended condition (once) while `spec.suspend` holds the Job.
+fn mark_suspended(p: &mut Plan, now: Timestamp) {
+    if is_condition_true(&p.status.conditions, condition::SUSPENDED) {
+        return;
+    }
+    let note = "suspended (spec.suspend): nothing is submitted until it is resumed".to_string();
+    let c = new_condition(condition::SUSPENDED, true, reason::SUSPENDED, &note, None, at(now));
+    set_condition(&mut p.status.conditions, c);
+    p.events.push(JobEvent { warning: false, reason: "Suspended", note });
+}
+
+/// `spec.suspend` went back to false: the Job continues where it stopped, and (as batch/v1
+/// resets `status.startTime`) its active deadline counts again from now.
+fn resume(p: &mut Plan, now: Timestamp) {
+    let s = &mut p.status;
+    let note = "resumed (spec.suspend is false)".to_string();
+    set_condition(&mut s.conditions, new_condition(condition::SUSPENDED, false, reason::RESUMED, &note, None, at(now)));
+    if s.start_time.is_some() {
+        s.start_time = Some(at(now));
+    }
+    if s.phase == JobPhase::Suspended {
+        s.phase = JobPhase::Pending;
+    }
+    p.events.push(JobEvent { warning: false, reason: "Resumed", note });
+}
+
+/// Takes back an attempt no worker has taken yet because the Job was suspended: it is removed
+/// from the broker and counted as not made, so resuming submits it again under the same key (which
+/// the broker coalesces with the run, should a worker have taken it before the cancel).
+fn withdraw(p: &mut Plan, unique: String) {
+    let s = &mut p.status;
+    s.attempts = (s.attempts - 1).max(0);
+    s.phase = JobPhase::Suspended;
+    s.handle = None;
+    s.attempt_start_time = None;
+    let index = usize::try_from(s.current_step).unwrap_or(0);
+    if let Some(st) = s.steps.get_mut(index) {
+        st.phase = JobPhase::Pending;
+        st.attempts = s.attempts;
+    }
+    p.events.push(JobEvent {
+        warning: false,
+        reason: "Suspended",
+        note: format!("the queued attempt of step {index} was withdrawn from the broker"),
+    });
+    p.actions.push(Action::Cancel { unique });
+}
+
+/// Fails the Job once it has been active `spec.activeDeadlineSeconds` since `status.startTime`
+/// (stopping the attempt in flight), else asks to be woken then. Returns whether it failed.
+fn deadline_passed(spec: &JobSpec, p: &mut Plan, now: Timestamp) -> bool {
+    let (Some(deadline), Some(started)) = (spec.active_deadline(), p.status.start_time.as_ref()) else { return false };
+    let due = plus(started.0, deadline);
+    if now < due {
+        p.requeue_within(until(now, due));
+        return false;
+    }
+    if matches!(p.status.phase, JobPhase::Queued | JobPhase::Running) {
+        stop_attempt(p, None);
+    }
+    let message = format!("the Job was active longer than activeDeadlineSeconds ({})", humantime(deadline));
+    finish_failed(spec, p, reason::DEADLINE_EXCEEDED, message, now);
+    true
 }
 
 fn humantime(d: Duration) -> String {
@@ -336,14 +453,21 @@ fn step_succeeded(spec: &JobSpec, p: &mut Plan, result: String, now: Timestamp) 
     }
 }
 
-fn attempt_failed(spec: &JobSpec, p: &mut Plan, why: &'static str, message: String, now: Timestamp) {
+fn attempt_failed(spec: &JobSpec, p: &mut Plan, kind: AttemptFailure, message: String, now: Timestamp) {
+    let why = kind.as_str();
     let policy = spec.retry_policy();
     let s = &mut p.status;
     s.reason = Some(why.to_string());
     s.message = Some(message.clone());
+    if spec.failure_action(kind) == FailureAction::FailJob {
+        let message = format!("{message} (failurePolicy: FailJob on {why})");
+        finish_failed(spec, p, why, message, now);
+        return;
+    }
     if s.attempts <= policy.limit {
         let delay = policy.backoff.delay(u32::try_from(s.attempts).unwrap_or(1)).unwrap_or(Duration::from_secs(1));
-        s.phase = JobPhase::Pending;
+        // A suspended Job keeps its back-off but submits nothing until it is resumed.
+        s.phase = if spec.suspend { JobPhase::Suspended } else { JobPhase::Pending };
         s.next_attempt_time = Some(at(plus(now, delay)));
         s.attempt_start_time = None;
         let index = usize::try_from(s.current_step).unwrap_or(0);
