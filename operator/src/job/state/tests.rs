@@ -243,7 +243,10 @@ fn finished_jobs_without_ttl_stay_untouched() {
 
 // ---- spec.failurePolicy ----
 
-fn with_policy(limit: i32, rules: &[(FailureAction, &[AttemptFailure])]) -> JobSpec {
+/// Failure-policy rules: (action, the kinds it applies to).
+type Rules<'a> = &'a [(FailureAction, &'a [AttemptFailure])];
+
+fn with_policy(limit: i32, rules: Rules<'_>) -> JobSpec {
     let mut s = retrying(limit);
     s.timeout = Some("10s".into());
     s.failure_policy = Some(FailurePolicy {
@@ -274,7 +277,7 @@ fn failure_policy_action_per_kind_of_failure() {
     use FailureAction::{FailJob, Retry};
     let kinds = [WorkFail, WorkException, Timeout];
     // (rules, the kinds that fail the Job at once; every other kind is retried)
-    let cases: [(&[(FailureAction, &[AttemptFailure])], &[AttemptFailure]); 5] = [
+    let cases: [(Rules<'_>, &[AttemptFailure]); 5] = [
         (&[], &[]),
         (&[(FailJob, &[WorkException])], &[WorkException]),
         (&[(FailJob, &[WorkFail, Timeout])], &[WorkFail, Timeout]),
