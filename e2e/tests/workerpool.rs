@@ -1,7 +1,8 @@
 //! The WorkerPool controller on a real cluster: the operator binary runs on the host (scoped to the
 //! test namespace), talks to a broker Deployment through its Service's ClusterIP (routable from the
 //! host on the project's local cluster), and scales a `sleep` function from zero to three workers
-//! under a backlog and back to zero after the cooldown.
+//! under a backlog and back to zero after the cooldown; the pool's status (Ready, Degraded, the
+//! printer columns) tells a missing image apart from a pool that runs.
 //!
 //! Needs the operator binary: `cargo build -p gearfleet-operator` first (or set
 //! `GEARFLEET_OPERATOR_BIN`).
@@ -153,6 +154,68 @@ spec:
     std::thread::sleep(Duration::from_secs(6));
     let replicas = ns.kubectl_ok(&["get", "deployment", "crashy-boom", "-o", "jsonpath={.spec.replicas}"], None);
     assert_eq!(replicas.trim(), "1", "scaled up a crash-looping function");
+}
+
+/// Status you can trust (issue #21): a function whose image is not there (pull policy Never, so the
+/// kubelet waits with ErrImageNeverPull) makes the pool `Degraded` (reason ImagePullBackOff) and
+/// not `Ready`, so `kubectl wait --for=condition=Ready` times out; with the real image the pool
+/// turns Ready and `kubectl wait` returns, and `kubectl get wp` says so.
+#[test]
+fn ready_only_when_every_function_has_its_replicas_available() {
+    let Some(cluster) = Cluster::connect() else { return };
+    let fixture = Fixture::new(&cluster, "gf-status");
+    let ns = fixture.ns();
+    let pool = |image: &str| {
+        format!(
+            r#"
+apiVersion: gearfleet.dev/v1alpha1
+kind: WorkerPool
+metadata:
+  name: status
+spec:
+  template:
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: worker
+          image: {image}
+          imagePullPolicy: Never
+          args: ["sleep"]
+  functions:
+    - {{name: sleep, minReplicas: 1, maxReplicas: 1}}
+  scaling: {{pollInterval: 2s}}
+"#
+        )
+    };
+    ns.apply(&pool("gearfleet-e2e-no-such-image:never"));
+    let conditions = r#"jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].reason} {.status.conditions[?(@.type=="Degraded")].status} {.status.conditions[?(@.type=="Degraded")].reason}"#;
+    cluster.eventually(Duration::from_secs(60), "Ready=False, Degraded=True (ImagePullBackOff)", || {
+        let out = ns.kubectl_ok(&["get", "workerpool", "status", "-o", conditions], None);
+        (out.trim() == "False FunctionsNotReady True ImagePullBackOff").then_some(())
+    });
+    let message = ns.kubectl_ok(
+        &["get", "workerpool", "status", "-o", r#"jsonpath={.status.conditions[?(@.type=="Ready")].message}"#],
+        None,
+    );
+    assert_eq!(message.trim(), "sleep: 0/1 available (Degraded)");
+    let phase = ns.kubectl_ok(&["get", "workerpool", "status", "-o", "jsonpath={.status.functions[0].phase}"], None);
+    assert_eq!(phase.trim(), "Degraded");
+
+    let wait = |timeout: &str| {
+        ns.kubectl(&["wait", "--for=condition=Ready", "workerpool/status", &format!("--timeout={timeout}")], None)
+    };
+    let out = wait("10s");
+    assert!(!out.status.success(), "kubectl wait returned for a pool that is not ready: {out:?}");
+
+    ns.apply(&pool(EXAMPLE_WORKERS_IMAGE));
+    let out = wait("90s");
+    assert!(out.status.success(), "the pool did not turn Ready: {out:?}");
+    let out = ns.kubectl_ok(&["get", "workerpool", "status", "-o", conditions], None);
+    assert_eq!(out.trim(), "True AllFunctionsReady False Healthy");
+    let table = ns.kubectl_ok(&["get", "workerpool", "status"], None);
+    let lines: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(lines[0][..7], ["NAME", "READY", "PHASE", "FUNCTIONS", "DESIRED", "AVAILABLE", "QUEUED"], "{table}");
+    assert_eq!(lines[1][..6], ["status", "True", "Running", "1/1", "1", "1"], "{table}");
 }
 
 /// Scale-in while a worker is busy: three workers, one running a 25 s job and two idle after their

@@ -185,7 +185,15 @@ mod tests {
             pod_trouble(&pod("a", waiting("CrashLoopBackOff")), now()).map(|t| t.0),
             Some(Trouble::CrashLoopBackOff)
         );
-        assert_eq!(pod_trouble(&pod("a", waiting("ErrImageNeverPull")), now()).map(|t| t.0), Some(Trouble::ImagePull));
+        // Every way an image cannot be had is one Degraded reason; ErrImageNeverPull is what the
+        // kubelet says for a missing image with imagePullPolicy Never (the e2e test's case).
+        for reason in ["ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull", "InvalidImageName"] {
+            let trouble = pod_trouble(&pod("a", waiting(reason)), now()).map(|t| t.0);
+            assert_eq!(trouble, Some(Trouble::ImagePull), "{reason}");
+            assert_eq!(trouble.map(Trouble::reason), Some("ImagePullBackOff"), "{reason}");
+        }
+        assert_eq!(Trouble::CrashLoopBackOff.reason(), "CrashLoopBackOff");
+        assert_eq!(Trouble::OomKilled.reason(), "OOMKilled");
         assert_eq!(pod_trouble(&pod("a", waiting("ContainerCreating")), now()), None);
         assert_eq!(pod_trouble(&pod("a", oom(1)), now()), None, "one OOM kill is not yet a pattern");
         assert_eq!(pod_trouble(&pod("a", oom(2)), now()).map(|t| t.0), Some(Trouble::OomKilled));
