@@ -585,8 +585,11 @@ pub enum FunctionPhase {
     Idle,
     /// Replicas are changing, pods are starting, not ready or terminating,
     /// pods are being recycled, or a raise waits for the pool cap.
+    // Statuses written before the phases were renamed still read.
+    #[serde(alias = "WaitingForCap", alias = "Recycling")]
     Scaling,
     /// All desired replicas are available.
+    #[serde(alias = "Running")]
     Ready,
     /// Some of its pods crash-loop, were OOM-killed or cannot pull their
     /// image, or the broker is unreachable (its queue is unknown).
@@ -943,6 +946,15 @@ mod tests {
         for phase in FunctionPhase::ALL {
             assert_eq!(serde_json::to_value(phase).expect("json"), serde_json::json!(phase.as_str()));
         }
+    }
+
+    #[test]
+    fn function_phases_written_before_the_rename_still_read() {
+        let read = |s: &str| serde_json::from_value::<FunctionPhase>(serde_json::json!(s)).expect(s);
+        assert_eq!(read("Running"), FunctionPhase::Ready);
+        assert_eq!(read("WaitingForCap"), FunctionPhase::Scaling);
+        assert_eq!(read("Recycling"), FunctionPhase::Scaling);
+        assert_eq!(serde_json::to_value(read("Running")).expect("json"), serde_json::json!("Ready"));
     }
 
     #[test]
