@@ -2,13 +2,15 @@
 //! its result in status and `kubectl wait` returns; a failing Job is retried and ends Failed after
 //! limit + 1 attempts; a timeout; a chain of three functions; and the operator SIGKILLed while 50
 //! Jobs run: after its restart every Job succeeds and no worker ran any of them twice (the example
-//! worker logs each execution with its unique key, which the operator derives from the Job).
+//! worker logs each execution with its unique key, which the operator derives from the Job); and
+//! the Kubernetes Job habits: `activeDeadlineSeconds` fails a Job whose worker is too slow, and a
+//! Job created with `suspend: true` runs nothing until it is resumed.
 //!
 //! The operator binary runs on the host against a broker Deployment (so it can be killed alone);
 //! build it first: `cargo build -p gearfleet-operator` (or set `GEARFLEET_OPERATOR_BIN`).
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gearfleet_e2e::fixture::Fixture;
 use gearfleet_e2e::{Cluster, EXAMPLE_WORKERS_IMAGE, Namespace};
@@ -152,4 +154,79 @@ fn operator_killed_while_50_jobs_run_loses_none_and_runs_none_twice() {
         assert_eq!(runs.get(uid), Some(&1), "Job {uid} ran {:?} times", runs.get(uid));
     }
     assert_eq!(runs.len(), 50, "executions of unknown uniques: {runs:?}");
+}
+
+/// A small pool for the deadline/suspend test: one echo and one sleep worker.
+fn small_pool() -> String {
+    format!(
+        r#"
+apiVersion: gearfleet.dev/v1alpha1
+kind: WorkerPool
+metadata:
+  name: habits
+spec:
+  template:
+    spec:
+      terminationGracePeriodSeconds: 5
+      containers:
+        - name: worker
+          image: {EXAMPLE_WORKERS_IMAGE}
+          imagePullPolicy: Never
+  functions:
+    - {{name: echo, minReplicas: 1, maxReplicas: 1}}
+    - {{name: sleep, minReplicas: 1, maxReplicas: 1}}
+"#
+    )
+}
+
+fn condition(ns: &Namespace<'_>, job: &str, type_: &str, what: &str) -> String {
+    field(ns, job, &format!(".status.conditions[?(@.type==\"{type_}\")].{what}"))
+}
+
+#[test]
+fn deadline_fails_a_slow_job_and_a_suspended_job_waits_to_be_resumed() {
+    let Some(cluster) = Cluster::connect() else { return };
+    let fixture = Fixture::new(&cluster, "gf-jobs-habits");
+    let ns = fixture.ns();
+    ns.apply(&small_pool());
+    for d in ["habits-echo", "habits-sleep"] {
+        ns.wait_for_rollout(d, Duration::from_secs(180));
+    }
+    let started = Instant::now();
+    // The worker sleeps 8 s; the Job may be active 3 s (retries would be allowed, but none follows).
+    ns.apply(&job(
+        "too-late",
+        "  function: sleep\n  payload: \"8000\"\n  activeDeadlineSeconds: 3\n  retries: {limit: 2, backoff: {initial: 1s, max: 1s}}",
+    ));
+    ns.apply(&job("held", "  function: echo\n  payload: later\n  suspend: true"));
+
+    wait_for(ns, "too-late", "Failed", "--timeout=20s");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(12), "DeadlineExceeded after {took:?}, expected ~3 s");
+    assert_eq!(field(ns, "too-late", ".status.reason"), "DeadlineExceeded");
+    assert_eq!(condition(ns, "too-late", "Failed", "reason"), "DeadlineExceeded");
+    assert_eq!(field(ns, "too-late", ".status.attempts"), "1", "no retry after the deadline");
+
+    // Created suspended: nothing submitted, however long it waits.
+    assert_eq!(field(ns, "held", ".status.phase"), "Suspended", "{}", field(ns, "held", ".status"));
+    assert_eq!(condition(ns, "held", "Suspended", "status"), "True");
+    assert_eq!(field(ns, "held", ".status.attempts"), "0");
+    assert_eq!(field(ns, "held", ".status.startTime"), "");
+    ns.kubectl_ok(&["patch", "gj", "held", "--type=merge", "-p", r#"{"spec":{"suspend":false}}"#], None);
+    wait_for(ns, "held", "Complete", "--timeout=60s");
+    assert_eq!(field(ns, "held", ".status.result"), "later");
+    assert_eq!(condition(ns, "held", "Suspended", "reason"), "JobResumed");
+
+    // The slow attempt's late result (at ~8 s) is ignored: the Job stays Failed.
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(started.elapsed()));
+    assert_eq!(field(ns, "too-late", ".status.phase"), "Failed");
+    assert_eq!(field(ns, "too-late", ".status.result"), "");
+    // Events tell the story of the suspended Job (published right after its status writes).
+    cluster.eventually(Duration::from_secs(10), "Suspended, Resumed, Submitted and Succeeded events", || {
+        let events = ns.kubectl_ok(
+            &["get", "events", "--field-selector", "involvedObject.name=held", "-o", "jsonpath={.items[*].reason}"],
+            None,
+        );
+        ["Suspended", "Resumed", "Submitted", "Succeeded"].iter().all(|r| events.contains(r)).then_some(())
+    });
 }
