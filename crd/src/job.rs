@@ -400,7 +400,7 @@ pub struct JobStatus {
     pub result_config_map: Option<String>,
 
     /// Machine-readable reason for the phase: the last attempt's failure
-    /// (WorkFail, WorkException, Timeout) or DeadlineExceeded.
+    /// (WorkFail, WorkException, Timeout), DeadlineExceeded or InvalidSpec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 
