@@ -13,7 +13,8 @@ pub struct PhaseInput {
     pub pods: usize,
     /// The Degraded condition is True.
     pub degraded: bool,
-    /// Some function is being scaled or recycled.
+    /// Some function is being scaled or recycled (the Scaling condition), or its pods have not
+    /// caught up yet (the Progressing condition).
     pub scaling: bool,
 }
 

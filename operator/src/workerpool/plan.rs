@@ -465,10 +465,9 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
         causes.push(DegradedCause { reason: BROKER_UNREACHABLE, message });
     }
     causes.extend(cap_causes);
-    let rules = [
-        (pool_condition::READY, ready_condition(&functions)),
-        (pool_condition::PROGRESSING, progressing_condition(&functions)),
-    ];
+    let progressing = progressing_condition(&functions);
+    let progressing_now = progressing.status;
+    let rules = [(pool_condition::READY, ready_condition(&functions)), (pool_condition::PROGRESSING, progressing)];
     for (type_, rule) in rules {
         let cond = new_condition(type_, rule.status, rule.reason, rule.message, generation, t.clone());
         set_condition(&mut status.conditions, cond);
@@ -499,7 +498,7 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
         paused: pool.spec.paused,
         pods: observed.pods.len(),
         degraded: degraded.status,
-        scaling: !scaling.is_empty(),
+        scaling: !scaling.is_empty() || progressing_now,
     });
     let was_drained = is_condition_true(&status.conditions, pool_condition::DRAINED);
     let (draining_reason, drained_reason) =

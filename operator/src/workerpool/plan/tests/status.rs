@@ -133,7 +133,7 @@ fn conditions_phase_events_and_requeue() {
                 (DEGRADED, "False", "Healthy", ""),
                 (PROGRESSING, "True", "Scaling", "echo: Scaling"),
             ],
-            WorkerPoolPhase::Running,
+            WorkerPoolPhase::Scaling,
             &[],
             5,
         ),
