@@ -16,7 +16,7 @@ use kube::ResourceExt;
 /// Why a worker was drained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DrainReason {
-    /// Its pod is a victim of a scale-in and holds a job.
+    /// Its pod is a victim of a scale-in (fenced before the replicas are lowered, busy or not).
     ScaleIn,
     /// Its pod is to be replaced (recycling) and holds a job.
     Recycle,

@@ -20,9 +20,10 @@
 //! * a kept busy pod gets [`BUSY_DELETION_COST`], so any later scale-in that
 //!   bypasses this plan still prefers idle pods.
 //!
-//! Victims with [`PodPlan::drain`] set are busy: the operator must drain them
-//! (`fleet drain <pod>`) and wait for them to go idle, or for
-//! `scaling.drainTimeout`, before lowering the replicas past them. The
+//! Victims with [`PodPlan::drain`] set are busy: the operator must wait for
+//! them to go idle, or for `scaling.drainTimeout`, before lowering the
+//! replicas past them. It drains (`fleet drain <pod>`) every victim that has a
+//! broker connection, busy or idle, before lowering them (`plan/pods.rs`). The
 //! controller ranks not-ready pods before any cost, which agrees with the
 //! ranking here.
 

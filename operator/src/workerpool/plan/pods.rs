@@ -4,7 +4,8 @@
 //! Which workers are draining is what the broker reports (`fleet workers`); since when and why is
 //! the pod's [`DrainMark`]. Every reconcile keeps a worker drained only while
 //!
-//! * its pod is terminating, or is a victim of the scale-in being made safe now, or
+//! * its pod is terminating, or is a victim of the scale-in being made safe now (every victim
+//!   with a broker connection is drained before the replicas are lowered, idle or busy), or
 //! * its pod is being removed by a scale-in already applied (the Deployment wants fewer pods than
 //!   are running and the pod carries a negative deletion cost: the ReplicaSet is about to delete
 //!   it), or
@@ -149,8 +150,12 @@ fn pod_view(pod: &Pod) -> PodView {
 }
 
 /// Makes lowering the function to `desired` replicas safe: every live pod's deletion cost from
-/// [`scale_in_plan`], and busy victims marked and drained. The scale-in waits while a victim is
-/// busy, until `drain_timeout` has passed since the earliest drain mark of the busy victims.
+/// [`scale_in_plan`], and every victim with a broker connection fenced first, busy or not: marked
+/// and drained (`fleet drain`), so it takes no job between this decision and its deletion. The
+/// scale-in waits until the broker reports every connection of every such victim draining
+/// (observed in a later reconcile's `fleet workers`, not assumed) and none of them busy, or until
+/// `drain_timeout` has passed since the earliest drain mark of the victims still waited for. A
+/// victim without any connection (its worker not registered yet, or gone) needs no fence.
 pub(super) fn plan_scale_in(fp: &FunctionPods<'_>, desired: i32, drain_timeout: Duration) -> ScaleInStep {
     let Some(workers) = fp.workers else {
         return ScaleInStep { wait: Some("the broker's worker list is unavailable".to_string()), ..Default::default() };
@@ -164,15 +169,19 @@ pub(super) fn plan_scale_in(fp: &FunctionPods<'_>, desired: i32, drain_timeout: 
     let mut drains = Vec::new();
     let mut earliest_drain = fp.now;
     let mut busy = Vec::new();
+    let mut unfenced = Vec::new();
     for (p, pod) in plan.iter().filter_map(|p| live.iter().find(|pod| pod.name_any() == p.name).map(|pod| (p, pod))) {
         let cost = p.deletion_cost.to_string();
         if pod.annotations().get(POD_DELETION_COST) != Some(&cost) {
             annotations.entry(p.name.clone()).or_default().insert(POD_DELETION_COST.to_string(), Some(cost));
         }
-        if !p.drain {
+        if !p.remove {
             continue;
         }
-        busy.push(p.name.as_str());
+        let connections = FunctionPods::connections(workers, pod);
+        if connections.is_empty() {
+            continue;
+        }
         let mark = match DrainMark::of(pod) {
             Some(mark) => mark,
             None => {
@@ -181,22 +190,39 @@ pub(super) fn plan_scale_in(fp: &FunctionPods<'_>, desired: i32, drain_timeout: 
                 mark
             }
         };
-        earliest_drain = earliest_drain.min(mark.started);
-        if FunctionPods::connections(workers, pod).iter().any(|w| !w.draining) {
+        let is_busy = p.drain || connections.iter().any(|w| !w.current_jobs.is_empty());
+        let draining = connections.iter().all(|w| w.draining);
+        if !draining {
             drains.push(PodAction::Drain {
                 pod: p.name.clone(),
                 target: FunctionPods::target(workers, pod),
                 function: fp.function.to_string(),
                 reason: DrainReason::ScaleIn,
-                why: "busy worker drained before scale-in".to_string(),
+                why: if is_busy { "busy worker drained before scale-in" } else { "idle worker fenced before scale-in" }
+                    .to_string(),
             });
         }
+        if is_busy {
+            busy.push(p.name.as_str());
+        } else if !draining {
+            unfenced.push(p.name.as_str());
+        } else {
+            continue;
+        }
+        earliest_drain = earliest_drain.min(mark.started);
     }
     let mut actions: Vec<PodAction> =
         annotations.into_iter().map(|(pod, annotations)| PodAction::Annotate { pod, annotations }).collect();
     actions.extend(drains);
-    let wait = (!busy.is_empty() && elapsed(earliest_drain, fp.now) < drain_timeout)
-        .then(|| format!("waiting for {} busy worker(s) to finish: {}", busy.len(), busy.join(", ")));
+    let mut waits = Vec::new();
+    if !busy.is_empty() {
+        waits.push(format!("{} busy worker(s) to finish: {}", busy.len(), busy.join(", ")));
+    }
+    if !unfenced.is_empty() {
+        waits.push(format!("{} worker(s) to be reported draining: {}", unfenced.len(), unfenced.join(", ")));
+    }
+    let wait = (!waits.is_empty() && elapsed(earliest_drain, fp.now) < drain_timeout)
+        .then(|| format!("waiting for {}", waits.join(" and ")));
     let victims = plan.iter().filter(|p| p.remove).map(|p| p.name.clone()).collect();
     ScaleInStep { victims, wait, actions }
 }

@@ -69,14 +69,110 @@ fn drains_and_undrains() {
             "echo: 2 -> 1",
         ),
         case(
-            "an idle pod became the victim: replicas lowered, the surviving drained worker undrained",
+            "an idle pod became the victim: fenced first (replicas held), the surviving drained worker undrained",
             fx().replicas(2)
                 .backlog(0, 1)
                 .pods([pod("x").busy().age(60).cost(-1).draining().mark("scale-in", 30), pod("y").age(7200).cost(0)]),
-            &["annotate x: cost=100", "annotate y: cost=-1", "undrain x", "unmark x"],
+            &[
+                "annotate x: cost=100",
+                "annotate y: cost=-1 mark=scale-in",
+                "drain y (scale-in)",
+                "undrain x",
+                "unmark x",
+            ],
+            &[],
+            2,
+            "echo: waiting for 1 worker(s) to be reported draining: y",
+        ),
+        case(
+            "an idle victim is marked and drained, and the replicas are held this reconcile",
+            fx().replicas(2).backlog(0, 1).pods([pod("old").busy().age(7200), pod("new").age(60)]),
+            &["annotate new: cost=-1 mark=scale-in", "annotate old: cost=100", "drain new (scale-in)"],
+            &[],
+            2,
+            "echo: waiting for 1 worker(s) to be reported draining: new",
+        ),
+        case(
+            "the next reconcile: the idle victim reported draining, replicas lowered, it stays drained",
+            fx().replicas(2).backlog(0, 1).pods([
+                pod("old").busy().age(7200).cost(100),
+                pod("new").age(60).cost(-1).draining().mark("scale-in", 1),
+            ]),
+            &[],
             &[],
             1,
             "echo: 2 -> 1",
+        ),
+        case(
+            "an idle victim the broker does not report draining: drained again, still waiting",
+            fx().replicas(2)
+                .backlog(0, 1)
+                .pods([pod("old").busy().age(7200).cost(100), pod("new").age(60).cost(-1).mark("scale-in", 1)]),
+            &["drain new (scale-in)"],
+            &[],
+            2,
+            "echo: waiting for 1 worker(s) to be reported draining: new",
+        ),
+        case(
+            "an idle victim never reported draining: lowered at drainTimeout (10m), drained again",
+            fx().replicas(2)
+                .backlog(0, 1)
+                .pods([pod("old").busy().age(7200).cost(100), pod("new").age(60).cost(-1).mark("scale-in", 601)]),
+            &["drain new (scale-in)"],
+            &[],
+            1,
+            "echo: 2 -> 1",
+        ),
+        case(
+            "a victim without a broker connection needs no fence: replicas lowered at once",
+            fx().replicas(2)
+                .backlog(0, 1)
+                .pods([pod("old").busy().age(7200), PodFx { worker: None, ..pod("new").age(60) }]),
+            &["annotate new: cost=-1", "annotate old: cost=100"],
+            &[],
+            1,
+            "echo: 2 -> 1",
+        ),
+        case(
+            "a busy victim still waits as before; the idle victim beside it is fenced too",
+            fx().replicas(3).backlog(0, 1).pods([
+                pod("keep").busy().age(7200),
+                pod("busy").busy().age(60),
+                pod("idle").age(30),
+            ]),
+            &[
+                "annotate busy: cost=-1 mark=scale-in",
+                "annotate idle: cost=-2 mark=scale-in",
+                "annotate keep: cost=100",
+                "drain idle (scale-in)",
+                "drain busy (scale-in)",
+            ],
+            &[],
+            3,
+            "echo: waiting for 1 busy worker(s) to finish: busy and 1 worker(s) to be reported draining: idle",
+        ),
+        case(
+            "the idle victim is reported draining, the busy one still runs its job: still waiting for it alone",
+            fx().replicas(3).backlog(0, 1).pods([
+                pod("keep").busy().age(7200).cost(100),
+                pod("busy").busy().age(60).cost(-1).draining().mark("scale-in", 1),
+                pod("idle").age(30).cost(-2).draining().mark("scale-in", 1),
+            ]),
+            &[],
+            &[],
+            3,
+            "echo: waiting for 1 busy worker(s) to finish: busy",
+        ),
+        case(
+            "a fenced idle victim of a scale-in called off (the backlog came back): undrained and unmarked",
+            fx().replicas(2).backlog(1, 1).pods([
+                pod("old").busy().age(7200).cost(100),
+                pod("new").age(60).cost(-1).draining().mark("scale-in", 1),
+            ]),
+            &["undrain new", "unmark new"],
+            &[],
+            2,
+            "",
         ),
         case(
             "a scale-in called off (the backlog came back): the victim undrained and unmarked",
@@ -207,14 +303,18 @@ fn drains_and_undrains() {
             "echo: the broker's worker list is unavailable",
         ),
         case(
-            "a stock worker (no client id) is known by its pod IP: the busy one is kept, ranked busy",
+            "a stock worker (no client id) is known by its pod IP: the busy one is kept, the idle victim fenced by its IP",
             fx().replicas(2)
                 .backlog(0, 1)
                 .pods([pod("php-busy").stock("10.1.0.1").busy().age(60), pod("php-idle").stock("10.1.0.2").age(7200)]),
-            &["annotate php-busy: cost=100", "annotate php-idle: cost=-1"],
+            &[
+                "annotate php-busy: cost=100",
+                "annotate php-idle: cost=-1 mark=scale-in",
+                "drain php-idle via 10.1.0.2 (scale-in)",
+            ],
             &[],
-            1,
-            "echo: 2 -> 1",
+            2,
+            "echo: waiting for 1 worker(s) to be reported draining: php-idle",
         ),
         case(
             "a busy stock worker is drained by its pod IP before the scale-in",
@@ -237,10 +337,10 @@ fn drains_and_undrains() {
                 extra_workers: vec![pod("php").stock("10.1.0.1").connection(40001, WorkerState::Busy)],
                 ..fx().replicas(2).backlog(0, 1).pods([pod("php").stock("10.1.0.1").age(60), pod("other").age(7200)])
             },
-            &["annotate other: cost=-1", "annotate php: cost=100"],
+            &["annotate other: cost=-1 mark=scale-in", "annotate php: cost=100", "drain other (scale-in)"],
             &[],
-            1,
-            "echo: 2 -> 1",
+            2,
+            "echo: waiting for 1 worker(s) to be reported draining: other",
         ),
         case(
             "a stock worker draining without a mark: undrained by its pod IP",
@@ -278,9 +378,14 @@ fn drains_and_undrains() {
             "echo: 2 -> 1",
         ),
         case(
-            "paused: idle pods go first, the busy one is drained first",
+            "paused: idle pods go first, every victim is drained first",
             fx().spec("paused: true").replicas(2).backlog(3, 1).pods([pod("a").busy().age(7200), pod("b")]),
-            &["annotate a: cost=-1 mark=scale-in", "annotate b: cost=-2", "drain a (scale-in)"],
+            &[
+                "annotate a: cost=-1 mark=scale-in",
+                "annotate b: cost=-2 mark=scale-in",
+                "drain b (scale-in)",
+                "drain a (scale-in)",
+            ],
             &[],
             2,
             "echo: waiting for 1 busy worker(s) to finish: a",
@@ -302,4 +407,13 @@ fn drains_and_undrains() {
             assert!(message.contains(c.scaling), "{}: Scaling message {message:?} lacks {:?}", c.name, c.scaling);
         }
     }
+}
+
+/// While a scale-in waits for an idle victim to be reported draining, the pool looks again in 1 s.
+#[test]
+fn an_idle_victim_waits_with_a_short_requeue() {
+    let fenced = fx().replicas(2).backlog(0, 1).pods([pod("old").busy().age(7200), pod("new").age(60)]).plan();
+    assert_eq!(fenced.functions[0].target, 2);
+    assert_eq!(fenced.requeue, Some(Duration::from_secs(1)));
+    assert!(fenced.events.is_empty(), "no scale Event while the victim is being fenced");
 }

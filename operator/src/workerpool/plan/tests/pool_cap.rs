@@ -14,10 +14,13 @@ struct Sim {
     terminating: usize,
 }
 
-fn observed(a: Sim, b: Sim, backlog: [(u64, u64); 2]) -> Observed {
+/// What a plan sees of the simulated cluster; the broker reports the workers of `drained` pods
+/// draining.
+fn observed_with(a: Sim, b: Sim, backlog: [(u64, u64); 2], drained: &[String]) -> Observed {
     let pods_of = |names: [&'static str; 4], function: &'static str, s: Sim| {
         (0..s.live + s.terminating).map(move |i| {
             let p = pod(names[i]).of(function).age(3600 - i as i64);
+            let p = if drained.iter().any(|d| d == names[i]) { p.draining() } else { p };
             if i >= s.live { p.terminating() } else { p }
         })
     };
@@ -37,6 +40,10 @@ fn observed(a: Sim, b: Sim, backlog: [(u64, u64); 2]) -> Observed {
     observed
 }
 
+fn observed(a: Sim, b: Sim, backlog: [(u64, u64); 2]) -> Observed {
+    observed_with(a, b, backlog, &[])
+}
+
 /// Applies a plan to the simulated cluster: lowered functions' extra pods start terminating,
 /// raised functions get new pods.
 fn apply_plan(s: Sim, target: i32) -> Sim {
@@ -48,15 +55,21 @@ fn apply_plan(s: Sim, target: i32) -> Sim {
     }
 }
 
-/// `a` goes from 3 replicas to 1 and `b` from 1 to 3 under `maxReplicas: 4`; lowered pods take
+/// `a` goes from 3 replicas to 1 and `b` from 1 to 3 under `maxReplicas: 4`; `a`'s victims are
+/// drained first and reported draining by the broker at the next reconcile, lowered pods take
 /// one reconcile to terminate and are gone at the next. The pool never runs more than 4 pods.
 #[test]
 fn moving_replicas_between_functions_never_exceeds_the_cap() {
     let (mut a, mut b) = (Sim { replicas: 3, live: 3, terminating: 0 }, Sim { replicas: 1, live: 1, terminating: 0 });
     let backlog = [(0, 1), (3, 0)];
     let mut steps = Vec::new();
+    let mut drained: Vec<String> = Vec::new();
     for _ in 0..5 {
-        let plan = plan(&observed(a, b, backlog), &PoolMemory::default()).expect("plan");
+        let plan = plan(&observed_with(a, b, backlog, &drained), &PoolMemory::default()).expect("plan");
+        drained.extend(plan.before_scaling.iter().filter_map(|action| match action {
+            PodAction::Drain { pod, .. } => Some(pod.clone()),
+            _ => None,
+        }));
         let (ta, tb) = (plan.functions[0].target, plan.functions[1].target);
         assert!(ta + tb <= 4, "the planned replicas fit: {ta} + {tb}");
         // Terminating pods seen by this plan are gone after it.
@@ -72,8 +85,15 @@ fn moving_replicas_between_functions_never_exceeds_the_cap() {
         steps.push((ta, tb, scaling_message(&plan)));
     }
     let targets: Vec<(i32, i32)> = steps.iter().map(|(a, b, _)| (*a, *b)).collect();
-    assert_eq!(targets[..3], [(1, 1), (1, 1), (1, 3)], "b grows once a's pods are gone");
+    assert_eq!(
+        targets[..4],
+        [(3, 1), (1, 1), (1, 1), (1, 3)],
+        "a's victims fenced, a lowered, b grows once a's pods are gone"
+    );
+    assert!(steps[0].2.contains("a: waiting for 2 worker(s) to be reported draining: a2, a1"), "{}", steps[0].2);
     assert!(steps[0].2.contains("b: raise to 3 waits for the pool cap"), "{}", steps[0].2);
+    assert!(steps[1].2.contains("b: raise to 3 waits for the pool cap"), "{}", steps[1].2);
+    assert_eq!(drained, ["a2", "a1"], "drained once, before the scale-in");
     assert_eq!((a.live, b.live), (1, 3));
 }
 
