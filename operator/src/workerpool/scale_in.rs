@@ -78,7 +78,8 @@ pub struct PodPlan {
     pub activity: PodActivity,
     /// Whether the pod is to be removed.
     pub remove: bool,
-    /// Whether it must be drained before removal (a busy victim).
+    /// Whether it is a busy victim, whose job the scale-in waits for (every victim with a broker
+    /// connection, busy or not, is drained before removal).
     pub drain: bool,
     /// Value for the pod's [`POD_DELETION_COST`] annotation.
     pub deletion_cost: i32,
