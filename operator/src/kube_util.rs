@@ -31,6 +31,11 @@ pub fn is_pod_ready(pod: &Pod) -> bool {
     conditions.is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// Whether the pod is being deleted (it has a deletion timestamp).
+pub fn is_terminating(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_some()
+}
+
 /// Publishes Events about the operator's objects.
 pub struct EventPublisher {
     client: Client,

@@ -42,7 +42,7 @@ use super::phase::{
 use super::pool_cap::{self, hold_pool_cap};
 use super::recycle::{RecyclePolicy, last_scheduled_restart};
 use super::scaling::{ScaleKind, decide, share_pool_cap};
-use crate::kube_util::is_pod_ready;
+use crate::kube_util::{is_pod_ready, is_terminating};
 
 /// A retry policy is sent again this often, so a restarted broker gets it back.
 pub const RETRIES_RESEND: Duration = Duration::from_secs(60);
@@ -285,7 +285,7 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
         .zip(&crash_capped)
         .map(|((f, d), (target, _))| {
             let pods: Vec<&Pod> = pods_of(&f.name).into_iter().filter(|p| !is_finished(p)).collect();
-            let terminating = pods.iter().filter(|p| p.metadata.deletion_timestamp.is_some()).count();
+            let terminating = pods.iter().filter(|p| is_terminating(p)).count();
             pool_cap::FunctionPods {
                 current: d.current,
                 target: *target,
@@ -394,9 +394,9 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
         let fstats = fstats.unwrap_or_default();
         let busy = fstats.workers.saturating_sub(fstats.idle_workers);
         let present: Vec<&Pod> = fpods.pods.iter().copied().filter(|p| !is_finished(p)).collect();
-        let ready = present.iter().filter(|p| p.metadata.deletion_timestamp.is_none() && is_pod_ready(p)).count();
+        let ready = present.iter().filter(|p| !is_terminating(p) && is_pod_ready(p)).count();
         let available = observed_status.and_then(|s| s.available_replicas).unwrap_or(0);
-        let marked = present.iter().any(|p| p.metadata.deletion_timestamp.is_none() && has_mark_annotations(p));
+        let marked = present.iter().any(|p| !is_terminating(p) && has_mark_annotations(p));
         let fphase = function_phase(FunctionPhaseInput {
             troubled: fhealth.troubled > 0,
             broker_unreachable: observed.stats.is_none(),

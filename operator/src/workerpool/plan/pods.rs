@@ -25,7 +25,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
-use crate::kube_util::is_pod_ready;
+use crate::kube_util::{is_pod_ready, is_terminating};
 use crate::workerpool::connections::{PodIdentity, broker_target, connections_of};
 use crate::workerpool::drain::{DrainMark, DrainReason, clear_mark, elapsed, has_mark_annotations};
 use crate::workerpool::gone::{NodeStates, gone_for_good, gone_identity};
@@ -105,10 +105,6 @@ pub(super) struct FunctionPods<'a> {
     pub current: i32,
     /// The observation's time.
     pub now: Timestamp,
-}
-
-fn is_terminating(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_some()
 }
 
 impl FunctionPods<'_> {
