@@ -15,13 +15,16 @@ use std::time::{Duration, Instant};
 use gearfleet_e2e::fixture::Fixture;
 use gearfleet_e2e::{Cluster, EXAMPLE_WORKERS_IMAGE, Namespace};
 
-fn worker_pool() -> String {
+/// A WorkerPool of the example workers with a fixed number of replicas per function.
+fn pool(name: &str, functions: &[(&str, u32)]) -> String {
+    let functions: String =
+        functions.iter().map(|(f, n)| format!("    - {{name: {f}, minReplicas: {n}, maxReplicas: {n}}}\n")).collect();
     format!(
         r#"
 apiVersion: gearfleet.dev/v1alpha1
 kind: WorkerPool
 metadata:
-  name: jobs
+  name: {name}
 spec:
   template:
     spec:
@@ -31,12 +34,12 @@ spec:
           image: {EXAMPLE_WORKERS_IMAGE}
           imagePullPolicy: Never
   functions:
-    - {{name: echo, minReplicas: 1, maxReplicas: 1}}
-    - {{name: reverse, minReplicas: 1, maxReplicas: 1}}
-    - {{name: fail, minReplicas: 1, maxReplicas: 1}}
-    - {{name: sleep, minReplicas: 3, maxReplicas: 3}}
-"#
+{functions}"#
     )
+}
+
+fn worker_pool() -> String {
+    pool("jobs", &[("echo", 1), ("reverse", 1), ("fail", 1), ("sleep", 3)])
 }
 
 fn job(name: &str, spec: &str) -> String {
@@ -158,25 +161,7 @@ fn operator_killed_while_50_jobs_run_loses_none_and_runs_none_twice() {
 
 /// A small pool for the deadline/suspend test: one echo and one sleep worker.
 fn small_pool() -> String {
-    format!(
-        r#"
-apiVersion: gearfleet.dev/v1alpha1
-kind: WorkerPool
-metadata:
-  name: habits
-spec:
-  template:
-    spec:
-      terminationGracePeriodSeconds: 5
-      containers:
-        - name: worker
-          image: {EXAMPLE_WORKERS_IMAGE}
-          imagePullPolicy: Never
-  functions:
-    - {{name: echo, minReplicas: 1, maxReplicas: 1}}
-    - {{name: sleep, minReplicas: 1, maxReplicas: 1}}
-"#
-    )
+    pool("habits", &[("echo", 1), ("sleep", 1)])
 }
 
 fn condition(ns: &Namespace<'_>, job: &str, type_: &str, what: &str) -> String {
