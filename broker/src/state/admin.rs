@@ -153,7 +153,7 @@ impl State {
                 let mut draining = 0;
                 for w in &f.workers {
                     if let Some(c) = self.conns.get(w) {
-                        if c.holding.is_empty() && c.timed_out.is_empty() {
+                        if !c.is_busy() {
                             idle += 1;
                         }
                         if c.draining {
@@ -178,18 +178,14 @@ impl State {
     /// `fleet workers`: connections that registered a function or hold a job. A worker holding a
     /// try that timed out is busy with it (it may still be running it).
     pub fn fleet_workers(&self) -> Vec<WorkerStats> {
-        let mut conns: Vec<_> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| !c.abilities.is_empty() || !c.holding.is_empty() || !c.timed_out.is_empty())
-            .collect();
+        let mut conns: Vec<_> = self.conns.iter().filter(|(_, c)| !c.abilities.is_empty() || c.is_busy()).collect();
         conns.sort_by_key(|(id, _)| **id);
         conns
             .into_iter()
             .map(|(_, c)| WorkerStats {
                 client_id: lossy(&c.client_id),
                 address: c.peer.clone(),
-                state: if !c.holding.is_empty() || !c.timed_out.is_empty() {
+                state: if c.is_busy() {
                     WorkerState::Busy
                 } else if c.sleeping {
                     WorkerState::Sleeping

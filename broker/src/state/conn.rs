@@ -35,6 +35,12 @@ pub(super) struct Conn {
 }
 
 impl Conn {
+    /// Holds a job, or a timed-out try it may still be running: what `status`, `workers` and
+    /// `fleet workers` count as busy.
+    pub(super) fn is_busy(&self) -> bool {
+        !self.holding.is_empty() || !self.timed_out.is_empty()
+    }
+
     /// Starts waiting on a foreground job's result.
     pub(super) fn wait_on(&mut self, job: JobId) {
         self.waiting_on.push_back(job);
