@@ -116,6 +116,7 @@ pub fn run(
         }
         AdminCommand::FleetDrain(id) => format!("OK {}\n", state.set_draining(&id, true, fx)),
         AdminCommand::FleetUndrain(id) => format!("OK {}\n", state.set_draining(&id, false, fx)),
+        AdminCommand::FleetDrainSelf => state.drain_own_host(conn, fx).to_line(),
         AdminCommand::FleetDisconnect(target) => {
             let fds = state.disconnect_named(&target, conn, crate::clock::now(), fx);
             for &fd in &fds {

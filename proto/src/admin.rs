@@ -49,6 +49,10 @@ pub enum AdminCommand {
     FleetDrain(String),
     /// `fleet undrain TARGET`: assign jobs to them again.
     FleetUndrain(String),
+    /// `fleet drain-self`: drain every other connection from the caller's own IP (its pod) and
+    /// answer `OK CONNECTIONS BUSY` ([`DrainSelfReply`]). Open without the admin token: it reaches
+    /// only the caller's own host, which is what a pod's pre-stop hook needs.
+    FleetDrainSelf,
     /// `fleet disconnect TARGET`: close the connections TARGET names at once, as if they had
     /// dropped. TARGET matches a connection whose client id equals it, whose peer address
     /// (`IP:PORT`, as `fleet workers` prints it) equals it, or whose peer IP equals it (a bare IP
@@ -188,6 +192,7 @@ impl AdminCommand {
                 (Some("status"), 2) => Ok(AdminCommand::FleetStatus),
                 (Some("workers"), 2) => Ok(AdminCommand::FleetWorkers),
                 (Some("watch"), 2) => Ok(AdminCommand::FleetWatch),
+                (Some("drain-self"), 2) => Ok(AdminCommand::FleetDrainSelf),
                 (Some("drain"), 3) => Ok(AdminCommand::FleetDrain(words[2].to_string())),
                 (Some("undrain"), 3) => Ok(AdminCommand::FleetUndrain(words[2].to_string())),
                 (Some("disconnect"), 3) => Ok(AdminCommand::FleetDisconnect(words[2].to_string())),
@@ -203,6 +208,33 @@ impl AdminCommand {
             "auth" => Err(args_err()),
             _ => Err(AdminError::Unknown(first.to_string())),
         }
+    }
+}
+
+/// The reply to `fleet drain-self`: `OK CONNECTIONS BUSY`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainSelfReply {
+    /// The other connections from the caller's IP (workers, and any client in the same pod), all
+    /// now draining.
+    pub connections: usize,
+    /// How many of them still hold a job (or a timed-out try).
+    pub busy: usize,
+}
+
+impl DrainSelfReply {
+    pub fn to_line(&self) -> String {
+        format!("OK {} {}\n", self.connections, self.busy)
+    }
+
+    /// Reads the reply line (`None` for anything else, such as an `ERR` line).
+    pub fn parse(line: &str) -> Option<DrainSelfReply> {
+        let mut words = line.trim_end().split(' ');
+        if words.next()? != "OK" {
+            return None;
+        }
+        let connections = words.next()?.parse().ok()?;
+        let busy = words.next()?.parse().ok()?;
+        words.next().is_none().then_some(DrainSelfReply { connections, busy })
     }
 }
 
@@ -591,6 +623,16 @@ mod tests {
     }
 
     #[test]
+    fn drain_self_reply_round_trips() {
+        let reply = DrainSelfReply { connections: 3, busy: 1 };
+        assert_eq!(reply.to_line(), "OK 3 1\n");
+        assert_eq!(DrainSelfReply::parse(&reply.to_line()), Some(reply));
+        assert_eq!(DrainSelfReply::parse("OK 3"), None);
+        assert_eq!(DrainSelfReply::parse("OK 3 1 2"), None);
+        assert_eq!(DrainSelfReply::parse("ERR UNKNOWN_COMMAND x"), None);
+    }
+
+    #[test]
     fn parses_fleet_commands() {
         assert_eq!(AdminCommand::parse(b"fleet status"), Ok(AdminCommand::FleetStatus));
         assert_eq!(AdminCommand::parse(b"fleet watch"), Ok(AdminCommand::FleetWatch));
@@ -609,6 +651,9 @@ mod tests {
             Ok(AdminCommand::FleetDisconnect("[::1]:5000".into()))
         );
         assert_eq!(AdminCommand::parse(b"fleet disconnect pod-1"), Ok(AdminCommand::FleetDisconnect("pod-1".into())));
+        assert_eq!(AdminCommand::parse(b"fleet drain-self"), Ok(AdminCommand::FleetDrainSelf));
+        assert!(!AdminCommand::FleetDrainSelf.mutates(), "a pod's hook drains itself without the token");
+        assert!(matches!(AdminCommand::parse(b"fleet drain-self x"), Err(AdminError::Arguments(_))));
         assert!(AdminCommand::parse(b"fleet disconnect pod-1").unwrap().mutates(), "it needs the admin token");
         assert!(matches!(AdminCommand::parse(b"fleet disconnect"), Err(AdminError::Arguments(_))));
         assert!(matches!(AdminCommand::parse(b"fleet disconnect a b"), Err(AdminError::Arguments(_))));

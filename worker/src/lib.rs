@@ -32,6 +32,7 @@ mod backoff;
 pub mod client;
 pub mod config;
 mod connect;
+pub mod drain_hook;
 mod error;
 mod function;
 mod http;

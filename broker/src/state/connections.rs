@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use gearfleet_proto::admin::DrainSelfReply;
 use gearfleet_proto::options;
 use gearfleet_proto::packet::PacketType;
 
@@ -112,6 +113,28 @@ impl State {
         ids
     }
 
+    /// `fleet drain-self` sent by connection `by`: drains every other connection from `by`'s own
+    /// IP (the pod it runs in) and says how many there are and how many still hold a job. The
+    /// caller repeats it until none is busy; connections that joined meanwhile are drained too.
+    pub fn drain_own_host(&mut self, by: ConnId, fx: &mut Effects) -> DrainSelfReply {
+        let Some(ip) = self.conns.get(&by).and_then(|c| c.peer.parse::<SocketAddr>().ok()).map(|a| canonical(a).ip())
+        else {
+            return DrainSelfReply { connections: 0, busy: 0 };
+        };
+        let mut reply = DrainSelfReply { connections: 0, busy: 0 };
+        for id in self.conns_named(&ip.to_string()).into_iter().filter(|&id| id != by) {
+            if let Some(c) = self.conns.get_mut(&id) {
+                if !c.draining {
+                    c.draining = true;
+                    fx.stats_changed = true;
+                }
+                reply.connections += 1;
+                reply.busy += usize::from(c.is_busy());
+            }
+        }
+        reply
+    }
+
     /// `fleet disconnect TARGET` sent by connection `by`: the other connections it names leave at
     /// once, as if they had dropped (their jobs are handed back, their waits dropped:
     /// [`State::remove_conn`]). Their outboxes are closed, so nothing more is sent to them nor
@@ -171,6 +194,8 @@ mod tests {
 
     use gearfleet_proto::PacketType;
 
+    use gearfleet_proto::admin::DrainSelfReply;
+
     use super::super::model::{Effects, Limits};
     use super::super::testing::{connect, received, req, sent, start, state};
     use crate::outbox::Outbox;
@@ -215,6 +240,40 @@ mod tests {
         assert_eq!(sent(&worker), [PacketType::Noop], "undrained: woken for the waiting job");
         req(&mut s, 1, PacketType::GrabJob, &[]);
         assert_eq!(sent(&worker), [PacketType::JobAssign]);
+    }
+
+    #[test]
+    fn drain_self_drains_the_callers_host_only_and_counts_its_busy_connections() {
+        let mut s = state(Limits::default());
+        let busy = connect(&mut s, 1); // 10.0.0.1:4000
+        s.add_conn(2, Arc::new(Outbox::new()), "10.0.0.1:4001".into(), -1);
+        let other_host = connect(&mut s, 3); // 10.0.0.3:4000
+        let client = connect(&mut s, 4);
+        s.add_conn(5, Arc::new(Outbox::new()), "[::ffff:10.0.0.1]:4999".into(), -1); // the hook
+        for w in [1, 2, 3] {
+            req(&mut s, w, PacketType::CanDo, &[b"f"]);
+        }
+        req(&mut s, 4, PacketType::SubmitJob, &[b"f", b"", b"x"]);
+        req(&mut s, 1, PacketType::GrabJob, &[]);
+        let assigned = received(&busy).pop().unwrap();
+        assert_eq!(assigned.ptype, PacketType::JobAssign);
+        let handle = assigned.arg(0).to_vec();
+        let mut fx = Effects::default();
+        assert_eq!(s.drain_own_host(5, &mut fx), DrainSelfReply { connections: 2, busy: 1 });
+        assert!(s.conns[&1].draining && s.conns[&2].draining && !s.conns[&5].draining);
+        assert!(!s.conns[&3].draining, "another pod's worker is not touched");
+
+        // The idle one gets no new job; another host's worker does.
+        req(&mut s, 4, PacketType::SubmitJobBg, &[b"f", b"", b"y"]);
+        let idle = s.conns[&2].outbox.clone();
+        req(&mut s, 2, PacketType::GrabJob, &[]);
+        assert_eq!(sent(&idle), [PacketType::NoJob]);
+        req(&mut s, 3, PacketType::GrabJob, &[]);
+        assert_eq!(sent(&other_host), [PacketType::JobAssign]);
+
+        req(&mut s, 1, PacketType::WorkComplete, &[&handle, b"done"]);
+        assert_eq!(s.drain_own_host(5, &mut fx), DrainSelfReply { connections: 2, busy: 0 }, "now idle");
+        assert!(received(&client).iter().any(|p| p.ptype == PacketType::WorkComplete));
     }
 
     #[test]
