@@ -197,6 +197,21 @@ pub struct WorkerPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub crash_loop_limit: Option<i32>,
+
+    /// Drain every worker pod before Kubernetes stops it, whatever stops it
+    /// (scale-in, rollout, recycling, eviction, node drain, pool deletion) and
+    /// whatever Gearman worker runs in it. The operator adds a small native
+    /// sidecar (gearfleet-drain) and a preStop hook to each worker container:
+    /// the pod's connections get no new job, and the kubelet sends SIGTERM only
+    /// once they hold none (or scaling.drainTimeout has passed). Needs
+    /// Kubernetes 1.29 or later; a container with its own preStop hook keeps
+    /// it, and hostNetwork pods get no hook. Default true.
+    #[serde(default = "default_drain_hook")]
+    pub drain_hook: bool,
+}
+
+fn default_drain_hook() -> bool {
+    true
 }
 
 /// One Gearman function served by the pool, backed by one Deployment.
@@ -762,6 +777,7 @@ impl WorkerPoolSpec {
             recycle: None,
             paused: false,
             crash_loop_limit: None,
+            drain_hook: true,
         }
     }
 

@@ -15,10 +15,14 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// The broker image (`gearfleet-broker`; Gearman on 4730, HTTP on 9730).
+/// The gearfleet image: `gearfleet-broker` (the entrypoint; Gearman on 4730, HTTP on 9730),
+/// `gearfleet-operator` and `gearfleet-drain` (the worker pods' drain hook).
 pub const BROKER_IMAGE: &str = "gearfleet/gearfleet:dev";
 /// The example worker image (`gearfleet-example-worker`).
 pub const EXAMPLE_WORKERS_IMAGE: &str = "gearfleet/example-workers:dev";
+/// Debian's stock `gearman -w` worker, for `GEARFLEET_FUNCTION`: payload `KEY SECONDS`, result
+/// `done KEY`, each execution appended to `GEARFLEET_EXECUTIONS_FILE` (e2e/images/gearman-workers).
+pub const GEARMAN_WORKERS_IMAGE: &str = "gearfleet/gearman-workers:dev";
 /// A busybox image for test pods (sh, nc, nslookup, wget).
 pub const BUSYBOX_IMAGE: &str = "gearfleet/busybox:dev";
 

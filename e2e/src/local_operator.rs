@@ -80,6 +80,8 @@ impl Operator {
         let child = Command::new(binary())
             .args(["--broker-address", broker, "--workers-broker-address", "gearfleet-broker:4730"])
             .args(["--namespace", ns.name(), "--metrics-address", "127.0.0.1:0"])
+            // As the chart does: every worker pod gets the drain hook from the gearfleet image.
+            .args(["--drain-hook-image", BROKER_IMAGE])
             .env("RUST_LOG", "info,gearfleet_operator=debug")
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("clone log"))

@@ -10,6 +10,8 @@ use gearfleet_operator::job::reconcile::{self as job_reconcile, JobContext};
 use gearfleet_operator::job::runner::Runner;
 use gearfleet_operator::leader::{self, LeaderConfig};
 use gearfleet_operator::metrics::{self, Metrics};
+use gearfleet_operator::workerpool::desired::WorkerPods;
+use gearfleet_operator::workerpool::drain_hook::DrainHook;
 use gearfleet_operator::workerpool::reconcile::{self, Context};
 use gearfleet_proto::logging::{self, LogFormat, Writer};
 
@@ -23,6 +25,13 @@ struct Args {
     /// GEARMAN_SERVERS given to worker pods; defaults to --broker-address.
     #[arg(long, env = "GEARFLEET_WORKERS_BROKER_ADDRESS")]
     workers_broker_address: Option<String>,
+    /// Image with `gearfleet-drain`, the drain hook added to every worker pod (normally the
+    /// operator's own image); empty for none (worker pods are then drained only on scale-in).
+    #[arg(long, env = "GEARFLEET_DRAIN_HOOK_IMAGE", default_value = "")]
+    drain_hook_image: String,
+    /// Port of the drain hook in every worker pod.
+    #[arg(long, env = "GEARFLEET_DRAIN_HOOK_PORT", default_value_t = 9741)]
+    drain_hook_port: u16,
     /// Watch WorkerPools in this namespace only (default: all namespaces).
     #[arg(long, env = "GEARFLEET_NAMESPACE")]
     namespace: Option<String>,
@@ -72,7 +81,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ctx_metrics = metrics.clone();
     let brokers = BrokerClients::from_args(&args)?;
     let admin = brokers.jobs;
-    let ctx = Arc::new(Context::new(client.clone(), brokers.pools, workers_address, metrics));
+    let drain_hook = (!args.drain_hook_image.is_empty())
+        .then(|| DrainHook { image: args.drain_hook_image.clone(), port: args.drain_hook_port });
+    if drain_hook.is_none() {
+        tracing::warn!("no --drain-hook-image: worker pods get no drain hook, only scale-ins drain busy workers");
+    }
+    let worker_pods = WorkerPods { broker_address: workers_address, drain_hook };
+    let ctx = Arc::new(Context::new(client.clone(), brokers.pools, worker_pods, metrics));
     let controllers = {
         let (client, namespace, job_metrics) = (client.clone(), args.namespace.clone(), ctx_metrics);
         let broker_address = args.broker_address.clone();

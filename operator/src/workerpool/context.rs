@@ -12,6 +12,7 @@ use kube::Client;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 
+use super::desired::WorkerPods;
 use super::gone::{NodeState, NodeStates};
 use super::memory::PoolMemory;
 use crate::broker_client::BrokerClient;
@@ -51,7 +52,7 @@ pub type PoolKey = (String, String);
 pub struct Context {
     pub(super) client: Client,
     pub(super) broker: BrokerClient,
-    pub(super) workers_broker_address: String,
+    pub(super) worker_pods: WorkerPods,
     pub(super) cache: StatsCache,
     pub(super) metrics: Arc<Metrics>,
     pub(super) events: EventPublisher,
@@ -62,15 +63,15 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context whose operator talks to the broker at `broker` and whose workers are given
-    /// `workers_broker_address` in `GEARMAN_SERVERS`.
-    pub fn new(client: Client, broker: BrokerClient, workers_broker_address: String, metrics: Arc<Metrics>) -> Self {
+    /// A context whose operator talks to the broker at `broker` and whose worker pods are set up
+    /// as `worker_pods` says.
+    pub fn new(client: Client, broker: BrokerClient, worker_pods: WorkerPods, metrics: Arc<Metrics>) -> Self {
         let events = EventPublisher::new(client.clone());
         let (nodes, nodes_writer) = reflector::store();
         Self {
             client,
             broker,
-            workers_broker_address,
+            worker_pods,
             cache: StatsCache::default(),
             metrics,
             events,

@@ -16,6 +16,8 @@ use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::{Resource, ResourceExt};
 
+use super::drain_hook::{DrainHook, add_drain_hook};
+
 /// Environment variable with the Gearman servers the worker connects to.
 pub const ENV_SERVERS: &str = "GEARMAN_SERVERS";
 /// Environment variable with the function's `timeout`, when set.
@@ -41,6 +43,22 @@ pub fn selector_labels(pool: &str, function: &str) -> BTreeMap<String, String> {
     BTreeMap::from([(LABEL_POOL.to_string(), pool.to_string()), (LABEL_FUNCTION.to_string(), function.to_string())])
 }
 
+/// What the operator gives every worker pod, whatever the pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerPods {
+    /// The brokers, `GEARMAN_SERVERS` in every worker container.
+    pub broker_address: String,
+    /// The drain hook, unless the operator runs without one (`--drain-hook-image ''`).
+    pub drain_hook: Option<DrainHook>,
+}
+
+impl WorkerPods {
+    /// Workers given `broker_address`, without a drain hook.
+    pub fn new(broker_address: impl Into<String>) -> WorkerPods {
+        WorkerPods { broker_address: broker_address.into(), drain_hook: None }
+    }
+}
+
 /// The variables injected into every worker container, in this order.
 pub fn worker_env(pool: &str, function: &FunctionSpec, broker_address: &str) -> Vec<EnvVar> {
     let plain = |name: &str, value: &str| EnvVar {
@@ -63,14 +81,15 @@ pub fn worker_env(pool: &str, function: &FunctionSpec, broker_address: &str) -> 
     env
 }
 
-/// The Deployment for `function` of `pool` with `replicas` pods; workers
-/// connect to `broker_address` (`host:port`).
+/// The Deployment for `function` of `pool` with `replicas` pods, set up as `pods` says (the
+/// brokers, and the drain hook unless the pool turns it off with `spec.drainHook: false`).
 pub fn desired_deployment(
     pool: &WorkerPool,
     function: &FunctionSpec,
     replicas: i32,
-    broker_address: &str,
+    pods: &WorkerPods,
 ) -> Result<Deployment, DesiredError> {
+    let broker_address = pods.broker_address.as_str();
     let pool_name = pool.name_any();
     let owner = pool.controller_owner_ref(&()).ok_or(DesiredError::NoUid)?;
     let mut template =
@@ -86,6 +105,9 @@ pub fn desired_deployment(
             let env = container.env.get_or_insert_with(Vec::new);
             env.retain(|e| !injected.iter().any(|i| i.name == e.name));
             env.extend(injected.iter().cloned());
+        }
+        if let Some(hook) = pods.drain_hook.as_ref().filter(|_| pool.spec.drain_hook) {
+            add_drain_hook(spec, hook, broker_address, pool.spec.scaling.drain_timeout());
         }
     }
 
@@ -166,7 +188,8 @@ spec:
     #[test]
     fn deployment_has_name_owner_labels_selector_and_replicas() {
         let pool = pool();
-        let dep = desired_deployment(&pool, &pool.spec.functions[0], 3, "gearfleet-broker:4730").unwrap();
+        let dep =
+            desired_deployment(&pool, &pool.spec.functions[0], 3, &WorkerPods::new("gearfleet-broker:4730")).unwrap();
         assert_eq!(dep.metadata.name.as_deref(), Some("media-resize"));
         assert_eq!(dep.metadata.namespace.as_deref(), Some("jobs"));
         let owner = &dep.metadata.owner_references.as_ref().unwrap()[0];
@@ -188,7 +211,8 @@ spec:
     #[test]
     fn env_is_injected_into_every_container_and_overrides_the_template() {
         let pool = pool();
-        let dep = desired_deployment(&pool, &pool.spec.functions[0], 1, "broker.example:4730").unwrap();
+        let dep =
+            desired_deployment(&pool, &pool.spec.functions[0], 1, &WorkerPods::new("broker.example:4730")).unwrap();
         let s = |v: &str| Some(v.to_string());
         let expected_tail = vec![
             ("GEARMAN_SERVERS".to_string(), s("broker.example:4730"), None),
@@ -206,7 +230,7 @@ spec:
     #[test]
     fn function_template_overrides_the_pool_template_and_timeout_is_optional() {
         let pool = pool();
-        let dep = desired_deployment(&pool, &pool.spec.functions[1], 0, "b:4730").unwrap();
+        let dep = desired_deployment(&pool, &pool.spec.functions[1], 0, &WorkerPods::new("b:4730")).unwrap();
         assert_eq!(dep.metadata.name.as_deref(), Some("media-encode"));
         let spec = dep.spec.as_ref().unwrap();
         assert_eq!(spec.replicas, Some(0));
@@ -222,18 +246,45 @@ spec:
         let mut pool = pool();
         pool.spec.template = None;
         assert_eq!(
-            desired_deployment(&pool, &pool.spec.functions[0], 1, "b:4730"),
+            desired_deployment(&pool, &pool.spec.functions[0], 1, &WorkerPods::new("b:4730")),
             Err(DesiredError::NoTemplate("resize".to_string()))
         );
         let mut pool = self::pool();
         pool.metadata.uid = None;
-        assert_eq!(desired_deployment(&pool, &pool.spec.functions[0], 1, "b:4730"), Err(DesiredError::NoUid));
+        assert_eq!(
+            desired_deployment(&pool, &pool.spec.functions[0], 1, &WorkerPods::new("b:4730")),
+            Err(DesiredError::NoUid)
+        );
+    }
+
+    #[test]
+    fn the_drain_hook_is_added_unless_the_operator_or_the_pool_turns_it_off() {
+        let mut pool = pool();
+        let hook = DrainHook { image: "gearfleet/gearfleet:1".into(), port: 9741 };
+        let pods = WorkerPods { broker_address: "b:4730".into(), drain_hook: Some(hook) };
+        let pod_spec = |pool: &WorkerPool, pods: &WorkerPods| {
+            let dep = desired_deployment(pool, &pool.spec.functions[0], 1, pods).unwrap();
+            dep.spec.unwrap().template.spec.unwrap()
+        };
+        let with = pod_spec(&pool, &pods);
+        let sidecar = &with.init_containers.as_ref().expect("the sidecar")[0];
+        assert_eq!(sidecar.name, "gearfleet-drain");
+        let env = sidecar.env.as_ref().unwrap();
+        assert!(env.iter().any(|e| e.name == "GEARFLEET_DRAIN_TIMEOUT" && e.value.as_deref() == Some("600s")));
+        assert_eq!(with.termination_grace_period_seconds, Some(630), "the default drainTimeout, 10m, + 30 s");
+        assert!(with.containers.iter().all(|c| c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()).is_some()));
+
+        assert!(pod_spec(&pool, &WorkerPods::new("b:4730")).init_containers.is_none(), "operator without a hook");
+        pool.spec.drain_hook = false;
+        let without = pod_spec(&pool, &pods);
+        assert!(without.init_containers.is_none() && without.termination_grace_period_seconds.is_none());
+        assert!(without.containers.iter().all(|c| c.lifecycle.is_none()));
     }
 
     #[test]
     fn serializes_with_api_version_and_kind_for_server_side_apply() {
         let pool = pool();
-        let dep = desired_deployment(&pool, &pool.spec.functions[0], 2, "b:4730").unwrap();
+        let dep = desired_deployment(&pool, &pool.spec.functions[0], 2, &WorkerPods::new("b:4730")).unwrap();
         let json = serde_json::to_value(&dep).unwrap();
         assert_eq!(json["apiVersion"], "apps/v1");
         assert_eq!(json["kind"], "Deployment");

@@ -17,6 +17,7 @@ pub mod connections;
 pub mod context;
 pub mod desired;
 pub mod drain;
+pub mod drain_hook;
 pub mod gone;
 pub mod health;
 pub mod memory;

@@ -22,6 +22,7 @@ use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
 use super::context::{Context, StatsMap, to_map};
+use super::desired::WorkerPods;
 use super::gone::NodeStates;
 use crate::error::Error;
 
@@ -42,8 +43,8 @@ pub struct Observed {
     pub nodes: Option<NodeStates>,
     /// The broker's admin address (named in the `BrokerUnavailable` condition).
     pub broker_address: String,
-    /// The broker address given to workers (`GEARMAN_SERVERS` in the Deployments).
-    pub workers_broker_address: String,
+    /// What every worker pod gets: the brokers (`GEARMAN_SERVERS`) and the drain hook.
+    pub worker_pods: WorkerPods,
     /// When the observation was made.
     pub now: Timestamp,
 }
@@ -82,7 +83,7 @@ pub async fn observe(ctx: &Context, pool: Arc<WorkerPool>) -> Result<Observed, E
         workers,
         nodes,
         broker_address: ctx.broker.addr().to_string(),
-        workers_broker_address: ctx.workers_broker_address.clone(),
+        worker_pods: ctx.worker_pods.clone(),
         now: Timestamp::now(),
     })
 }

@@ -355,7 +355,7 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
         }
         before_scaling.extend(plan_undrains(&fpods, &victims, recycle_policy.is_some()));
 
-        let deployment = desired_deployment(pool, f, target, &observed.workers_broker_address)?;
+        let deployment = desired_deployment(pool, f, target, &observed.worker_pods)?;
         let previous = pool.function_status(&f.name);
         let (mut last_scale_time, mut last_scale_reason) =
             (previous.and_then(|p| p.last_scale_time.clone()), previous.and_then(|p| p.last_scale_reason.clone()));

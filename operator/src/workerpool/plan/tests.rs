@@ -16,6 +16,7 @@ use k8s_openapi::jiff::SignedDuration;
 
 use super::*;
 use crate::workerpool::context::StatsMap;
+use crate::workerpool::desired::WorkerPods;
 use crate::workerpool::gone::{NodeState, NodeStates};
 use crate::workerpool::memory::FunctionMemory;
 
@@ -344,7 +345,7 @@ impl Fx {
             workers,
             nodes: self.nodes.clone(),
             broker_address: "broker:4730".into(),
-            workers_broker_address: "gearfleet-broker:4730".into(),
+            worker_pods: WorkerPods::new("gearfleet-broker:4730"),
             now: now(),
         }
     }
