@@ -40,6 +40,11 @@ pub mod pool_condition {
     /// (spec.maxReplicas holds a function below what its queue asks); the
     /// message lists every cause. False: reason `Healthy`.
     pub const DEGRADED: &str = "Degraded";
+    /// Another pool owns one of this pool's function names (it served it
+    /// first): reason `FunctionOwnedElsewhere`, the message names each
+    /// function and its owner; those functions get no replicas here. False:
+    /// reason `NoConflict`.
+    pub const CONFLICT: &str = "Conflict";
     /// The pool is paused and busy workers are finishing their jobs.
     pub const DRAINING: &str = "Draining";
     /// The pool is paused and no worker pods are left.
@@ -49,7 +54,7 @@ pub mod pool_condition {
     /// otherwise.
     pub const PROGRESSING: &str = "Progressing";
     /// Every condition type, in a stable order.
-    pub const ALL: [&str; 7] = [READY, SCALING, BROKER_UNAVAILABLE, DEGRADED, DRAINING, DRAINED, PROGRESSING];
+    pub const ALL: [&str; 8] = [READY, SCALING, BROKER_UNAVAILABLE, DEGRADED, DRAINING, DRAINED, PROGRESSING, CONFLICT];
 }
 
 /// WorkerPool runs Gearman workers for a set of functions. For every function
@@ -611,7 +616,8 @@ pub enum FunctionPhase {
     Degraded,
     /// Busy workers are being drained for a scale-in, a recycle or a pause.
     Draining,
-    /// Reserved for a function name owned by another pool (not set yet).
+    /// Another pool owns the function name (see the pool's `Conflict`
+    /// condition and `owner`): no replicas here.
     Conflict,
 }
 
@@ -664,6 +670,11 @@ pub struct FunctionStatus {
     /// Conflict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<FunctionPhase>,
+
+    /// In phase Conflict: the pool (namespace/name) that owns the function
+    /// name and serves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 
     /// Worker pods (Deployment status.replicas).
     #[serde(default)]

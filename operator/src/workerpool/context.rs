@@ -4,8 +4,9 @@
 //! recycle).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
+use gearfleet_crd::WorkerPool;
 use gearfleet_proto::admin::FunctionStats;
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
@@ -15,6 +16,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use super::desired::WorkerPods;
 use super::gone::{NodeState, NodeStates};
 use super::memory::PoolMemory;
+use super::ownership::Claim;
 use crate::broker_client::BrokerClient;
 use crate::kube_util::EventPublisher;
 use crate::metrics::Metrics;
@@ -59,6 +61,8 @@ pub struct Context {
     /// Every Node, kept by a watch (`reconcile::run`), to find pods whose node is lost.
     nodes: Store<Node>,
     nodes_writer: Mutex<Option<Writer<Node>>>,
+    /// The controller's cache of every WorkerPool it watches, for function-name ownership.
+    pools: OnceLock<Store<WorkerPool>>,
     memory: Mutex<HashMap<PoolKey, PoolMemory>>,
 }
 
@@ -77,6 +81,7 @@ impl Context {
             events,
             nodes,
             nodes_writer: Mutex::new(Some(nodes_writer)),
+            pools: OnceLock::new(),
             memory: Mutex::new(HashMap::new()),
         }
     }
@@ -93,6 +98,19 @@ impl Context {
         self.nodes.wait_until_ready().now_or_never()?.ok()?;
         let state = |name: &str| NodeState::of(self.nodes.get(&ObjectRef::new(name)).as_deref());
         Some(names.map(|name| (name.to_string(), state(name))).collect())
+    }
+
+    /// Gives the context the controller's pool cache (once; later calls are ignored).
+    pub(super) fn set_pool_store(&self, pools: Store<WorkerPool>) {
+        let _ = self.pools.set(pools);
+    }
+
+    /// Every watched pool's claim on function names; `None` until the pool cache has listed them.
+    pub(super) fn pool_claims(&self) -> Option<Vec<Claim>> {
+        use futures::FutureExt;
+        let pools = self.pools.get()?;
+        pools.wait_until_ready().now_or_never()?.ok()?;
+        Some(pools.state().iter().filter_map(|p| Claim::of(p)).collect())
     }
 
     /// What the controller remembers about a pool (empty for a pool it has not seen).

@@ -22,6 +22,7 @@ pub mod gone;
 pub mod health;
 pub mod memory;
 pub mod observe;
+pub mod ownership;
 pub mod phase;
 pub mod plan;
 pub mod pool_cap;

@@ -24,6 +24,7 @@ use kube::{Api, ResourceExt};
 use super::context::{Context, StatsMap, to_map};
 use super::desired::WorkerPods;
 use super::gone::NodeStates;
+use super::ownership::Claim;
 use crate::error::Error;
 
 /// What one reconcile of a pool sees.
@@ -41,6 +42,9 @@ pub struct Observed {
     pub workers: Option<Vec<WorkerStats>>,
     /// The states of the nodes the pods run on; `None` when they are not known.
     pub nodes: Option<NodeStates>,
+    /// What every pool the operator watches claims of the function names (this one included);
+    /// `None` until the pool cache has listed them (then no name is anyone else's).
+    pub claims: Option<Vec<Claim>>,
     /// The broker's admin address (named in the `BrokerUnavailable` condition).
     pub broker_address: String,
     /// What every worker pod gets: the brokers (`GEARMAN_SERVERS`) and the drain hook.
@@ -74,6 +78,7 @@ pub async fn observe(ctx: &Context, pool: Arc<WorkerPool>) -> Result<Observed, E
         }
         None => None,
     };
+    let claims = ctx.pool_claims();
     let nodes = ctx.node_states(pods.iter().filter_map(|p| p.spec.as_ref()?.node_name.as_deref()));
     Ok(Observed {
         pool,
@@ -82,6 +87,7 @@ pub async fn observe(ctx: &Context, pool: Arc<WorkerPool>) -> Result<Observed, E
         stats,
         workers,
         nodes,
+        claims,
         broker_address: ctx.broker.addr().to_string(),
         worker_pods: ctx.worker_pods.clone(),
         now: Timestamp::now(),

@@ -32,6 +32,8 @@ pub fn pool_phase(input: PhaseInput) -> (WorkerPoolPhase, bool, bool) {
 /// What a function's phase is computed from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FunctionPhaseInput {
+    /// Another pool owns the function name.
+    pub conflict: bool,
     /// Some of its pods crash, are OOM-killed or cannot pull their image.
     pub troubled: bool,
     /// The broker cannot be reached: its queue is unknown.
@@ -63,13 +65,12 @@ pub struct FunctionPhaseInput {
 ///
 /// | phase    | when |
 /// |----------|------|
+/// | Conflict | another pool owns the function name ([`ownership`](super::ownership)) |
 /// | Degraded | pods in trouble, or the broker unreachable |
 /// | Draining | busy workers are being drained (scale-in, recycle, pause) |
 /// | Scaling  | replicas change, a raise waits for the pool cap, pods are recycled, or the pods have not caught up (missing, not ready, not available, terminating) |
 /// | Idle     | 0 desired, 0 pods, nothing queued |
 /// | Ready    | otherwise: the desired replicas are all available |
-///
-/// `Conflict` is reserved (function-name ownership) and never computed here.
 pub fn function_phase(input: FunctionPhaseInput) -> FunctionPhase {
     let target = usize::try_from(input.target).unwrap_or(0);
     let caught_up = input.desired == input.target
@@ -77,7 +78,9 @@ pub fn function_phase(input: FunctionPhaseInput) -> FunctionPhase {
         && input.pods == target
         && input.ready >= target
         && input.available >= input.target;
-    if input.troubled || input.broker_unreachable {
+    if input.conflict {
+        FunctionPhase::Conflict
+    } else if input.troubled || input.broker_unreachable {
         FunctionPhase::Degraded
     } else if input.draining {
         FunctionPhase::Draining
@@ -160,6 +163,21 @@ pub fn degraded_condition(causes: &[DegradedCause]) -> ConditionRule {
     }
 }
 
+/// `Conflict`: True (`FunctionOwnedElsewhere`) when another pool owns some of the pool's function
+/// names, naming each with its owner; else False (`NoConflict`).
+pub fn conflict_condition(functions: &[FunctionStatus]) -> ConditionRule {
+    let owned: Vec<String> = functions
+        .iter()
+        .filter(|f| f.phase == Some(FunctionPhase::Conflict))
+        .map(|f| format!("function {} is served by pool {}", f.name, f.owner.as_deref().unwrap_or("?")))
+        .collect();
+    if owned.is_empty() {
+        ConditionRule::new(false, "NoConflict", "")
+    } else {
+        ConditionRule::new(true, "FunctionOwnedElsewhere", format!("{}; it gets no replicas here", owned.join("; ")))
+    }
+}
+
 /// `Progressing`: True while some function is Scaling or Draining (reason: the first such phase;
 /// message `function: phase; ...`), else False (`Stable`).
 pub fn progressing_condition(functions: &[FunctionStatus]) -> ConditionRule {
@@ -191,7 +209,7 @@ mod tests {
             available: 2,
             ..Default::default()
         };
-        let cases: [(&str, FunctionPhaseInput, FunctionPhase); 17] = [
+        let cases: [(&str, FunctionPhaseInput, FunctionPhase); 18] = [
             ("all desired replicas available", ready, Ready),
             ("with a backlog still Ready", FunctionPhaseInput { queued: 7, ..ready }, Ready),
             ("nothing wanted, no pods, nothing queued", FunctionPhaseInput::default(), Idle),
@@ -217,6 +235,11 @@ mod tests {
                 FunctionPhaseInput { troubled: true, draining: true, recycling: true, ..ready },
                 Degraded,
             ),
+            (
+                "another pool owns the name: Conflict wins over everything",
+                FunctionPhaseInput { conflict: true, troubled: true, draining: true, ..Default::default() },
+                Conflict,
+            ),
         ];
         for (name, input, phase) in cases {
             assert_eq!(function_phase(input), phase, "{name}");
@@ -238,6 +261,20 @@ mod tests {
             desired_replicas: desired,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn conflict_condition_names_each_function_and_its_owner() {
+        use FunctionPhase::*;
+        let none = conflict_condition(&[function("a", Ready, 1, 1)]);
+        assert_eq!((none.status, none.reason, none.message.as_str()), (false, "NoConflict", ""));
+        let mut owned = function("resize", Conflict, 0, 0);
+        owned.owner = Some("media/images".into());
+        let rule = conflict_condition(&[function("a", Ready, 1, 1), owned.clone()]);
+        assert_eq!((rule.status, rule.reason), (true, "FunctionOwnedElsewhere"));
+        assert_eq!(rule.message, "function resize is served by pool media/images; it gets no replicas here");
+        let ready = ready_condition(&[owned]);
+        assert_eq!((ready.status, ready.message.as_str()), (false, "resize: 0/0 available (Conflict)"));
     }
 
     #[test]

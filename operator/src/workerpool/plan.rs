@@ -35,9 +35,10 @@ use super::drain::{elapsed, has_mark_annotations};
 use super::health;
 use super::memory::PoolMemory;
 use super::observe::Observed;
+use super::ownership;
 use super::phase::{
-    BROKER_UNREACHABLE, DegradedCause, FunctionPhaseInput, POOL_CAP_REACHED, PhaseInput, degraded_condition,
-    function_phase, pool_phase, progressing_condition, ready_condition,
+    BROKER_UNREACHABLE, DegradedCause, FunctionPhaseInput, POOL_CAP_REACHED, PhaseInput, conflict_condition,
+    degraded_condition, function_phase, pool_phase, progressing_condition, ready_condition,
 };
 use super::pool_cap::{self, hold_pool_cap};
 use super::recycle::{RecyclePolicy, last_scheduled_restart};
@@ -215,11 +216,22 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
     };
     let mut next_memory = PoolMemory { functions: BTreeMap::new(), last_recycle: memory.last_recycle.clone() };
     let mut retries = Vec::new();
+    // Function names another pool owns: no replicas, no retry policy from here.
+    let me = ownership::key(pool);
+    let owners: Vec<Option<String>> = pool
+        .spec
+        .functions
+        .iter()
+        .map(|f| {
+            let owner = observed.claims.as_deref().and_then(|claims| ownership::owner(&f.name, claims));
+            owner.filter(|o| *o != me).map(str::to_string)
+        })
+        .collect();
 
     // Decide.
     let mut decisions = Vec::new();
     let mut function_stats = Vec::new();
-    for f in &pool.spec.functions {
+    for (f, owner) in pool.spec.functions.iter().zip(&owners) {
         let current = by_name.get(&pool.deployment_name(&f.name)).and_then(|d| d.spec.as_ref()?.replicas).unwrap_or(0);
         let stats = observed.stats.as_ref().map(|m| {
             m.get(&f.name).cloned().unwrap_or_else(|| FunctionStats { function: f.name.clone(), ..Default::default() })
@@ -227,6 +239,7 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
         let mut fmemory = memory.functions.get(&f.name).cloned().unwrap_or_default();
         if let Some(r) = &f.retries
             && observed.stats.is_some()
+            && owner.is_none()
         {
             let command = retries_command(&f.name, r);
             let fresh = fmemory
@@ -237,8 +250,13 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
                 retries.push(RetriesCommand { function: f.name.clone(), command });
             }
         }
-        let (decision, history) = decide(f, &pool.spec.scaling, stats.as_ref(), current, &fmemory.history, clock);
+        let (mut decision, history) = decide(f, &pool.spec.scaling, stats.as_ref(), current, &fmemory.history, clock);
         fmemory.history = history;
+        if let Some(owner) = owner {
+            decision.desired = 0;
+            decision.kind = ScaleKind::between(current, 0);
+            decision.reason = format!("pool {owner} owns the function name");
+        }
         decisions.push(decision);
         next_memory.functions.insert(f.name.clone(), fmemory);
         function_stats.push(stats);
@@ -305,8 +323,8 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
     let mut events = Vec::new();
     let mut scaling = Vec::new();
     let mut causes: Vec<DegradedCause> = Vec::new();
-    let per_function = healths.into_iter().zip(crash_capped).zip(cap_holds);
-    for (((f, decision), fstats), ((fhealth, (target, held)), (allowed, cap_held))) in
+    let per_function = healths.into_iter().zip(crash_capped).zip(cap_holds).zip(&owners);
+    for (((f, decision), fstats), (((fhealth, (target, held)), (allowed, cap_held)), owner)) in
         pool.spec.functions.iter().zip(&decisions).zip(function_stats).zip(per_function)
     {
         let dep_name = pool.deployment_name(&f.name);
@@ -398,6 +416,7 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
         let available = observed_status.and_then(|s| s.available_replicas).unwrap_or(0);
         let marked = present.iter().any(|p| !is_terminating(p) && has_mark_annotations(p));
         let fphase = function_phase(FunctionPhaseInput {
+            conflict: owner.is_some(),
             troubled: fhealth.troubled > 0,
             broker_unreachable: observed.stats.is_none(),
             draining: waiting_for_drain || (recycling_now && (marked || recycle_drains)),
@@ -415,6 +434,7 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
             name: f.name.clone(),
             deployment: dep_name,
             phase: Some(fphase),
+            owner: owner.clone(),
             replicas: observed_status.and_then(|s| s.replicas).unwrap_or(0),
             ready_replicas: observed_status.and_then(|s| s.ready_replicas).unwrap_or(0),
             available_replicas: available,
@@ -467,7 +487,25 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
     causes.extend(cap_causes);
     let progressing = progressing_condition(&functions);
     let progressing_now = progressing.status;
-    let rules = [(pool_condition::READY, ready_condition(&functions)), (pool_condition::PROGRESSING, progressing)];
+    let conflict = conflict_condition(&functions);
+    if conflict.status {
+        // The owner may go away: look again soon to take the name over.
+        requeue = requeue.min(Duration::from_secs(3));
+        if status.conditions.iter().all(|c| c.type_ != pool_condition::CONFLICT || c.message != conflict.message) {
+            events.push(PlannedEvent {
+                type_: EventType::Warning,
+                reason: "FunctionConflict".into(),
+                action: "Claim",
+                note: conflict.message.clone(),
+                aggregate: true,
+            });
+        }
+    }
+    let rules = [
+        (pool_condition::READY, ready_condition(&functions)),
+        (pool_condition::PROGRESSING, progressing),
+        (pool_condition::CONFLICT, conflict),
+    ];
     for (type_, rule) in rules {
         let cond = new_condition(type_, rule.status, rule.reason, rule.message, generation, t.clone());
         set_condition(&mut status.conditions, cond);

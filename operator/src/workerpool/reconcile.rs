@@ -7,6 +7,9 @@
 //! Deployments, recycling, the whole status, Events, requeue) → [`apply`] (in that order, status
 //! last but for the Events).
 //!
+//! A function name another pool owns ([`ownership`](super::ownership), from the controller's own
+//! pool cache) gets no replicas and the `Conflict` phase; such a pool looks again every 3 s.
+//!
 //! It requeues after the pool's `pollInterval` (1 s while a scale-in waits for a drain, 2 s while
 //! recycling or pausing); every change `fleet watch` reports also triggers a reconcile of all
 //! pools.
@@ -44,7 +47,9 @@ pub async fn run(client: Client, namespace: Option<String>, ctx: Arc<Context>) {
     };
     let (trigger_tx, trigger_rx) = mpsc::channel::<()>(1);
     tokio::spawn(feed_cache(ctx.clone(), trigger_tx));
-    Controller::new(pools, watcher::Config::default())
+    let controller = Controller::new(pools, watcher::Config::default());
+    ctx.set_pool_store(controller.store());
+    controller
         .owns(deployments, watcher::Config::default().labels(LABEL_POOL))
         .reconcile_all_on(trigger_rx)
         .with_config(controller::Config::default().debounce(Duration::from_millis(200)))

@@ -19,9 +19,11 @@ use crate::workerpool::context::StatsMap;
 use crate::workerpool::desired::WorkerPods;
 use crate::workerpool::gone::{NodeState, NodeStates};
 use crate::workerpool::memory::FunctionMemory;
+use crate::workerpool::ownership::Claim;
 
 mod disconnects;
 mod drains;
+mod ownership;
 mod pool_cap;
 mod status;
 use crate::workerpool::scale_in::POD_DELETION_COST;
@@ -228,6 +230,8 @@ struct Fx {
     extra_workers: Vec<WorkerStats>,
     /// Node states; `None`: not known.
     nodes: Option<NodeStates>,
+    /// Every pool's claim on function names; `None`: the pool cache is not ready.
+    claims: Option<Vec<Claim>>,
 }
 
 fn fx() -> Fx {
@@ -241,6 +245,7 @@ fn fx() -> Fx {
         workers_listed: true,
         extra_workers: Vec::new(),
         nodes: Some(NodeStates::new()),
+        claims: None,
     }
 }
 
@@ -282,6 +287,10 @@ impl Fx {
     }
     fn no_worker_list(mut self) -> Self {
         self.workers_listed = false;
+        self
+    }
+    fn claims(mut self, claims: Vec<Claim>) -> Self {
+        self.claims = Some(claims);
         self
     }
     fn status(mut self, status: WorkerPoolStatus) -> Self {
@@ -344,6 +353,7 @@ impl Fx {
             stats,
             workers,
             nodes: self.nodes.clone(),
+            claims: self.claims.clone(),
             broker_address: "broker:4730".into(),
             worker_pods: WorkerPods::new("gearfleet-broker:4730"),
             now: now(),
