@@ -1,0 +1,223 @@
+//! Workers that are not ours: a pool of Debian's stock `gearman -w` CLI (no client id, no drain of
+//! its own, killed by SIGTERM) keeps every promise on a real cluster. While foreground jobs run on
+//! it, the pool is scaled in from 4 to 2, its template changed (a rollout), a busy pod evicted
+//! through the Eviction API, and the pool deleted; every client gets its result from the first
+//! execution. Executions are counted on the worker side: each job appends its key to a file on a
+//! hostPath that a reader pod shows.
+//!
+//! Needs the operator binary: `cargo build -p gearfleet-operator` first (or set
+//! `GEARFLEET_OPERATOR_BIN`), and the gearman-workers image (e2e/images/build).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use gearfleet_e2e::fixture::Fixture;
+use gearfleet_e2e::gearman::{admin, backlog, call};
+use gearfleet_e2e::{BUSYBOX_IMAGE, Cluster, GEARMAN_WORKERS_IMAGE, Namespace};
+use gearfleet_proto::admin::WorkerStats;
+
+const POOL: &str = "stock";
+const FUNCTION: &str = "slow";
+const DEPLOYMENT: &str = "stock-slow";
+
+/// The pool with `replicas` workers; `revision` is an env value whose change rolls the pods.
+fn stock_pool(ns: &Namespace<'_>, replicas: u32, revision: u32) -> String {
+    format!(
+        r#"
+apiVersion: gearfleet.dev/v1alpha1
+kind: WorkerPool
+metadata:
+  name: {POOL}
+spec:
+  template:
+    spec:
+      containers:
+        - name: worker
+          image: {GEARMAN_WORKERS_IMAGE}
+          imagePullPolicy: Never
+          securityContext: {{runAsUser: 0}}
+          env:
+            - {{name: GEARFLEET_EXECUTIONS_FILE, value: /executions/log}}
+            - {{name: REVISION, value: "{revision}"}}
+          volumeMounts: [{{name: executions, mountPath: /executions}}]
+      volumes:
+        - name: executions
+          hostPath: {{path: /tmp/gearfleet-e2e/{ns}, type: DirectoryOrCreate}}
+  functions:
+    - {{name: {FUNCTION}, minReplicas: {replicas}, maxReplicas: {replicas}}}
+  scaling:
+    pollInterval: 2s
+    cooldown: 3s
+    drainTimeout: 2m
+    scaleDown: {{stabilizationWindow: 1s}}
+"#,
+        ns = ns.name()
+    )
+}
+
+/// A pod that shows the executions file (the worker pods come and go).
+fn reader(ns: &Namespace<'_>) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: executions
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+    - name: reader
+      image: {BUSYBOX_IMAGE}
+      imagePullPolicy: Never
+      command: [sleep, "3600"]
+      volumeMounts: [{{name: executions, mountPath: /executions}}]
+  volumes:
+    - name: executions
+      hostPath: {{path: /tmp/gearfleet-e2e/{ns}, type: DirectoryOrCreate}}
+"#,
+        ns = ns.name()
+    )
+}
+
+/// Executions per job key so far.
+fn executions(ns: &Namespace<'_>) -> BTreeMap<String, usize> {
+    let out = ns.kubectl(&["exec", "executions", "--", "cat", "/executions/log"], None);
+    let mut counts = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(key) = line.split_whitespace().next() {
+            *counts.entry(key.to_string()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// Foreground calls of `keys`, each a job of `seconds`, from threads.
+fn start_jobs(broker: &str, keys: &[&str], seconds: u32) -> Vec<(String, JoinHandle<Result<Vec<u8>, String>>)> {
+    keys.iter()
+        .map(|&key| {
+            let (broker, payload) = (broker.to_string(), format!("{key} {seconds}"));
+            let handle =
+                std::thread::spawn(move || call(&broker, FUNCTION, payload.as_bytes(), Duration::from_secs(240)));
+            (key.to_string(), handle)
+        })
+        .collect()
+}
+
+fn wait_running(cluster: &Cluster, broker: &str, n: u64) {
+    cluster.eventually(Duration::from_secs(60), &format!("{n} jobs running"), || {
+        backlog(broker, FUNCTION).filter(|&(_, running)| running == n).map(|_| ())
+    });
+}
+
+/// Every call got `done KEY` and every key ran exactly once.
+fn assert_each_ran_once(ns: &Namespace<'_>, jobs: Vec<(String, JoinHandle<Result<Vec<u8>, String>>)>, what: &str) {
+    for (key, handle) in jobs {
+        let result = handle.join().expect("thread").unwrap_or_else(|e| panic!("{what}: job {key}: {e}"));
+        assert_eq!(String::from_utf8_lossy(&result).trim(), format!("done {key}"), "{what}");
+        let runs = executions(ns).get(&key).copied().unwrap_or(0);
+        assert_eq!(runs, 1, "{what}: job {key} ran {runs} times: {:?}", executions(ns));
+    }
+}
+
+fn workers(broker: &str) -> Vec<WorkerStats> {
+    admin(broker, "fleet workers").map(|r| r.lines().filter_map(WorkerStats::parse).collect()).unwrap_or_default()
+}
+
+/// Pods with a worker of the function in the broker, by address (a stock `gearman -w` holds two
+/// connections); `undrained` counts only pods none of whose connections is draining.
+fn worker_pods(broker: &str, undrained: bool) -> usize {
+    let ip = |w: &WorkerStats| w.address.rsplit_once(':').map(|(ip, _)| ip.to_string()).unwrap_or_default();
+    let all = workers(broker);
+    let of_function: Vec<&WorkerStats> = all.iter().filter(|w| w.functions.iter().any(|f| f == FUNCTION)).collect();
+    let ips: BTreeSet<String> = of_function.iter().map(|w| ip(w)).collect();
+    ips.iter().filter(|i| !undrained || of_function.iter().all(|w| ip(w) != **i || !w.draining)).count()
+}
+
+/// Names of the pool's pods that are not terminating.
+fn live_pods(ns: &Namespace<'_>) -> Vec<String> {
+    let out = ns.kubectl_ok(
+        &[
+            "get",
+            "pods",
+            "-l",
+            &format!("gearfleet.dev/pool={POOL}"),
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.metadata.deletionTimestamp}{\"\\n\"}{end}",
+        ],
+        None,
+    );
+    out.lines().filter_map(|l| l.strip_suffix('=')).map(str::to_string).collect()
+}
+
+fn pod_with_ip(ns: &Namespace<'_>, ip: &str) -> Option<String> {
+    let out = ns.kubectl_ok(
+        &["get", "pods", "-o", "jsonpath={range .items[*]}{.metadata.name}={.status.podIP}{\"\\n\"}{end}"],
+        None,
+    );
+    out.lines().find_map(|l| l.split_once('=').filter(|(_, pod_ip)| *pod_ip == ip).map(|(name, _)| name.to_string()))
+}
+
+#[test]
+fn stock_gearman_workers_finish_every_job_once_through_scale_in_rollout_eviction_and_pool_deletion() {
+    let Some(cluster) = Cluster::connect() else { return };
+    let fixture = Fixture::new(&cluster, "gf-stock");
+    let (ns, broker) = (fixture.ns(), fixture.broker());
+    ns.apply(&reader(ns));
+    ns.apply(&stock_pool(ns, 4, 1));
+    cluster.eventually(Duration::from_secs(120), "4 stock workers registered", || {
+        (worker_pods(broker, false) == 4).then_some(())
+    });
+    let hooked = ns.kubectl_ok(
+        &["get", "deployment", DEPLOYMENT, "-o", "jsonpath={.spec.template.spec.initContainers[0].name}"],
+        None,
+    );
+    assert_eq!(hooked.trim(), "gearfleet-drain", "the pods carry the drain hook");
+    ns.kubectl_ok(&["wait", "--for=condition=Ready", "pod/executions", "--timeout=60s"], None);
+
+    // Scale-in from 4 to 2 while two pods are busy on 30 s jobs.
+    let jobs = start_jobs(broker, &["scale-in-1", "scale-in-2"], 30);
+    wait_running(&cluster, broker, 2);
+    ns.apply(&stock_pool(ns, 2, 1));
+    cluster.eventually(Duration::from_secs(60), "2 live pods", || (live_pods(ns).len() == 2).then_some(()));
+    assert_each_ran_once(ns, jobs, "scale-in");
+
+    // A template change rolls every pod while both are busy.
+    cluster.eventually(Duration::from_secs(60), "2 idle workers", || (worker_pods(broker, true) == 2).then_some(()));
+    let jobs = start_jobs(broker, &["rollout-1", "rollout-2"], 20);
+    wait_running(&cluster, broker, 2);
+    ns.apply(&stock_pool(ns, 2, 2));
+    assert_each_ran_once(ns, jobs, "rollout");
+    ns.wait_for_rollout(DEPLOYMENT, Duration::from_secs(120));
+
+    // An eviction through the Eviction API of the pod that holds a job.
+    cluster.eventually(Duration::from_secs(60), "2 workers of the new pods", || {
+        (worker_pods(broker, false) == 2).then_some(())
+    });
+    let jobs = start_jobs(broker, &["evicted-1"], 20);
+    wait_running(&cluster, broker, 1);
+    let busy = cluster.eventually(Duration::from_secs(30), "the busy pod", || {
+        let holder = workers(broker).into_iter().find(|w| !w.current_jobs.is_empty())?;
+        let ip = holder.address.rsplit_once(':').map(|(ip, _)| ip.trim_matches(['[', ']']).to_string())?;
+        pod_with_ip(ns, &ip)
+    });
+    let eviction = format!(
+        r#"{{"apiVersion":"policy/v1","kind":"Eviction","metadata":{{"name":"{busy}","namespace":"{}"}}}}"#,
+        ns.name()
+    );
+    let path = format!("/api/v1/namespaces/{}/pods/{busy}/eviction", ns.name());
+    ns.kubectl_ok(&["create", "--raw", &path, "-f", "-"], Some(&eviction));
+    cluster.eventually(Duration::from_secs(30), "the evicted pod to terminate", || {
+        (!live_pods(ns).contains(&busy)).then_some(())
+    });
+    assert_each_ran_once(ns, jobs, "eviction");
+
+    // Deleting the pool while two jobs run.
+    cluster
+        .eventually(Duration::from_secs(90), "2 idle workers again", || (worker_pods(broker, true) == 2).then_some(()));
+    let jobs = start_jobs(broker, &["deleted-1", "deleted-2"], 20);
+    wait_running(&cluster, broker, 2);
+    ns.kubectl_ok(&["delete", "workerpool", POOL, "--wait=false"], None);
+    assert_each_ran_once(ns, jobs, "pool deletion");
+    let _ = ns.kubectl(&["exec", "executions", "--", "rm", "-f", "/executions/log"], None);
+}
