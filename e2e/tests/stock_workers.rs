@@ -92,8 +92,11 @@ fn executions(ns: &Namespace<'_>) -> BTreeMap<String, usize> {
     counts
 }
 
+/// Foreground calls in flight: each key with the thread that waits for its result.
+type Calls = Vec<(String, JoinHandle<Result<Vec<u8>, String>>)>;
+
 /// Foreground calls of `keys`, each a job of `seconds`, from threads.
-fn start_jobs(broker: &str, keys: &[&str], seconds: u32) -> Vec<(String, JoinHandle<Result<Vec<u8>, String>>)> {
+fn start_jobs(broker: &str, keys: &[&str], seconds: u32) -> Calls {
     keys.iter()
         .map(|&key| {
             let (broker, payload) = (broker.to_string(), format!("{key} {seconds}"));
@@ -111,7 +114,7 @@ fn wait_running(cluster: &Cluster, broker: &str, n: u64) {
 }
 
 /// Every call got `done KEY` and every key ran exactly once.
-fn assert_each_ran_once(ns: &Namespace<'_>, jobs: Vec<(String, JoinHandle<Result<Vec<u8>, String>>)>, what: &str) {
+fn assert_each_ran_once(ns: &Namespace<'_>, jobs: Calls, what: &str) {
     for (key, handle) in jobs {
         let result = handle.join().expect("thread").unwrap_or_else(|e| panic!("{what}: job {key}: {e}"));
         assert_eq!(String::from_utf8_lossy(&result).trim(), format!("done {key}"), "{what}");
