@@ -31,6 +31,17 @@ impl<'c> Fixture<'c> {
         Fixture { operator: Some(operator), broker, ns }
     }
 
+    /// As [`new`](Self::new), but the operator watches every namespace (for tests of what one
+    /// team's pools and Jobs do to another's: they share the fixture's broker). Only for a test
+    /// binary of its own, so that no other test's namespace is reconciled by it meanwhile.
+    pub fn cluster_wide(cluster: &'c Cluster, prefix: &str) -> Fixture<'c> {
+        cluster.install_crds();
+        let ns = cluster.namespace(prefix);
+        let broker = deploy_broker(&ns);
+        let operator = Operator::start_cluster_wide(&ns, &broker);
+        Fixture { operator: Some(operator), broker, ns }
+    }
+
     /// The test's namespace.
     pub fn ns(&self) -> &Namespace<'c> {
         &self.ns

@@ -75,11 +75,28 @@ impl Operator {
     /// Starts the operator for `ns`, talking to the broker at `broker` (workers get the Service
     /// name), logging to a file in the temp directory.
     pub fn start(ns: &Namespace<'_>, broker: &str) -> Operator {
+        Operator::launch(ns, broker, false)
+    }
+
+    /// Starts an operator that watches every namespace, talking to the broker of `ns` at
+    /// `broker`; workers in any namespace get that broker's Service by its full name.
+    pub fn start_cluster_wide(ns: &Namespace<'_>, broker: &str) -> Operator {
+        Operator::launch(ns, broker, true)
+    }
+
+    fn launch(ns: &Namespace<'_>, broker: &str, cluster_wide: bool) -> Operator {
         let log = std::env::temp_dir().join(format!("gearfleet-operator-{}.log", ns.name()));
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("operator log");
-        let child = Command::new(binary())
-            .args(["--broker-address", broker, "--workers-broker-address", "gearfleet-broker:4730"])
-            .args(["--namespace", ns.name(), "--metrics-address", "127.0.0.1:0"])
+        let mut command = Command::new(binary());
+        if cluster_wide {
+            let service = format!("gearfleet-broker.{}.svc:4730", ns.name());
+            command.args(["--broker-address", broker, "--workers-broker-address", &service]);
+        } else {
+            command.args(["--broker-address", broker, "--workers-broker-address", "gearfleet-broker:4730"]);
+            command.args(["--namespace", ns.name()]);
+        }
+        let child = command
+            .args(["--metrics-address", "127.0.0.1:0"])
             // As the chart does: every worker pod gets the drain hook from the gearfleet image.
             .args(["--drain-hook-image", BROKER_IMAGE])
             .env("RUST_LOG", "info,gearfleet_operator=debug")
