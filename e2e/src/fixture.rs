@@ -6,7 +6,7 @@
 //! Needs the operator binary: `cargo build -p gearfleet-operator` first (or set
 //! `GEARFLEET_OPERATOR_BIN`).
 
-use crate::local_operator::{Operator, deploy_broker};
+use crate::local_operator::{Operator, OperatorOptions, deploy_broker_with};
 use crate::{Cluster, Namespace};
 
 /// A namespace with a broker and an operator scoped to it.
@@ -15,6 +15,7 @@ pub struct Fixture<'c> {
     /// [`start_operator`](Fixture::start_operator).
     operator: Option<Operator>,
     broker: String,
+    options: OperatorOptions,
     // Dropped after the operator (fields drop in declaration order, after `Drop::drop`): its
     // guard prints the namespace's state on failure and deletes it.
     ns: Namespace<'c>,
@@ -24,22 +25,27 @@ impl<'c> Fixture<'c> {
     /// Installs the CRDs, creates a namespace named after `prefix` (see [`Cluster::namespace`]),
     /// deploys the broker in it and starts the operator against it.
     pub fn new(cluster: &'c Cluster, prefix: &str) -> Fixture<'c> {
-        cluster.install_crds();
-        let ns = cluster.namespace(prefix);
-        let broker = deploy_broker(&ns);
-        let operator = Operator::start(&ns, &broker);
-        Fixture { operator: Some(operator), broker, ns }
+        Fixture::with(cluster, prefix, OperatorOptions::default())
     }
 
     /// As [`new`](Self::new), but the operator watches every namespace (for tests of what one
     /// team's pools and Jobs do to another's: they share the fixture's broker). Only for a test
     /// binary of its own, so that no other test's namespace is reconciled by it meanwhile.
     pub fn cluster_wide(cluster: &'c Cluster, prefix: &str) -> Fixture<'c> {
+        Fixture::with(cluster, prefix, OperatorOptions { cluster_wide: true, ..Default::default() })
+    }
+
+    /// As [`new`](Self::new), with `token` as the broker's admin token, which the operator sends.
+    pub fn with_admin_token(cluster: &'c Cluster, prefix: &str, token: &str) -> Fixture<'c> {
+        Fixture::with(cluster, prefix, OperatorOptions { admin_token: Some(token.to_string()), ..Default::default() })
+    }
+
+    fn with(cluster: &'c Cluster, prefix: &str, options: OperatorOptions) -> Fixture<'c> {
         cluster.install_crds();
         let ns = cluster.namespace(prefix);
-        let broker = deploy_broker(&ns);
-        let operator = Operator::start_cluster_wide(&ns, &broker);
-        Fixture { operator: Some(operator), broker, ns }
+        let broker = deploy_broker_with(&ns, options.admin_token.as_deref());
+        let operator = Operator::launch(&ns, &broker, &options);
+        Fixture { operator: Some(operator), broker, ns, options }
     }
 
     /// The test's namespace.
@@ -68,7 +74,7 @@ impl<'c> Fixture<'c> {
     /// it appends to the same log.
     pub fn start_operator(&mut self) {
         assert!(self.operator.is_none(), "the operator is already running");
-        self.operator = Some(Operator::start(&self.ns, &self.broker));
+        self.operator = Some(Operator::launch(&self.ns, &self.broker, &self.options));
     }
 }
 

@@ -55,7 +55,17 @@ spec:
 
 /// Deploys the broker in `ns` and returns its ClusterIP address once it answers from the host.
 pub fn deploy_broker(ns: &Namespace<'_>) -> String {
-    ns.apply(&broker_manifests());
+    deploy_broker_with(ns, None)
+}
+
+/// [`deploy_broker`], with `admin_token` as the broker's admin token when given.
+pub fn deploy_broker_with(ns: &Namespace<'_>, admin_token: Option<&str>) -> String {
+    let mut manifests = broker_manifests();
+    if let Some(token) = admin_token {
+        let env = format!("          env: [{{name: GEARFLEET_ADMIN_TOKEN, value: \"{token}\"}}]\n          ports:");
+        manifests = manifests.replacen("          ports:", &env, 1);
+    }
+    ns.apply(&manifests);
     ns.kubectl_ok(&["rollout", "status", "deployment/gearfleet-broker", "--timeout=120s"], None);
     let ip = ns.kubectl_ok(&["get", "service", "gearfleet-broker", "-o", "jsonpath={.spec.clusterIP}"], None);
     let broker = format!("{}:4730", ip.trim());
@@ -63,6 +73,16 @@ pub fn deploy_broker(ns: &Namespace<'_>) -> String {
         admin(&broker, "fleet status").map(|_| ())
     });
     broker
+}
+
+/// How the e2e operator runs.
+#[derive(Clone, Debug, Default)]
+pub struct OperatorOptions {
+    /// Watch every namespace (workers in any namespace get the broker's Service by its full
+    /// name), instead of the test's namespace only.
+    pub cluster_wide: bool,
+    /// The broker's admin token, for the operator to send.
+    pub admin_token: Option<String>,
 }
 
 /// The operator process, killed when dropped.
@@ -75,25 +95,23 @@ impl Operator {
     /// Starts the operator for `ns`, talking to the broker at `broker` (workers get the Service
     /// name), logging to a file in the temp directory.
     pub fn start(ns: &Namespace<'_>, broker: &str) -> Operator {
-        Operator::launch(ns, broker, false)
+        Operator::launch(ns, broker, &OperatorOptions::default())
     }
 
-    /// Starts an operator that watches every namespace, talking to the broker of `ns` at
-    /// `broker`; workers in any namespace get that broker's Service by its full name.
-    pub fn start_cluster_wide(ns: &Namespace<'_>, broker: &str) -> Operator {
-        Operator::launch(ns, broker, true)
-    }
-
-    fn launch(ns: &Namespace<'_>, broker: &str, cluster_wide: bool) -> Operator {
+    /// Starts the operator as `options` say.
+    pub fn launch(ns: &Namespace<'_>, broker: &str, options: &OperatorOptions) -> Operator {
         let log = std::env::temp_dir().join(format!("gearfleet-operator-{}.log", ns.name()));
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("operator log");
         let mut command = Command::new(binary());
-        if cluster_wide {
+        if options.cluster_wide {
             let service = format!("gearfleet-broker.{}.svc:4730", ns.name());
             command.args(["--broker-address", broker, "--workers-broker-address", &service]);
         } else {
             command.args(["--broker-address", broker, "--workers-broker-address", "gearfleet-broker:4730"]);
             command.args(["--namespace", ns.name()]);
+        }
+        if let Some(token) = &options.admin_token {
+            command.env("GEARFLEET_ADMIN_TOKEN", token);
         }
         let child = command
             .args(["--metrics-address", "127.0.0.1:0"])

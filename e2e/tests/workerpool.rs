@@ -224,7 +224,24 @@ spec:
 #[test]
 fn scale_in_removes_idle_pods_and_the_busy_worker_finishes_its_job() {
     let Some(cluster) = Cluster::connect() else { return };
-    let fixture = Fixture::new(&cluster, "gf-busy");
+    busy_scale_in(&cluster, &Fixture::new(&cluster, "gf-busy"));
+}
+
+/// With the broker's admin token on, the operator authenticates: its drains are not refused, so
+/// the busy worker still finishes its job and the idle ones go within the test's bounds (a refused
+/// drain would hold the scale-in for the whole drainTimeout, 2m).
+#[test]
+fn with_the_admin_token_on_a_scale_in_still_drains_and_the_busy_worker_finishes() {
+    let Some(cluster) = Cluster::connect() else { return };
+    let fixture = Fixture::with_admin_token(&cluster, "gf-token", "e2e-secret-token");
+    let refused = gearfleet_e2e::gearman::admin_line(fixture.broker(), "fleet drain nobody");
+    assert!(refused.is_some_and(|r| r.starts_with("ERR AUTH_REQUIRED")), "the broker enforces its token");
+    busy_scale_in(&cluster, &fixture);
+}
+
+/// Three `sleep` workers, one busy on a 25 s job when the backlog is gone: the scale-in to one
+/// replica removes the idle pods and keeps the busy one until its job is done.
+fn busy_scale_in(cluster: &Cluster, fixture: &Fixture<'_>) {
     let (ns, broker) = (fixture.ns(), fixture.broker());
     ns.apply(&format!(
         r#"
@@ -292,4 +309,77 @@ spec:
 fn replicas_of(ns: &Namespace<'_>, deployment: &str) -> Option<i32> {
     let out = ns.kubectl(&["get", "deployment", deployment, "-o", "jsonpath={.spec.replicas}"], None);
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().parse().ok()).flatten()
+}
+
+fn two_sleepers(replicas: u32) -> String {
+    format!(
+        r#"
+apiVersion: gearfleet.dev/v1alpha1
+kind: WorkerPool
+metadata:
+  name: keep
+spec:
+  template:
+    spec:
+      terminationGracePeriodSeconds: 60
+      containers:
+        - name: worker
+          image: {EXAMPLE_WORKERS_IMAGE}
+          imagePullPolicy: Never
+  functions:
+    - {{name: sleep, minReplicas: {replicas}, maxReplicas: {replicas}}}
+  scaling:
+    pollInterval: 2s
+    drainTimeout: 5m
+    scaleDown: {{stabilizationWindow: 1s}}
+"#
+    )
+}
+
+fn sleep_workers(broker: &str) -> Vec<WorkerStats> {
+    let workers = admin(broker, "fleet workers").unwrap_or_default();
+    workers.lines().filter_map(WorkerStats::parse).filter(|w| w.client_id.starts_with("keep-sleep-")).collect()
+}
+
+/// The drain state is observed, not remembered: an operator killed while a busy worker is drained
+/// for a scale-in, and restarted after the scale-in was called off, undrains that worker, which
+/// then takes jobs again.
+#[test]
+fn a_drain_left_behind_by_a_restarted_operator_is_taken_back() {
+    let Some(cluster) = Cluster::connect() else { return };
+    let mut fixture = Fixture::new(&cluster, "gf-undrain");
+    let broker = fixture.broker().to_string();
+    fixture.ns().apply(&two_sleepers(2));
+    cluster
+        .eventually(Duration::from_secs(90), "two sleep workers", || (sleep_workers(&broker).len() == 2).then_some(()));
+    let long: Vec<_> = (0..2)
+        .map(|_| {
+            let broker = broker.clone();
+            std::thread::spawn(move || call(&broker, "sleep", b"20000", Duration::from_secs(180)))
+        })
+        .collect();
+    cluster.eventually(Duration::from_secs(30), "both workers busy", || {
+        sleep_workers(&broker).iter().all(|w| !w.current_jobs.is_empty()).then_some(())
+    });
+    fixture.ns().apply(&two_sleepers(1));
+    cluster.eventually(Duration::from_secs(30), "a worker drained for the scale-in", || {
+        sleep_workers(&broker).iter().any(|w| w.draining).then_some(())
+    });
+
+    fixture.kill_operator();
+    fixture.ns().apply(&two_sleepers(2));
+    fixture.start_operator();
+    cluster.eventually(Duration::from_secs(30), "the drain taken back", || {
+        let workers = sleep_workers(&broker);
+        (workers.len() == 2 && workers.iter().all(|w| !w.draining)).then_some(())
+    });
+    for l in long {
+        assert_eq!(l.join().expect("thread").expect("long job"), b"slept 20000ms");
+    }
+    // Both take jobs again.
+    submit_background(&broker, "sleep", "after", "2000", 4);
+    cluster.eventually(Duration::from_secs(60), "both workers to run more jobs", || {
+        let workers = sleep_workers(&broker);
+        (workers.len() == 2 && workers.iter().all(|w| w.jobs_done >= 2)).then_some(())
+    });
 }
