@@ -224,3 +224,94 @@ fn stock_gearman_workers_finish_every_job_once_through_scale_in_rollout_eviction
     assert_each_ran_once(ns, jobs, "pool deletion");
     let _ = ns.kubectl(&["exec", "executions", "--", "rm", "-f", "/executions/log"], None);
 }
+
+/// Host firewall rules that drop a pod's traffic (the pod looks alive but neither sends nor
+/// receives anything, as after a network partition), removed when dropped.
+struct Partition {
+    ip: String,
+}
+
+impl Partition {
+    /// Only on the project's local cluster, whose pods sit on a bridge of this host that
+    /// iptables sees (`br_netfilter`); `None` elsewhere (kind runs its node in a container).
+    fn cut(cluster: &Cluster, ip: &str) -> Option<Partition> {
+        let local = cluster.kubectl(&["get", "node", "localhost"], None).status.success();
+        let iptables = std::process::Command::new("iptables").args(["-S", "FORWARD"]).output();
+        if !local || !iptables.is_ok_and(|o| o.status.success()) {
+            eprintln!("skipping the partition: not the local cluster, or no iptables");
+            return None;
+        }
+        for side in ["-s", "-d"] {
+            let ok = std::process::Command::new("iptables")
+                .args(["-I", "FORWARD", "1", side, ip, "-j", "DROP"])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "iptables -I FORWARD 1 {side} {ip} -j DROP");
+        }
+        Some(Partition { ip: ip.to_string() })
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        for side in ["-s", "-d"] {
+            let _ =
+                std::process::Command::new("iptables").args(["-D", "FORWARD", side, &self.ip, "-j", "DROP"]).status();
+        }
+    }
+}
+
+/// The IP of the worker connection that holds a job, once one does.
+fn busy_ip(cluster: &Cluster, broker: &str, not: Option<&str>) -> String {
+    cluster.eventually(Duration::from_secs(120), "a worker holding the job", || {
+        let holder = workers(broker).into_iter().find(|w| !w.current_jobs.is_empty())?;
+        let ip = holder.address.rsplit_once(':').map(|(ip, _)| ip.to_string())?;
+        (Some(ip.as_str()) != not).then_some(ip)
+    })
+}
+
+/// Workers that cannot drain: a pod force-deleted while busy gives its job back within seconds
+/// (it runs again, from the start, on the other pod); a pod cut off from the network while busy
+/// is dropped by the broker's TCP keepalive within its bound (90 s with the defaults) and its job
+/// runs on the other pod.
+#[test]
+fn jobs_of_force_deleted_and_partitioned_stock_workers_run_again_elsewhere() {
+    let Some(cluster) = Cluster::connect() else { return };
+    let fixture = Fixture::new(&cluster, "gf-gone");
+    let (ns, broker) = (fixture.ns(), fixture.broker());
+    ns.apply(&reader(ns));
+    ns.apply(&stock_pool(ns, 2, 1));
+    cluster.eventually(Duration::from_secs(120), "2 stock workers", || (worker_pods(broker, false) == 2).then_some(()));
+    ns.kubectl_ok(&["wait", "--for=condition=Ready", "pod/executions", "--timeout=60s"], None);
+
+    // Force delete: no hook, the container is killed, the connection closes.
+    let jobs = start_jobs(broker, &["forced"], 15);
+    let first = busy_ip(&cluster, broker, None);
+    let pod = pod_with_ip(ns, &first).expect("the busy pod");
+    let deleted = std::time::Instant::now();
+    ns.kubectl_ok(&["delete", "pod", &pod, "--grace-period=0", "--force"], None);
+    let second = busy_ip(&cluster, broker, Some(&first));
+    assert!(deleted.elapsed() < Duration::from_secs(15), "re-queued after {:?}", deleted.elapsed());
+    assert_ne!(second, first);
+    for (key, handle) in jobs {
+        let result = handle.join().expect("thread").expect("the job completes on the second try");
+        assert_eq!(String::from_utf8_lossy(&result).trim(), format!("done {key}"));
+        assert_eq!(executions(ns).get(&key), Some(&2), "it ran again from the start");
+    }
+
+    // A partition: the broker's keepalive finds the silent peer.
+    cluster.eventually(Duration::from_secs(120), "2 undrained stock workers", || {
+        (worker_pods(broker, true) == 2).then_some(())
+    });
+    let jobs = start_jobs(broker, &["partitioned"], 5);
+    let held_by = busy_ip(&cluster, broker, None);
+    let Some(partition) = Partition::cut(&cluster, &held_by) else { return };
+    let cut = std::time::Instant::now();
+    let (key, handle) = jobs.into_iter().next().expect("one job");
+    let result = handle.join().expect("thread").expect("the job completes elsewhere");
+    let waited = cut.elapsed();
+    drop(partition);
+    assert_eq!(String::from_utf8_lossy(&result).trim(), format!("done {key}"));
+    assert!(waited < Duration::from_secs(120), "the keepalive bound is 90 s; took {waited:?}");
+    assert_eq!(executions(ns).get(&key), Some(&2), "the cut-off worker ran it, then the other one");
+}
