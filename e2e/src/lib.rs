@@ -26,7 +26,8 @@ pub const GEARMAN_WORKERS_IMAGE: &str = "gearfleet/gearman-workers:dev";
 /// A busybox image for test pods (sh, nc, nslookup, wget).
 pub const BUSYBOX_IMAGE: &str = "gearfleet/busybox:dev";
 
-fn kubectl_command() -> Command {
+/// `kubectl` (or `GEARFLEET_KUBECTL`), for tests that run it themselves (e.g. a `--watch`).
+pub fn kubectl_command() -> Command {
     Command::new(std::env::var("GEARFLEET_KUBECTL").unwrap_or_else(|_| "kubectl".to_string()))
 }
 
