@@ -21,8 +21,10 @@ const POOL: &str = "stock";
 const FUNCTION: &str = "slow";
 const DEPLOYMENT: &str = "stock-slow";
 
-/// The pool with `replicas` workers; `revision` is an env value whose change rolls the pods.
-fn stock_pool(ns: &Namespace<'_>, replicas: u32, revision: u32) -> String {
+/// The pool of `image` with `replicas` workers; `revision` is an env value whose change rolls the
+/// pods; `max_age` turns recycling on.
+fn stock_pool(ns: &Namespace<'_>, image: &str, replicas: u32, revision: u32, max_age: Option<&str>) -> String {
+    let recycle = max_age.map(|age| format!("  recycle: {{maxAge: {age}, maxUnavailable: 1}}\n")).unwrap_or_default();
     format!(
         r#"
 apiVersion: gearfleet.dev/v1alpha1
@@ -34,7 +36,7 @@ spec:
     spec:
       containers:
         - name: worker
-          image: {GEARMAN_WORKERS_IMAGE}
+          image: {image}
           imagePullPolicy: Never
           securityContext: {{runAsUser: 0}}
           env:
@@ -51,7 +53,7 @@ spec:
     cooldown: 3s
     drainTimeout: 2m
     scaleDown: {{stabilizationWindow: 1s}}
-"#,
+{recycle}"#,
         ns = ns.name()
     )
 }
@@ -162,12 +164,19 @@ fn pod_with_ip(ns: &Namespace<'_>, ip: &str) -> Option<String> {
 }
 
 #[test]
-fn stock_gearman_workers_finish_every_job_once_through_scale_in_rollout_eviction_and_pool_deletion() {
+fn gearman_cli_workers_finish_every_job_once_however_their_pods_end() {
     let Some(cluster) = Cluster::connect() else { return };
-    let fixture = Fixture::new(&cluster, "gf-stock");
+    every_way_a_pod_ends(&cluster, GEARMAN_WORKERS_IMAGE, "gf-stock");
+}
+
+/// Scale-in from 4 to 2, a rollout, a `maxAge` recycle, an eviction and the pool's deletion,
+/// each while foreground jobs run on workers of `image`: every job runs exactly once.
+fn every_way_a_pod_ends(cluster: &Cluster, image: &str, prefix: &str) {
+    let fixture = Fixture::new(cluster, prefix);
     let (ns, broker) = (fixture.ns(), fixture.broker());
+    let pool = |replicas, revision, max_age| stock_pool(ns, image, replicas, revision, max_age);
     ns.apply(&reader(ns));
-    ns.apply(&stock_pool(ns, 4, 1));
+    ns.apply(&pool(4, 1, None));
     cluster.eventually(Duration::from_secs(120), "4 stock workers registered", || {
         (worker_pods(broker, false) == 4).then_some(())
     });
@@ -180,25 +189,39 @@ fn stock_gearman_workers_finish_every_job_once_through_scale_in_rollout_eviction
 
     // Scale-in from 4 to 2 while two pods are busy on 30 s jobs.
     let jobs = start_jobs(broker, &["scale-in-1", "scale-in-2"], 30);
-    wait_running(&cluster, broker, 2);
-    ns.apply(&stock_pool(ns, 2, 1));
+    wait_running(cluster, broker, 2);
+    ns.apply(&pool(2, 1, None));
     cluster.eventually(Duration::from_secs(60), "2 live pods", || (live_pods(ns).len() == 2).then_some(()));
     assert_each_ran_once(ns, jobs, "scale-in");
 
     // A template change rolls every pod while both are busy.
     cluster.eventually(Duration::from_secs(60), "2 idle workers", || (worker_pods(broker, true) == 2).then_some(()));
     let jobs = start_jobs(broker, &["rollout-1", "rollout-2"], 20);
-    wait_running(&cluster, broker, 2);
-    ns.apply(&stock_pool(ns, 2, 2));
+    wait_running(cluster, broker, 2);
+    ns.apply(&pool(2, 2, None));
     assert_each_ran_once(ns, jobs, "rollout");
     ns.wait_for_rollout(DEPLOYMENT, Duration::from_secs(120));
+
+    // maxAge recycling comes due while both pods are busy.
+    cluster.eventually(Duration::from_secs(60), "2 idle workers after the rollout", || {
+        (worker_pods(broker, true) == 2).then_some(())
+    });
+    let jobs = start_jobs(broker, &["recycled-1", "recycled-2"], 20);
+    wait_running(cluster, broker, 2);
+    let before = live_pods(ns);
+    ns.apply(&pool(2, 2, Some("5s")));
+    assert_each_ran_once(ns, jobs, "maxAge recycle");
+    cluster.eventually(Duration::from_secs(60), "a recycled pod replaced", || {
+        live_pods(ns).iter().any(|p| !before.contains(p)).then_some(())
+    });
+    ns.apply(&pool(2, 2, None));
 
     // An eviction through the Eviction API of the pod that holds a job.
     cluster.eventually(Duration::from_secs(60), "2 workers of the new pods", || {
         (worker_pods(broker, false) == 2).then_some(())
     });
     let jobs = start_jobs(broker, &["evicted-1"], 20);
-    wait_running(&cluster, broker, 1);
+    wait_running(cluster, broker, 1);
     let busy = cluster.eventually(Duration::from_secs(30), "the busy pod", || {
         let holder = workers(broker).into_iter().find(|w| !w.current_jobs.is_empty())?;
         let ip = holder.address.rsplit_once(':').map(|(ip, _)| ip.trim_matches(['[', ']']).to_string())?;
@@ -219,7 +242,7 @@ fn stock_gearman_workers_finish_every_job_once_through_scale_in_rollout_eviction
     cluster
         .eventually(Duration::from_secs(90), "2 idle workers again", || (worker_pods(broker, true) == 2).then_some(()));
     let jobs = start_jobs(broker, &["deleted-1", "deleted-2"], 20);
-    wait_running(&cluster, broker, 2);
+    wait_running(cluster, broker, 2);
     ns.kubectl_ok(&["delete", "workerpool", POOL, "--wait=false"], None);
     assert_each_ran_once(ns, jobs, "pool deletion");
     let _ = ns.kubectl(&["exec", "executions", "--", "rm", "-f", "/executions/log"], None);
@@ -280,7 +303,7 @@ fn jobs_of_force_deleted_and_partitioned_stock_workers_run_again_elsewhere() {
     let fixture = Fixture::new(&cluster, "gf-gone");
     let (ns, broker) = (fixture.ns(), fixture.broker());
     ns.apply(&reader(ns));
-    ns.apply(&stock_pool(ns, 2, 1));
+    ns.apply(&stock_pool(ns, GEARMAN_WORKERS_IMAGE, 2, 1, None));
     cluster.eventually(Duration::from_secs(120), "2 stock workers", || (worker_pods(broker, false) == 2).then_some(()));
     ns.kubectl_ok(&["wait", "--for=condition=Ready", "pod/executions", "--timeout=60s"], None);
 
