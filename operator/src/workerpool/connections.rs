@@ -7,12 +7,14 @@
 //! the `fleet workers` ADDRESS column), which is the pod's IP on an ordinary pod network. So a
 //! connection belongs to a pod
 //!
-//! * if its client id is the pod's name; a connection that carries a client id is known by it
-//!   alone (its address is not looked at);
-//! * else, when it has no client id (`-`), if its address's IP is one of the pod's IPs
-//!   (`status.podIPs`). A `hostNetwork` pod's IP is its node's, shared by every host-network pod
-//!   there, and a finished pod's (`Failed`, `Succeeded`) went back to its node, so such pods are
-//!   matched by client id only.
+//! * if its client id is the pod's name;
+//! * else, if its address's IP is one of the pod's IPs (`status.podIPs`), unless its client id
+//!   names a sibling: another pod of the same Deployment (`<deployment>-<hash>-<suffix>`, what a
+//!   gearfleet worker of that pod sends), a stale connection of a gone pod whose IP this pod was
+//!   given. Stock workers send no client id (`-`), or one of their own (Python `gear` sends the
+//!   name its code gives, PHP what `setId` set): those are matched by address. A `hostNetwork`
+//!   pod's IP is its node's, shared by every host-network pod there, and a finished pod's
+//!   (`Failed`, `Succeeded`) went back to its node, so such pods are matched by client id only.
 //!
 //! A pod may have several connections (a multi-process worker): it is busy if any of them is.
 //! The broker's `fleet drain|undrain|disconnect <arg>` take a client id, an `IP:PORT` or a bare IP
@@ -75,10 +77,26 @@ pub fn address_ip(address: &str) -> Option<IpAddr> {
         .map(|ip| ip.to_canonical())
 }
 
+/// `<deployment>-` for a pod named `<deployment>-<replicaset hash>-<suffix>`, as a Deployment
+/// names its pods; `None` for a name of another form.
+fn deployment_prefix(pod_name: &str) -> Option<&str> {
+    let mut dashes = pod_name.rmatch_indices('-').map(|(i, _)| i);
+    let (_suffix, hash) = (dashes.next()?, dashes.next()?);
+    (hash > 0).then(|| &pod_name[..=hash])
+}
+
+/// Whether the client id names another pod of `pod`'s Deployment.
+fn names_a_sibling(client_id: &str, pod: &PodIdentity) -> bool {
+    client_id != pod.name && deployment_prefix(&pod.name).is_some_and(|prefix| client_id.starts_with(prefix))
+}
+
 /// Whether the broker's worker connection `worker` belongs to `pod`.
 pub fn belongs_to(worker: &WorkerStats, pod: &PodIdentity) -> bool {
-    if has_client_id(worker) {
-        return worker.client_id == pod.name;
+    if worker.client_id == pod.name {
+        return true;
+    }
+    if has_client_id(worker) && names_a_sibling(&worker.client_id, pod) {
+        return false;
     }
     address_ip(&worker.address).is_some_and(|ip| pod.ips.iter().any(|p| p.to_canonical() == ip))
 }
@@ -90,11 +108,11 @@ pub fn connections_of<'w>(workers: &'w [WorkerStats], pod: &PodIdentity) -> impl
 
 /// The argument of `fleet drain|undrain|disconnect` that reaches `pod`'s `connections` (those
 /// [`connections_of`] found): the pod's name when every connection carries it as its client id
-/// (or there is none to look at), else the IP its unnamed connections come from (a bare IP
-/// reaches every connection from the pod, named or not); the name again if the pod has no
-/// usable IP (a `hostNetwork` pod, matched by name only).
+/// (or there is none to look at), else the IP the others come from (a bare IP reaches every
+/// connection from the pod, whatever its client id); the name again if the pod has no usable IP
+/// (a `hostNetwork` pod, matched by name only).
 pub fn broker_target(pod: &PodIdentity, connections: &[&WorkerStats]) -> String {
-    let unnamed_ip = connections.iter().filter(|w| !has_client_id(w)).find_map(|w| address_ip(&w.address));
+    let unnamed_ip = connections.iter().filter(|w| w.client_id != pod.name).find_map(|w| address_ip(&w.address));
     match unnamed_ip {
         Some(ip) => ip.to_string(),
         None => pod.name.clone(),
@@ -167,11 +185,28 @@ mod tests {
     }
 
     #[test]
-    fn a_client_id_is_honoured_before_the_address() {
-        // From pod-a's IP but naming pod-b (a stale connection whose IP was given to pod-a).
-        let stale = worker("pod-b", "10.0.0.1:40000");
-        assert!(!belongs_to(&stale, &identity("pod-a", &["10.0.0.1"])));
-        assert!(belongs_to(&stale, &identity("pod-b", &["10.0.0.7"])));
+    fn a_client_id_naming_a_sibling_pod_is_honoured_before_the_address() {
+        // From pod a's IP but naming pod b of the same Deployment (a stale connection whose IP was
+        // given to pod a).
+        let (a, b) = ("pool-echo-5d8f7c9b4-abcde", "pool-echo-5d8f7c9b4-vwxyz");
+        let stale = worker(b, "10.0.0.1:40000");
+        assert!(!belongs_to(&stale, &identity(a, &["10.0.0.1"])));
+        assert!(belongs_to(&stale, &identity(b, &["10.0.0.7"])));
+        // Of an older ReplicaSet of the same Deployment, too.
+        assert!(!belongs_to(&worker("pool-echo-77f6d5c8b-qwert", "10.0.0.1:1"), &identity(a, &["10.0.0.1"])));
+    }
+
+    #[test]
+    fn a_stock_worker_with_a_client_id_of_its_own_is_matched_by_address() {
+        // Python gear sends the name its code gives; PHP whatever setId set.
+        let pod = identity("pool-echo-5d8f7c9b4-abcde", &["10.0.0.1"]);
+        let gear = worker("gear-worker", "10.0.0.1:40000");
+        assert!(belongs_to(&gear, &pod));
+        assert!(!belongs_to(&gear, &identity("pool-echo-5d8f7c9b4-vwxyz", &["10.0.0.2"])));
+        assert_eq!(broker_target(&pod, &[&gear]), "10.0.0.1", "drained by its address");
+        assert_eq!(deployment_prefix("pool-echo-5d8f7c9b4-abcde"), Some("pool-echo-"));
+        assert_eq!(deployment_prefix("pod-a"), None);
+        assert_eq!(deployment_prefix("-a-b"), None);
     }
 
     #[test]
