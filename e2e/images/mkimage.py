@@ -44,6 +44,18 @@ def layer(args):
         src, dest = spec.split(":", 1)
         st = os.stat(src)  # follows symlinks: the image gets the real bytes
         entries.append((dest.lstrip("/"), "file", src, st.st_mode & 0o7777))
+    for spec in args.tree:
+        src, dest = spec.split(":", 1)
+        skip = set(args.tree_exclude) | {"__pycache__"}
+        for root, dirs, files in os.walk(src):
+            dirs[:] = sorted(d for d in dirs if d not in skip)
+            for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+                host = os.path.join(root, name)
+                inside = os.path.join(dest, os.path.relpath(host, src)).lstrip("/")
+                if os.path.islink(host):
+                    entries.append((inside, "symlink", os.readlink(host), 0o777))
+                elif os.path.isfile(host):
+                    entries.append((inside, "file", host, os.stat(host).st_mode & 0o7777))
     for spec in args.text:
         dest, content = spec.split("=", 1)
         entries.append((dest.lstrip("/"), "text", content.replace("\\n", "\n").encode(), 0o644))
@@ -98,6 +110,8 @@ def main():
     p.add_argument("--port", action="append", default=[], help="4730/tcp")
     p.add_argument("--label", action="append", default=[], help="key=value")
     p.add_argument("--file", action="append", default=[], help="HOST_PATH:IMAGE_PATH")
+    p.add_argument("--tree", action="append", default=[], help="HOST_DIR:IMAGE_DIR, every file below")
+    p.add_argument("--tree-exclude", action="append", default=[], help="a folder name --tree skips")
     p.add_argument("--text", action="append", default=[], help="IMAGE_PATH=CONTENT (\\n for newlines)")
     p.add_argument("--symlink", action="append", default=[], help="IMAGE_PATH=TARGET")
     p.add_argument("--dir", action="append", default=[], help="IMAGE_PATH[:MODE[:UID:GID]]")

@@ -23,6 +23,9 @@ pub const EXAMPLE_WORKERS_IMAGE: &str = "gearfleet/example-workers:dev";
 /// Debian's stock `gearman -w` worker, for `GEARFLEET_FUNCTION`: payload `KEY SECONDS`, result
 /// `done KEY`, each execution appended to `GEARFLEET_EXECUTIONS_FILE` (e2e/images/gearman-workers).
 pub const GEARMAN_WORKERS_IMAGE: &str = "gearfleet/gearman-workers:dev";
+/// A Python worker on PyPI's `gear`, with the same contract as [`GEARMAN_WORKERS_IMAGE`]
+/// (e2e/images/gear-workers).
+pub const GEAR_WORKERS_IMAGE: &str = "gearfleet/gear-workers:dev";
 /// A busybox image for test pods (sh, nc, nslookup, wget).
 pub const BUSYBOX_IMAGE: &str = "gearfleet/busybox:dev";
 

@@ -1,5 +1,6 @@
-//! Workers that are not ours: a pool of Debian's stock `gearman -w` CLI (no client id, no drain of
-//! its own, killed by SIGTERM) keeps every promise on a real cluster. While foreground jobs run on
+//! Workers that are not ours: pools of Debian's stock `gearman -w` CLI and of a Python `gear`
+//! worker (no client id, no drain of their own, killed by SIGTERM) keep every promise on a real
+//! cluster. While foreground jobs run on
 //! it, the pool is scaled in from 4 to 2, its template changed (a rollout), a busy pod evicted
 //! through the Eviction API, and the pool deleted; every client gets its result from the first
 //! execution. Executions are counted on the worker side: each job appends its key to a file on a
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use gearfleet_e2e::fixture::Fixture;
 use gearfleet_e2e::gearman::{admin, backlog, call};
-use gearfleet_e2e::{BUSYBOX_IMAGE, Cluster, GEARMAN_WORKERS_IMAGE, Namespace};
+use gearfleet_e2e::{BUSYBOX_IMAGE, Cluster, GEAR_WORKERS_IMAGE, GEARMAN_WORKERS_IMAGE, Namespace};
 use gearfleet_proto::admin::WorkerStats;
 
 const POOL: &str = "stock";
@@ -167,6 +168,12 @@ fn pod_with_ip(ns: &Namespace<'_>, ip: &str) -> Option<String> {
 fn gearman_cli_workers_finish_every_job_once_however_their_pods_end() {
     let Some(cluster) = Cluster::connect() else { return };
     every_way_a_pod_ends(&cluster, GEARMAN_WORKERS_IMAGE, "gf-stock");
+}
+
+#[test]
+fn python_gear_workers_finish_every_job_once_however_their_pods_end() {
+    let Some(cluster) = Cluster::connect() else { return };
+    every_way_a_pod_ends(&cluster, GEAR_WORKERS_IMAGE, "gf-gear");
 }
 
 /// Scale-in from 4 to 2, a rollout, a `maxAge` recycle, an eviction and the pool's deletion,
