@@ -29,6 +29,8 @@ pub struct Metrics {
     pub dead_dropped: Counter,
     pub rejected: Counter,
     pub protocol_errors: Counter,
+    /// NOOPs sent to wake sleeping workers for new jobs.
+    pub wakeups: Counter,
     pub connections: Gauge,
     pub connections_total: Counter,
     /// Seconds from submission to assignment.
@@ -49,6 +51,7 @@ impl Default for Metrics {
             dead_dropped: Counter::default(),
             rejected: Counter::default(),
             protocol_errors: Counter::default(),
+            wakeups: Counter::default(),
             connections: Gauge::default(),
             connections_total: Counter::default(),
             queue_wait: Histogram::new(exponential_buckets(0.0001, 4.0, 12)),
@@ -95,6 +98,11 @@ impl Metrics {
             "gearfleet_broker_protocol_errors",
             "Connections closed for malformed input",
             self.protocol_errors.clone(),
+        );
+        registry.register(
+            "gearfleet_broker_worker_wakeups",
+            "NOOPs sent to wake sleeping workers for new jobs (one per waiting job, not one per sleeper)",
+            self.wakeups.clone(),
         );
         registry.register("gearfleet_broker_connections", "Open connections", self.connections.clone());
         registry.register(

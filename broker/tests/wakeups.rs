@@ -91,3 +91,55 @@ async fn bursts_to_many_sleeping_workers_with_reconnects_leave_nothing_queued() 
     assert!(status.starts_with("burst\t0\t0\t"), "nothing left queued or running: {status:?}");
     b.stop().await;
 }
+
+/// 300 workers asleep on one function: each job wakes one of them (a handful of NOOPs, not 300),
+/// and a stuck worker that was woken but never asks is replaced after the wake-up grace, so the
+/// job is still done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_wakes_one_of_many_sleepers_and_a_stuck_one_is_replaced() {
+    let b = broker_with_threads(2).await;
+    let mut sleepers = Vec::new();
+    for _ in 0..300 {
+        let mut w = Peer::worker(b.gearman_addr, &["crowd"]).await;
+        w.send(T::PreSleep, &[]).await;
+        sleepers.push(w);
+    }
+    let mut admin = Peer::connect(b.gearman_addr).await;
+    // Every PRE_SLEEP is in before the job: the admin reply comes after them on the broker.
+    for w in &mut sleepers {
+        w.send(T::EchoReq, &[b"synced"]).await;
+        w.expect(T::EchoRes).await;
+    }
+    let mut client = Peer::connect(b.gearman_addr).await;
+    client.send(T::SubmitJob, &[b"crowd", b"", b"one"]).await;
+    client.expect(T::JobCreated).await;
+    let mut woken = Vec::new();
+    for (i, w) in sleepers.iter_mut().enumerate() {
+        if let Some(p) = w.try_recv(Duration::from_millis(if woken.is_empty() { 300 } else { 5 })).await {
+            assert_eq!(p.ptype, T::Noop);
+            woken.push(i);
+        }
+    }
+    assert_eq!(woken.len(), 1, "one job, one NOOP: {woken:?}");
+
+    // The woken worker is stuck: it never asks. Within the grace another one is woken instead.
+    let stuck = woken[0];
+    let mut rescuer = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while rescuer.is_none() && tokio::time::Instant::now() < deadline {
+        for (i, w) in sleepers.iter_mut().enumerate() {
+            if i != stuck && w.try_recv(Duration::from_millis(1)).await.is_some_and(|p| p.ptype == T::Noop) {
+                rescuer = Some(i);
+                break;
+            }
+        }
+    }
+    let rescuer = rescuer.expect("another sleeper woken in the stuck one's place");
+    let job = sleepers[rescuer].grab().await.expect("the job");
+    sleepers[rescuer].send(T::WorkComplete, &[job.arg(0), b"done"]).await;
+    let done = client.expect(T::WorkComplete).await;
+    assert_eq!(done.arg(1), b"done");
+    let metrics = admin.admin("status").await;
+    assert!(metrics.starts_with("crowd\t0\t0\t300"), "{metrics:?}");
+    b.stop().await;
+}

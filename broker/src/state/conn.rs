@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::model::{Ability, JobId, TimedOutTry};
+use super::model::{Ability, FnId, JobId, TimedOutTry};
 use crate::outbox::Outbox;
 
 #[derive(Debug)]
@@ -19,6 +19,9 @@ pub(super) struct Conn {
     pub(super) sleeping: bool,
     /// Counts this connection's sleeps (PRE_SLEEP), to tell current sleeper entries from stale ones.
     pub(super) sleeps: u32,
+    /// Woken with a NOOP for a job of this function, not asked for a job yet; the deadline
+    /// (unix ms) after which another sleeper is woken in its place ([`wakeups`](super::wakeups)).
+    pub(super) woken_for: Option<(FnId, u64)>,
     pub(super) draining: bool,
     pub(super) exceptions: bool,
     /// Sent OPTION_REQ gearfleet-retain-outcomes.

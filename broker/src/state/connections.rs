@@ -31,6 +31,7 @@ impl State {
                 exceptions: false,
                 retain_outcomes: false,
                 holding: Vec::new(),
+                woken_for: None,
                 timed_out: Vec::new(),
                 waiting_on: VecDeque::new(),
                 jobs_done: 0,
@@ -45,6 +46,10 @@ impl State {
     /// nobody waits for any more are dropped if they have not started.
     pub fn remove_conn(&mut self, id: ConnId, now: Now, fx: &mut Effects) {
         let Some(conn) = self.conns.remove(&id) else { return };
+        if let Some((fid, deadline)) = conn.woken_for {
+            // Woken and gone before asking: another sleeper hears of the job.
+            self.wake_answered(fid, deadline, id);
+        }
         for ability in &conn.abilities {
             self.functions[ability.fid as usize].workers.retain(|&w| w != id);
         }

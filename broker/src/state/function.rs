@@ -20,8 +20,11 @@ pub(super) struct Function {
     pub(super) workers: Vec<ConnId>,
     /// Workers that went to sleep while able to do this function, with the sleep they were
     /// listed for (an entry is stale once that worker has woken since). A new job wakes these
-    /// instead of looking at every worker of the function.
-    pub(super) sleepers: Vec<(ConnId, u32)>,
+    /// instead of looking at every worker of the function; longest asleep first.
+    pub(super) sleepers: VecDeque<(ConnId, u32)>,
+    /// Workers woken for this function's jobs that have not asked for one yet
+    /// ([`wakeups`](super::wakeups)).
+    pub(super) waking: u32,
     /// Per priority; 0 = unlimited.
     pub(super) max_queue: [u32; 3],
     pub(super) uniques: UniqueIndex,
@@ -44,7 +47,8 @@ impl Function {
             scheduled: 0,
             running: 0,
             workers: Vec::new(),
-            sleepers: Vec::new(),
+            sleepers: VecDeque::new(),
+            waking: 0,
             max_queue: [0; 3],
             uniques: UniqueIndex::default(),
             retry: RetryPolicy::default(),

@@ -33,6 +33,7 @@ pub mod model;
 mod retry;
 mod submit;
 mod timeout;
+mod wakeups;
 mod workers;
 
 #[cfg(test)]
@@ -74,6 +75,12 @@ pub struct State {
     /// jobs, and taking them from `next_job` would leave gaps in the job table's window.
     next_answer_handle: u64,
     scheduled: BTreeSet<(u64, JobId)>,
+    /// Deadlines of the wake-ups workers have not answered yet, with the worker
+    /// ([`wakeups`](self::wakeups)).
+    wake_deadlines: BTreeSet<(u64, ConnId)>,
+    /// The time of the latest request or scheduler run, unix milliseconds (for wake-up deadlines
+    /// set outside a request).
+    now_ms: u64,
     handle_prefix: Vec<u8>,
     queued_total: u64,
     limits: Limits,
@@ -97,6 +104,8 @@ impl State {
             next_job: 1,
             next_answer_handle: ANSWER_HANDLES_FROM,
             scheduled: BTreeSet::new(),
+            wake_deadlines: BTreeSet::new(),
+            now_ms: 0,
             handle_prefix: format!("H:{host}:").into_bytes(),
             queued_total: 0,
             outcomes: Outcomes::new(limits.retained_outcomes, RETAINED_OUTCOME_BYTES, limits.retained_outcome_ttl),
@@ -108,6 +117,7 @@ impl State {
 
     /// Applies one request packet from connection `id`, at `now`.
     pub fn handle(&mut self, id: ConnId, p: &Packet, now: Now, fx: &mut Effects) {
+        self.now_ms = now.unix_ms;
         use PacketType as T;
         match p.ptype {
             // Clients (submit.rs, finish.rs).

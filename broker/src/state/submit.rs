@@ -4,7 +4,7 @@
 //! has not started back out.
 
 use bytes::Bytes;
-use gearfleet_proto::packet::{Magic, PacketType, encode_packet};
+use gearfleet_proto::packet::PacketType;
 use gearfleet_proto::{Packet, Priority, Submission};
 use thin_vec::{ThinVec, thin_vec};
 
@@ -177,30 +177,21 @@ impl State {
         }
         f.queued[job.priority as usize] += 1;
         self.queued_total += 1;
-        // Every sleeping worker that can do the function gets a NOOP; a worker is marked awake when
-        // it is sent one, so a burst of jobs costs each sleeper one NOOP, and none is ever missed.
-        // Draining sleepers stay listed (they are not to get work now, but must hear of it later).
-        if f.sleepers.is_empty() {
-            return;
-        }
-        let conns = &mut self.conns;
-        f.sleepers.retain(|&(w, sleep)| {
-            let Some(c) = conns.get_mut(&w) else { return false };
-            if !c.sleeping || c.sleeps != sleep {
-                return false;
-            }
-            if c.draining {
-                return true;
-            }
-            c.sleeping = false;
-            c.outbox.push(|b| encode_packet(b, Magic::Res, PacketType::Noop, &[]));
-            false
-        });
+        let fid = job.fid;
+        // As many sleepers as jobs wait, counting those already on their way (wakeups.rs).
+        self.wake_for(fid);
     }
 
     /// Moves scheduled jobs whose time has come into their queues. Returns the next due time
     /// (unix milliseconds).
     pub fn release_due(&mut self, now: Now, fx: &mut Effects) -> Option<u64> {
+        self.now_ms = now.unix_ms;
+        let next_wake = self.expire_wakeups(now.unix_ms);
+        self.release_scheduled(now, fx).into_iter().chain(next_wake).min()
+    }
+
+    /// Moves scheduled jobs whose time has come into their queues. Returns the next due time.
+    fn release_scheduled(&mut self, now: Now, fx: &mut Effects) -> Option<u64> {
         while let Some(&(at, job_id)) = self.scheduled.first() {
             if at > now.unix_ms {
                 return Some(at);

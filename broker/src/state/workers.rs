@@ -35,7 +35,7 @@ impl State {
         f.workers.push(id);
         if c.sleeping {
             // Registered while asleep: it must hear of this function's jobs too.
-            f.sleepers.push((id, c.sleeps));
+            f.sleepers.push_back((id, c.sleeps));
         }
         fx.stats_changed = true;
     }
@@ -60,10 +60,13 @@ impl State {
         let has_work = self.next_job_for(id).is_some();
         let Some(c) = self.conns.get_mut(&id) else { return };
         if has_work && !c.draining {
-            // A job arrived between this worker's NO_JOB and its PRE_SLEEP: wake it at once.
+            // A job arrived between this worker's NO_JOB and its PRE_SLEEP: wake it at once (if it
+            // was woken for one, it is still on its way).
             c.outbox.push(|b| encode_packet(b, Magic::Res, PacketType::Noop, &[]));
             return;
         }
+        self.woke(id);
+        let Some(c) = self.conns.get_mut(&id) else { return };
         if c.sleeping {
             return;
         }
@@ -73,7 +76,7 @@ impl State {
         let fids: Vec<FnId> = c.abilities.iter().map(|a| a.fid).collect();
         for fid in fids {
             let f = &mut self.functions[fid as usize];
-            f.sleepers.push((id, sleep));
+            f.sleepers.push_back((id, sleep));
             // A function that gets no jobs is never swept by `enqueue`: drop its stale entries
             // once they outnumber its workers, so the list stays proportional to the fleet.
             if f.sleepers.len() > 2 * f.workers.len() + 8 {
@@ -112,6 +115,7 @@ impl State {
     }
 
     pub(super) fn grab(&mut self, id: ConnId, kind: GrabKind, now: Now, fx: &mut Effects) {
+        self.woke(id);
         let draining = self.conns.get(&id).is_none_or(|c| c.draining);
         let next = if draining { None } else { self.next_job_for(id) };
         let Some((fid, prio)) = next else {
