@@ -127,7 +127,7 @@ pub struct CompareArgs {
     /// Servers to compare, comma-separated [default: all].
     #[arg(long, value_enum, value_delimiter = ',')]
     pub servers: Vec<ServerKind>,
-    /// Only these workloads (keys: fg-1-1, fg-4-4, fg-16-4, fg-4-4-x100, bg-1, bg-4, bg-4-x100, drain, memory).
+    /// Only these workloads (keys: fg-1-1, fg-4-4, fg-16-4, fg-4-4-x100, fg-1-300, bg-1, bg-4, bg-4-x100, drain, memory).
     #[arg(long, value_delimiter = ',')]
     pub workloads: Vec<String>,
     /// Threads of the load generator's runtime.

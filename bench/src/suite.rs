@@ -85,6 +85,17 @@ pub fn standard_workloads(o: &SuiteOptions) -> Vec<Workload> {
             p,
             amount,
         ),
+        w(
+            "fg-1-300",
+            "fg, 1 client / 300 workers (the others asleep), 1 in flight".into(),
+            "fg 1/300",
+            Shape::Fg,
+            1,
+            300,
+            1,
+            p,
+            amount,
+        ),
         w("bg-1", "bg submit, 1 client, 1 in flight".into(), "bg 1", Shape::Bg, 1, 0, 1, p, amount),
         w("bg-4", "bg submit, 4 clients, 1 in flight".into(), "bg 4", Shape::Bg, 4, 0, 1, p, amount),
         w("bg-4-x100", "bg submit, 4 clients, 100 in flight each".into(), "bg 4 ×100", Shape::Bg, 4, 0, 100, p, amount),
@@ -283,12 +294,12 @@ mod tests {
     }
 
     #[test]
-    fn standard_suite_has_the_nine_workloads() {
+    fn standard_suite_has_the_ten_workloads() {
         let ws = standard_workloads(&SuiteOptions::full());
         let keys: Vec<_> = ws.iter().map(|w| w.key.as_str()).collect();
         assert_eq!(
             keys,
-            ["fg-1-1", "fg-4-4", "fg-16-4", "fg-4-4-x100", "bg-1", "bg-4", "bg-4-x100", "drain", "memory"]
+            ["fg-1-1", "fg-4-4", "fg-16-4", "fg-4-4-x100", "fg-1-300", "bg-1", "bg-4", "bg-4-x100", "drain", "memory"]
         );
         assert!(ws.iter().all(|w| w.shape != Shape::Drain || w.amount == Amount::Jobs(200_000)));
     }
