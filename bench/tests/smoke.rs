@@ -57,7 +57,7 @@ fn smoke_mode_measures_every_workload_and_writes_table_and_chart() {
     let written = cli::compare(&cli.compare).expect("smoke comparison runs");
 
     let results = &written.results;
-    assert_eq!(results.workloads.len(), 9);
+    assert_eq!(results.workloads.len(), 10);
     assert!(results.servers.contains(&ServerKind::Gearfleet));
     if gearmand_installed() {
         assert_eq!(results.servers, ServerKind::ALL);
