@@ -254,7 +254,6 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
         fmemory.history = history;
         if let Some(owner) = owner {
             decision.desired = 0;
-            decision.kind = ScaleKind::between(current, 0);
             decision.reason = format!("pool {owner} owns the function name");
         }
         decisions.push(decision);
@@ -282,7 +281,6 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
         cap_causes.clear();
         for d in &mut decisions {
             d.desired = 0;
-            d.kind = ScaleKind::between(d.current, 0);
             d.reason = "the pool is paused".to_string();
         }
     }
@@ -450,7 +448,7 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
         });
         function_plans.push(FunctionPlan {
             name: f.name.clone(),
-            decision: decision.kind,
+            decision: decision.kind(),
             current: decision.current,
             target,
             reason: decision.reason.clone(),

@@ -91,14 +91,19 @@ pub struct ScalingDecision {
     pub current: i32,
     /// Replicas the function should have.
     pub desired: i32,
-    /// Direction of the change.
-    pub kind: ScaleKind,
     /// Human-readable explanation, suitable for a Kubernetes Event message.
     pub reason: String,
     /// Queued plus running jobs; `None` when the broker was unavailable.
     pub backlog: Option<u64>,
     /// The function's `minReplicas`, which [`share_pool_cap`] respects.
     pub min_replicas: i32,
+}
+
+impl ScalingDecision {
+    /// Direction of the change, from `current` to `desired`.
+    pub fn kind(&self) -> ScaleKind {
+        ScaleKind::between(self.current, self.desired)
+    }
 }
 
 /// A replica change the operator applied.
@@ -192,7 +197,6 @@ pub fn decide(
         function: function.name.clone(),
         current,
         desired,
-        kind: ScaleKind::between(current, desired),
         reason,
         backlog,
         min_replicas: min,
@@ -329,7 +333,6 @@ pub fn share_pool_cap(decisions: Vec<ScalingDecision>, pool_max: Option<i32>) ->
                     d.desired
                 ));
                 d.desired = share;
-                d.kind = ScaleKind::between(d.current, share);
             }
             d
         })

@@ -279,7 +279,7 @@ fn decisions() {
             &c.history,
             secs(c.now),
         );
-        assert_eq!((d.desired, d.kind), (c.desired, c.kind), "{}: {}", c.name, d.reason);
+        assert_eq!((d.desired, d.kind()), (c.desired, c.kind), "{}: {}", c.name, d.reason);
         assert!(d.reason.contains(c.reason), "{}: reason {:?} lacks {:?}", c.name, d.reason, c.reason);
         assert_eq!((d.function.as_str(), d.current), ("f", c.current), "{}", c.name);
     }
@@ -302,7 +302,7 @@ fn history_is_returned_not_mutated() {
     assert_eq!(next.events, [ScaleEvent { at: secs(120), from: 5, to: 6 }]);
     // The event uses up the Pods budget for the next 15s.
     let (d, next) = decide(&f, &s, Some(&stats(7, 0)), 6, &next, secs(125));
-    assert_eq!((d.desired, d.kind), (6, ScaleKind::Hold), "{}", d.reason);
+    assert_eq!((d.desired, d.kind()), (6, ScaleKind::Hold), "{}", d.reason);
     let (d, _) = decide(&f, &s, Some(&stats(7, 0)), 6, &next, secs(135));
     assert_eq!(d.desired, 7, "{}", d.reason);
 }
@@ -316,7 +316,7 @@ fn idle_clock() {
     let (_, h) = decide(&f, &s, Some(&stats(0, 0)), 2, &h, secs(40));
     assert_eq!(h.idle_since, Some(secs(10)));
     let (d, h2) = decide(&f, &s, Some(&stats(0, 0)), 2, &h, secs(70));
-    assert_eq!(d.kind, ScaleKind::ToZero);
+    assert_eq!(d.kind(), ScaleKind::ToZero);
     assert_eq!(h2.idle_since, Some(secs(10)));
     // Work, or missing broker data, restarts the clock.
     let (_, busy) = decide(&f, &s, Some(&stats(1, 0)), 2, &h, secs(50));
@@ -328,15 +328,7 @@ fn idle_clock() {
 }
 
 fn dec(name: &str, current: i32, desired: i32, backlog: Option<u64>, min: i32) -> ScalingDecision {
-    ScalingDecision {
-        function: name.into(),
-        current,
-        desired,
-        kind: ScaleKind::between(current, desired),
-        reason: "r".into(),
-        backlog,
-        min_replicas: min,
-    }
+    ScalingDecision { function: name.into(), current, desired, reason: "r".into(), backlog, min_replicas: min }
 }
 
 fn desired(ds: &[ScalingDecision]) -> Vec<i32> {
@@ -373,7 +365,7 @@ fn pool_cap_without_backlog_splits_by_demand() {
     let ds = vec![dec("a", 6, 6, None, 0), dec("b", 2, 2, None, 0)];
     let got = share_pool_cap(ds, Some(4));
     assert_eq!(desired(&got), [3, 1]);
-    assert_eq!(got[0].kind, ScaleKind::ScaleDown);
+    assert_eq!(got[0].kind(), ScaleKind::ScaleDown);
     assert_eq!(got[0].reason, "r; pool maxReplicas 4 < 8 wanted, shared by backlog: 6 → 3");
 }
 
@@ -382,8 +374,8 @@ fn pool_cap_amends_reason_and_kind() {
     let ds = vec![dec("a", 0, 5, Some(50), 0), dec("b", 2, 5, Some(0), 0)];
     let got = share_pool_cap(ds, Some(5));
     assert_eq!(desired(&got), [5, 0]);
-    assert_eq!((got[0].kind, got[0].reason.as_str()), (ScaleKind::FromZero, "r"));
-    assert_eq!(got[1].kind, ScaleKind::ToZero);
+    assert_eq!((got[0].kind(), got[0].reason.as_str()), (ScaleKind::FromZero, "r"));
+    assert_eq!(got[1].kind(), ScaleKind::ToZero);
     assert!(got[1].reason.ends_with("shared by backlog: 5 → 0"), "{}", got[1].reason);
 }
 
