@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use gearfleet_proto::admin::FunctionStats;
+use gearfleet_proto::admin::{FunctionStats, WorkerStats};
 use gearfleet_proto::{Packet, PacketType};
 
 /// Sends one admin line and returns the reply up to the closing `.` (None if the broker is not
@@ -88,6 +88,11 @@ pub fn call(addr: &str, function: &str, payload: &[u8], timeout: Duration) -> Re
             _ => {} // JOB_CREATED, WORK_STATUS, WORK_DATA, ...
         }
     }
+}
+
+/// Every worker connection `fleet workers` lists (None if the broker is not reachable).
+pub fn fleet_workers(addr: &str) -> Option<Vec<WorkerStats>> {
+    Some(admin(addr, "fleet workers")?.lines().filter_map(WorkerStats::parse).collect())
 }
 
 /// (queued, running) of `function` from `fleet status`.

@@ -203,6 +203,12 @@ impl Namespace<'_> {
         self.cluster.kubectl_ok(&self.args(args), stdin)
     }
 
+    /// `spec.replicas` of `deployment`, if it exists.
+    pub fn replicas(&self, deployment: &str) -> Option<i32> {
+        let out = self.kubectl(&["get", "deployment", deployment, "-o", "jsonpath={.spec.replicas}"], None);
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().parse().ok()).flatten()
+    }
+
     /// Waits until `deployment` exists (the operator may not have created it yet) and has rolled out.
     pub fn wait_for_rollout(&self, deployment: &str, timeout: Duration) {
         let started = Instant::now();

@@ -62,10 +62,6 @@ fn condition(ns: &Namespace<'_>, pool: &str, type_: &str) -> (String, String) {
     (status, message)
 }
 
-fn replicas(ns: &Namespace<'_>, deployment: &str) -> Option<i32> {
-    get(ns, &format!("deployment/{deployment}"), ".spec.replicas").parse().ok()
-}
-
 #[test]
 fn one_function_name_is_served_by_one_pool_and_handed_over_when_its_owner_goes() {
     let _serial = one_at_a_time();
@@ -96,9 +92,9 @@ fn one_function_name_is_served_by_one_pool_and_handed_over_when_its_owner_goes()
     // A backlog scales the owner only.
     submit_background(broker, "sleep", "backlog", "3000", 12);
     cluster.eventually(Duration::from_secs(60), "the owner scaled to 2", || {
-        (replicas(team_a, "first-sleep") == Some(2)).then_some(())
+        (team_a.replicas("first-sleep") == Some(2)).then_some(())
     });
-    assert_eq!(replicas(&team_b, "second-sleep"), Some(0), "the other pool does not scale on the owner's queue");
+    assert_eq!(team_b.replicas("second-sleep"), Some(0), "the other pool does not scale on the owner's queue");
     let pods_b = team_b.kubectl_ok(&["get", "pods", "-l", "gearfleet.dev/pool=second", "-o", "name"], None);
     assert!(pods_b.trim().is_empty(), "the other pool runs no worker: {pods_b}");
 
@@ -106,7 +102,7 @@ fn one_function_name_is_served_by_one_pool_and_handed_over_when_its_owner_goes()
     team_a.kubectl_ok(&["delete", "workerpool", "first", "--wait=false"], None);
     cluster.eventually(Duration::from_secs(20), "the second pool to take sleep over", || {
         let phase = function_field(&team_b, "second", "phase");
-        (phase != "Conflict" && !phase.is_empty() && replicas(&team_b, "second-sleep").is_some_and(|r| r >= 1))
+        (phase != "Conflict" && !phase.is_empty() && team_b.replicas("second-sleep").is_some_and(|r| r >= 1))
             .then_some(())
     });
     assert_eq!(condition(&team_b, "second", "Conflict").0, "False");

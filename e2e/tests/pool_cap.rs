@@ -105,11 +105,6 @@ fn watch(ns: &Namespace<'_>, kind: &str, seen: Arc<Mutex<Seen>>) -> Child {
     child
 }
 
-fn replicas(ns: &Namespace<'_>, deployment: &str) -> Option<usize> {
-    let out = ns.kubectl(&["get", "deployment", deployment, "-o", "jsonpath={.spec.replicas}"], None);
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-}
-
 #[test]
 fn the_pool_cap_holds_at_every_instant_while_replicas_move_between_functions() {
     let Some(cluster) = Cluster::connect() else { return };
@@ -134,7 +129,7 @@ fn the_pool_cap_holds_at_every_instant_while_replicas_move_between_functions() {
     ns.apply(&capped_pool());
     submit_background(broker, "alpha", "a", "a 4", 40);
     cluster.eventually(Duration::from_secs(120), "alpha at the cap", || {
-        (replicas(ns, "capped-alpha") == Some(CAP)).then_some(())
+        (ns.replicas("capped-alpha").and_then(|r| usize::try_from(r).ok()) == Some(CAP)).then_some(())
     });
     cluster.eventually(Duration::from_secs(60), "alpha's workers running jobs", || {
         backlog(broker, "alpha").filter(|&(_, running)| running >= 2).map(|_| ())
@@ -142,7 +137,7 @@ fn the_pool_cap_holds_at_every_instant_while_replicas_move_between_functions() {
     // beta's backlog arrives while alpha holds every place: places move from one to the other.
     submit_background(broker, "beta", "b", "b 4", 40);
     cluster.eventually(Duration::from_secs(180), "beta to get places and run jobs", || {
-        let beta = replicas(ns, "capped-beta")?;
+        let beta = ns.replicas("capped-beta")?;
         let (_, running) = backlog(broker, "beta")?;
         (beta >= 1 && running >= 1).then_some(())
     });

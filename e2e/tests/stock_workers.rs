@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use gearfleet_e2e::fixture::Fixture;
-use gearfleet_e2e::gearman::{admin, backlog, call};
+use gearfleet_e2e::gearman::{backlog, call, fleet_workers};
 use gearfleet_e2e::{BUSYBOX_IMAGE, Cluster, GEAR_WORKERS_IMAGE, GEARMAN_WORKERS_IMAGE, Namespace};
 use gearfleet_proto::admin::WorkerStats;
 
@@ -127,7 +127,7 @@ fn assert_each_ran_once(ns: &Namespace<'_>, jobs: Calls, what: &str) {
 }
 
 fn workers(broker: &str) -> Vec<WorkerStats> {
-    admin(broker, "fleet workers").map(|r| r.lines().filter_map(WorkerStats::parse).collect()).unwrap_or_default()
+    fleet_workers(broker).unwrap_or_default()
 }
 
 /// Pods with a worker of the function in the broker, by address (a stock `gearman -w` holds two

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use gearfleet_e2e::fixture::Fixture;
-use gearfleet_e2e::gearman::{admin, backlog, call, submit_background};
+use gearfleet_e2e::gearman::{backlog, call, fleet_workers, submit_background};
 use gearfleet_e2e::{BUSYBOX_IMAGE, Cluster, EXAMPLE_WORKERS_IMAGE, Namespace};
 use gearfleet_proto::admin::WorkerStats;
 
@@ -48,7 +48,7 @@ spec:
 }
 
 fn replicas(ns: &Namespace<'_>) -> Option<i32> {
-    replicas_of(ns, DEPLOYMENT)
+    ns.replicas(DEPLOYMENT)
 }
 
 #[test]
@@ -66,10 +66,8 @@ fn workerpool_scales_from_zero_under_backlog_and_back_to_zero() {
         (replicas(ns) == Some(3)).then_some(())
     });
     cluster.eventually(Duration::from_secs(90), "worker pods taking jobs", || {
-        let workers = admin(broker, "fleet workers")?;
-        workers
-            .lines()
-            .filter_map(WorkerStats::parse)
+        fleet_workers(broker)?
+            .iter()
             .any(|w| w.client_id.starts_with("wp-sleep-") && (w.jobs_done > 0 || !w.current_jobs.is_empty()))
             .then_some(())
     });
@@ -277,22 +275,20 @@ spec:
         })
         .collect();
     cluster.eventually(Duration::from_secs(120), "three sleep workers", || {
-        (replicas_of(ns, "busy-sleep") == Some(3)).then_some(())
+        (ns.replicas("busy-sleep") == Some(3)).then_some(())
     });
     for s in short {
         assert_eq!(s.join().expect("thread").expect("short job"), b"slept 1000ms");
     }
     // The worker holding the long job.
     let busy_pod = cluster.eventually(Duration::from_secs(60), "the long job to be running", || {
-        let workers = admin(broker, "fleet workers")?;
-        workers
-            .lines()
-            .filter_map(WorkerStats::parse)
+        fleet_workers(broker)?
+            .into_iter()
             .find(|w| w.client_id.starts_with("busy-sleep-") && !w.current_jobs.is_empty())
             .map(|w| w.client_id)
     });
     cluster.eventually(Duration::from_secs(60), "scale-in to one replica", || {
-        (replicas_of(ns, "busy-sleep") == Some(1)).then_some(())
+        (ns.replicas("busy-sleep") == Some(1)).then_some(())
     });
     cluster.eventually(Duration::from_secs(60), "only the busy pod to remain", || {
         let pods = ns.kubectl_ok(
@@ -304,11 +300,6 @@ spec:
         (names == [busy_pod.as_str()]).then_some(())
     });
     assert_eq!(long.join().expect("thread").expect("the long job completes"), b"slept 25000ms");
-}
-
-fn replicas_of(ns: &Namespace<'_>, deployment: &str) -> Option<i32> {
-    let out = ns.kubectl(&["get", "deployment", deployment, "-o", "jsonpath={.spec.replicas}"], None);
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().parse().ok()).flatten()
 }
 
 fn two_sleepers(replicas: u32) -> String {
@@ -337,8 +328,8 @@ spec:
 }
 
 fn sleep_workers(broker: &str) -> Vec<WorkerStats> {
-    let workers = admin(broker, "fleet workers").unwrap_or_default();
-    workers.lines().filter_map(WorkerStats::parse).filter(|w| w.client_id.starts_with("keep-sleep-")).collect()
+    let workers = fleet_workers(broker).unwrap_or_default();
+    workers.into_iter().filter(|w| w.client_id.starts_with("keep-sleep-")).collect()
 }
 
 /// The drain state is observed, not remembered: an operator killed while a busy worker is drained
