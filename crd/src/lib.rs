@@ -54,6 +54,9 @@ pub const LABEL_POOL: &str = "gearfleet.dev/pool";
 pub const LABEL_FUNCTION: &str = "gearfleet.dev/function";
 /// Label on a result ConfigMap (value: the Job name).
 pub const LABEL_JOB: &str = "gearfleet.dev/job";
+/// Environment variable set in every worker container (and the drain hook's sidecar): the
+/// Gearman servers, `host:port` comma-separated.
+pub const ENV_SERVERS: &str = "GEARMAN_SERVERS";
 /// Environment variable set in every worker container: the pool name.
 pub const ENV_POOL: &str = "GEARFLEET_POOL";
 /// Environment variable set in every worker container: the function name.

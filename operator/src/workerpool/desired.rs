@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use gearfleet_crd::{ENV_FUNCTION, ENV_POOL, FunctionSpec, LABEL_FUNCTION, LABEL_POOL, WorkerPool};
+use gearfleet_crd::{ENV_FUNCTION, ENV_POOL, ENV_SERVERS, FunctionSpec, LABEL_FUNCTION, LABEL_POOL, WorkerPool};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -18,8 +18,6 @@ use kube::{Resource, ResourceExt};
 
 use super::drain_hook::{DrainHook, add_drain_hook};
 
-/// Environment variable with the Gearman servers the worker connects to.
-pub const ENV_SERVERS: &str = "GEARMAN_SERVERS";
 /// Environment variable with the function's `timeout`, when set.
 pub const ENV_FUNCTION_TIMEOUT: &str = "GEARFLEET_FUNCTION_TIMEOUT";
 /// Environment variable with the pod's name (the worker's client id).

@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+use gearfleet_crd::ENV_SERVERS;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Lifecycle, LifecycleHandler, PodSpec,
     ResourceRequirements, SecurityContext,
@@ -80,7 +81,7 @@ fn sidecar(hook: &DrainHook, servers: &str, drain_timeout: Duration) -> Containe
         command: Some(vec![PROGRAM.to_string()]),
         restart_policy: Some("Always".to_string()),
         env: Some(vec![
-            env("GEARMAN_SERVERS", servers.to_string()),
+            env(ENV_SERVERS, servers.to_string()),
             env("GEARFLEET_DRAIN_TIMEOUT", format!("{}s", drain_timeout.as_secs())),
             env("GEARFLEET_DRAIN_LISTEN", format!("0.0.0.0:{}", hook.port)),
         ]),
