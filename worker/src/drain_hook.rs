@@ -99,43 +99,54 @@ async fn ask(server: &ServerAddr, request_timeout: Duration) -> Result<DrainSelf
     timeout(request_timeout, exchange).await.unwrap_or_else(|_| Err("no answer in time".to_string()))
 }
 
+/// What one broker has said so far.
+#[derive(Debug, Clone, Copy, Default)]
+struct Progress {
+    /// Its last answer.
+    answer: Option<DrainSelfReply>,
+    /// Its failed attempts in a row.
+    failures: u32,
+}
+
+impl Progress {
+    /// Nothing more to wait for from this broker: none of the pod's connections there is busy, or
+    /// it could not be reached `attempts` times in a row.
+    fn settled(&self, attempts: u32) -> bool {
+        self.answer.is_some_and(|a| a.busy == 0) || self.failures >= attempts
+    }
+}
+
 /// Drains the pod's connections on every broker and waits until none holds a job, or until
 /// `config.timeout`.
 pub async fn drain_pod(config: &DrainHookConfig) -> DrainOutcome {
     let started = Instant::now();
     let deadline = started + config.timeout;
-    // Per broker: its last answer and its failed attempts in a row.
-    let mut answers: Vec<Option<DrainSelfReply>> = vec![None; config.servers.len()];
-    let mut failures = vec![0u32; config.servers.len()];
+    let attempts = config.unreachable_attempts;
+    let mut progress = vec![Progress::default(); config.servers.len()];
     let mut unreachable = Vec::new();
     loop {
-        for (i, server) in config.servers.iter().enumerate() {
-            let settled = answers[i].is_some_and(|a| a.busy == 0) || failures[i] >= config.unreachable_attempts;
-            if settled {
+        for (server, p) in config.servers.iter().zip(progress.iter_mut()) {
+            if p.settled(attempts) {
                 continue;
             }
             match ask(server, config.request_timeout).await {
-                Ok(reply) => {
-                    failures[i] = 0;
-                    answers[i] = Some(reply);
-                }
+                Ok(reply) => *p = Progress { answer: Some(reply), failures: 0 },
                 Err(error) => {
-                    failures[i] += 1;
-                    tracing::warn!(server = %format!("{}:{}", server.host, server.port), %error, attempt = failures[i], "drain request failed");
-                    if failures[i] >= config.unreachable_attempts {
-                        unreachable.push(format!("{}:{}", server.host, server.port));
+                    p.failures += 1;
+                    tracing::warn!(%server, %error, attempt = p.failures, "drain request failed");
+                    if p.failures >= attempts {
+                        unreachable.push(server.to_string());
                     }
                 }
             }
         }
-        let busy: usize = answers.iter().flatten().map(|a| a.busy).sum();
-        let waiting = (0..config.servers.len())
-            .any(|i| failures[i] < config.unreachable_attempts && answers[i].is_none_or(|a| a.busy > 0));
+        let waiting = progress.iter().any(|p| !p.settled(attempts));
         let now = Instant::now();
         if !waiting || now >= deadline {
+            let answers = progress.iter().filter_map(|p| p.answer);
             return DrainOutcome {
-                connections: answers.iter().flatten().map(|a| a.connections).sum(),
-                busy,
+                connections: answers.clone().map(|a| a.connections).sum(),
+                busy: answers.map(|a| a.busy).sum(),
                 unreachable,
                 timed_out: waiting,
                 waited: now - started,

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use gearfleet_proto::logging::{self, LogFormat, Writer};
-use gearfleet_worker::config::{parse_duration, parse_servers};
+use gearfleet_worker::config::{ENV_SERVERS, parse_duration, parse_servers};
 use gearfleet_worker::drain_hook::{DrainHookConfig, serve};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +21,7 @@ struct Args {
     #[arg(long, env = "GEARFLEET_DRAIN_LISTEN", default_value = "0.0.0.0:9741")]
     listen: SocketAddr,
     /// The brokers, `host:port` comma-separated (the pod's GEARMAN_SERVERS).
-    #[arg(long, env = "GEARMAN_SERVERS", default_value = "")]
+    #[arg(long, env = ENV_SERVERS, default_value = "")]
     servers: String,
     /// The longest a drain waits for busy workers (e.g. 300s, 5m).
     #[arg(long, env = "GEARFLEET_DRAIN_TIMEOUT", default_value = "300s")]
@@ -49,7 +49,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let servers: Vec<String> = config.servers.iter().map(|s| format!("{}:{}", s.host, s.port)).collect();
+    let servers: Vec<String> = config.servers.iter().map(ToString::to_string).collect();
     tracing::info!(listen = %args.listen, servers = %servers.join(","), timeout = ?config.timeout, "drain hook ready");
     let stop = CancellationToken::new();
     let on_signal = stop.clone();
