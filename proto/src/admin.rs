@@ -212,7 +212,7 @@ impl AdminCommand {
 }
 
 /// The reply to `fleet drain-self`: `OK CONNECTIONS BUSY`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DrainSelfReply {
     /// The other connections from the caller's IP (workers, and any client in the same pod), all
     /// now draining.

@@ -122,11 +122,11 @@ impl State {
     /// IP (the pod it runs in) and says how many there are and how many still hold a job. The
     /// caller repeats it until none is busy; connections that joined meanwhile are drained too.
     pub fn drain_own_host(&mut self, by: ConnId, fx: &mut Effects) -> DrainSelfReply {
+        let mut reply = DrainSelfReply::default();
         let Some(ip) = self.conns.get(&by).and_then(|c| c.peer.parse::<SocketAddr>().ok()).map(|a| canonical(a).ip())
         else {
-            return DrainSelfReply { connections: 0, busy: 0 };
+            return reply;
         };
-        let mut reply = DrainSelfReply { connections: 0, busy: 0 };
         for id in self.conns_named(&ip.to_string()).into_iter().filter(|&id| id != by) {
             if let Some(c) = self.conns.get_mut(&id) {
                 if !c.draining {
