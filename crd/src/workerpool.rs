@@ -32,7 +32,9 @@ pub mod pool_condition {
     /// At least one function is being scaled (desired != current replicas).
     pub const SCALING: &str = "Scaling";
     /// The operator cannot reach the Gearman broker, so queue depths are
-    /// unknown and scaling is frozen.
+    /// unknown and scaling is frozen (reason `BrokerUnreachable`); or, with
+    /// several brokers, some of them (reason `PartialView`: counts are lower
+    /// bounds, so functions may grow but are not scaled in).
     pub const BROKER_UNAVAILABLE: &str = "BrokerUnavailable";
     /// Something keeps the pool from what its queues ask for. Reason, the
     /// first that applies: a pod trouble (`CrashLoopBackOff`, `OOMKilled`,
@@ -716,6 +718,12 @@ pub struct FunctionStatus {
     /// Jobs being worked on.
     #[serde(default)]
     pub running: i64,
+
+    /// True while some brokers do not answer: queued, running and the
+    /// worker counts come from the others only, and the function is not
+    /// scaled in.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
 
     /// When the replica count was last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]

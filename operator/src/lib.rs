@@ -7,12 +7,13 @@
 //! driven by [`workerpool::reconcile`]); the plan is pure and built from the
 //! pure decision modules ([`workerpool::scaling`], [`workerpool::scale_in`],
 //! [`workerpool::recycle`], [`workerpool::desired`], …). The Job controller
-//! is [`job`]. Both talk to the broker through [`broker_client`] and share the
+//! is [`job`]. Both talk to every broker through [`brokers`] ([`broker_client`] per broker) and share the
 //! Kubernetes helpers in [`kube_util`].
 
 #![warn(missing_docs)]
 
 pub mod broker_client;
+pub mod brokers;
 pub mod error;
 pub mod job;
 pub mod kube_util;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use clap::Parser;
-use gearfleet_operator::broker_client::BrokerClient;
+use gearfleet_operator::brokers::Brokers;
 use gearfleet_operator::job::reconcile::{self as job_reconcile, JobContext};
 use gearfleet_operator::job::runner::Runner;
 use gearfleet_operator::leader::{self, LeaderConfig};
@@ -19,10 +19,12 @@ use gearfleet_proto::logging::{self, LogFormat, Writer};
 #[derive(Parser, Debug)]
 #[command(name = "gearfleet-operator", version)]
 struct Args {
-    /// Admin address (host:port) of the gearfleet broker the operator reads queue depths from.
+    /// Address (host:port) of every gearfleet broker, separated by commas: the operator reads and
+    /// sums their queue depths, drains workers on each, and sends Jobs to one of them at a time.
     #[arg(long, env = "GEARFLEET_BROKER_ADDRESS", default_value = "gearfleet-broker:4730")]
     broker_address: String,
-    /// GEARMAN_SERVERS given to worker pods; defaults to --broker-address.
+    /// GEARMAN_SERVERS given to worker pods (every broker, separated by commas); defaults to
+    /// --broker-address.
     #[arg(long, env = "GEARFLEET_WORKERS_BROKER_ADDRESS")]
     workers_broker_address: Option<String>,
     /// Image with `gearfleet-drain`, the drain hook added to every worker pod (normally the
@@ -77,7 +79,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
 
     let workers_address = args.workers_broker_address.clone().unwrap_or_else(|| args.broker_address.clone());
-    tracing::info!(broker = %args.broker_address, workers_broker = %workers_address, namespace = ?args.namespace, "starting");
+    tracing::info!(brokers = %args.broker_address, workers_brokers = %workers_address, namespace = ?args.namespace, "starting");
     let ctx_metrics = metrics.clone();
     let brokers = BrokerClients::from_args(&args)?;
     let admin = brokers.jobs;
@@ -90,10 +92,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ctx = Arc::new(Context::new(client.clone(), brokers.pools, worker_pods, metrics));
     let controllers = {
         let (client, namespace, job_metrics) = (client.clone(), args.namespace.clone(), ctx_metrics);
-        let broker_address = args.broker_address.clone();
+        let addresses = admin.addresses();
         async move {
             let (trigger, triggers) = tokio::sync::mpsc::unbounded_channel();
-            let runner = Runner::start(broker_address.clone(), trigger);
+            let runner = Runner::start(addresses, trigger);
             let jobs = Arc::new(JobContext::new(client.clone(), runner, admin, job_metrics));
             tokio::join!(
                 reconcile::run(client.clone(), namespace.clone(), ctx),
@@ -129,22 +131,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 struct BrokerClients {
     /// The WorkerPool controller's: `fleet drain`, `fleet undrain`, `fleet disconnect` and
     /// `fleet retries` are refused without the admin token.
-    pools: BrokerClient,
+    pools: Brokers,
     /// The Job controller's: `cancel job` is refused without it.
-    jobs: BrokerClient,
+    jobs: Brokers,
 }
 
 impl BrokerClients {
-    /// Both clients for `--broker-address`, each authenticating with the admin token when one is
-    /// given (`--broker-admin-token`, or read from `--broker-admin-token-file`).
+    /// Both controllers' clients for every broker in `--broker-address`, each authenticating
+    /// with the admin token when one is given (`--broker-admin-token`, or read from
+    /// `--broker-admin-token-file`).
     fn from_args(args: &Args) -> std::io::Result<Self> {
         let token = match (&args.broker_admin_token, &args.broker_admin_token_file) {
             (Some(t), _) => Some(t.trim().to_string()),
             (None, Some(path)) => Some(std::fs::read_to_string(path)?.trim().to_string()),
             (None, None) => None,
         };
-        let client = BrokerClient::new(args.broker_address.clone()).with_token(token);
-        Ok(Self { pools: client.clone(), jobs: client })
+        let addresses = Brokers::parse_list(&args.broker_address);
+        if addresses.is_empty() {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "--broker-address names no broker"));
+        }
+        let brokers = Brokers::new(&addresses, token);
+        Ok(Self { pools: brokers.clone(), jobs: brokers })
     }
 }
 

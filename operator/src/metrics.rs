@@ -39,6 +39,10 @@ pub struct Metrics {
     pub job_attempts: Counter,
     /// Seconds from a Job's first submission to its end, by phase.
     pub job_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    /// 1 while the broker's `fleet watch` is connected, by broker address.
+    pub broker_up: Family<Labels, Gauge>,
+    /// 1 while a pool's counts come from only some of the brokers, by namespace and pool.
+    pub partial_view: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -73,8 +77,22 @@ impl Default for Metrics {
             "From a Job's first submission to its end, by phase",
             job_duration.clone(),
         );
+        let broker_up = Family::<Labels, Gauge>::default();
+        registry.register(
+            "broker_up",
+            "1 while the operator's fleet watch on this broker is connected",
+            broker_up.clone(),
+        );
+        let partial_view = Family::<Labels, Gauge>::default();
+        registry.register(
+            "partial_view",
+            "1 while a pool's queue and worker counts come from only some of the brokers (no scale-in then)",
+            partial_view.clone(),
+        );
         Self {
             registry,
+            broker_up,
+            partial_view,
             reconciles,
             errors,
             decisions,
@@ -106,6 +124,18 @@ impl Metrics {
             ("function".to_string(), function.to_string()),
         ];
         self.troubled_pods.get_or_create(&labels).set(i64::from(n));
+    }
+
+    /// Set whether the operator's watch on `broker` is connected.
+    pub fn set_broker_up(&self, broker: &str, up: bool) {
+        let labels = vec![("broker".to_string(), broker.to_string())];
+        self.broker_up.get_or_create(&labels).set(i64::from(up));
+    }
+
+    /// Set whether a pool's view of the brokers is partial.
+    pub fn set_partial_view(&self, namespace: &str, pool: &str, partial: bool) {
+        let labels = vec![("namespace".to_string(), namespace.to_string()), ("pool".to_string(), pool.to_string())];
+        self.partial_view.get_or_create(&labels).set(i64::from(partial));
     }
 
     /// Count a finished Job that ran for `seconds`.
@@ -170,5 +200,17 @@ mod tests {
         assert!(text.contains("gearfleet_operator_job_attempts_total 1"), "{text}");
         assert!(text.contains("gearfleet_operator_jobs_finished_total{phase=\"Succeeded\"} 1"), "{text}");
         assert!(text.contains("gearfleet_operator_job_duration_seconds_sum{phase=\"Succeeded\"} 1.5"), "{text}");
+    }
+
+    #[test]
+    fn renders_broker_and_partial_view_gauges() {
+        let m = Metrics::default();
+        m.set_broker_up("b-0:4730", true);
+        m.set_broker_up("b-1:4730", false);
+        m.set_partial_view("team-a", "resize", true);
+        let text = m.render();
+        assert!(text.contains("gearfleet_operator_broker_up{broker=\"b-0:4730\"} 1"), "{text}");
+        assert!(text.contains("gearfleet_operator_broker_up{broker=\"b-1:4730\"} 0"), "{text}");
+        assert!(text.contains("gearfleet_operator_partial_view{namespace=\"team-a\",pool=\"resize\"} 1"), "{text}");
     }
 }

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use super::runner::Runner;
 use super::state::{self, Action, PayloadFrom, Plan};
 use super::unique;
-use crate::broker_client::BrokerClient;
+use crate::brokers::Brokers;
 use crate::kube_util::{EventPublisher, FIELD_MANAGER, apply_status};
 use crate::metrics::Metrics;
 
@@ -68,16 +68,16 @@ impl JobError {
 pub struct JobContext {
     client: Client,
     runner: Runner,
-    broker: BrokerClient,
+    brokers: Brokers,
     metrics: Arc<Metrics>,
     events: EventPublisher,
 }
 
 impl JobContext {
-    /// A context whose attempts go through `runner`; `broker` is the admin address for cancels.
-    pub fn new(client: Client, runner: Runner, broker: BrokerClient, metrics: Arc<Metrics>) -> Self {
+    /// A context whose attempts go through `runner`; cancels go to every one of `brokers`.
+    pub fn new(client: Client, runner: Runner, brokers: Brokers, metrics: Arc<Metrics>) -> Self {
         let events = EventPublisher::new(client.clone());
-        Self { client, runner, broker, metrics, events }
+        Self { client, runner, brokers, metrics, events }
     }
 }
 
@@ -285,7 +285,7 @@ async fn cancel_attempt(ctx: &JobContext, job: &Job, unique: &str, written: Opti
     let handle = ctx.runner.handle(unique).or(written);
     ctx.runner.forget(unique);
     let Some(handle) = handle else { return };
-    match ctx.broker.cancel_job(&handle).await {
+    match ctx.brokers.cancel_job(&handle).await {
         Ok(()) => tracing::info!(job = %job.name_any(), handle = %handle, "cancelled in the broker"),
         Err(e) => {
             tracing::info!(job = %job.name_any(), handle = %handle, error = %e, "not cancelled (running or gone)")

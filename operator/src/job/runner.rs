@@ -1,8 +1,12 @@
-//! One Gearman client connection to the broker, shared by every Job: submits attempts as
+//! One Gearman client connection to a broker, shared by every Job: submits attempts as
 //! foreground jobs, follows their WORK_* packets by handle, and accumulates an [`Observation`] per
 //! attempt's unique key for the reconciler. It asks the broker to retain outcomes
 //! (`OPTION_REQ` [`RETAIN_OUTCOMES`]), so an attempt resubmitted after a lost connection or an
 //! operator restart gets the outcome of its run instead of a second run.
+//!
+//! With several brokers it uses one at a time and moves to the next when that one cannot be
+//! reached (after one quick retry of a broker it was connected to), resubmitting every unfinished
+//! attempt there.
 //!
 //! Every change to an observation sends the Job's reference on the trigger channel, which the Job
 //! controller consumes with `reconcile_on`: no per-Job polling.
@@ -50,11 +54,12 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// Starts the connection task for the broker at `addr`; changed Jobs are sent on `trigger`.
-    pub fn start(addr: String, trigger: mpsc::UnboundedSender<ObjectRef<Job>>) -> Runner {
+    /// Starts the connection task for the brokers at `addrs` (one at a time, in turn); changed
+    /// Jobs are sent on `trigger`.
+    pub fn start(addrs: Vec<String>, trigger: mpsc::UnboundedSender<ObjectRef<Job>>) -> Runner {
         let inner = Arc::new(Mutex::new(Inner::default()));
         let (submit, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(addr, inner.clone(), rx, trigger));
+        tokio::spawn(run(addrs, inner.clone(), rx, trigger));
         Runner { inner, submit }
     }
 
@@ -121,23 +126,36 @@ fn submit_packet(unique: &str, t: &Tracked) -> Packet {
     Packet::req(ptype, &[t.function.as_bytes(), unique.as_bytes(), &t.payload])
 }
 
+/// How long a connection attempt to one broker may take before the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 async fn run(
-    addr: String,
+    addrs: Vec<String>,
     inner: Arc<Mutex<Inner>>,
     mut submits: mpsc::UnboundedReceiver<String>,
     trigger: mpsc::UnboundedSender<ObjectRef<Job>>,
 ) {
     let mut backoff = Duration::from_millis(200);
+    let mut rotation = Rotation::new(addrs.len());
     loop {
-        match TcpStream::connect(&addr).await {
-            Ok(stream) => {
+        let Some(addr) = addrs.get(rotation.at) else { return };
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
                 backoff = Duration::from_millis(200);
                 let _ = stream.set_nodelay(true);
                 tracing::info!(broker = %addr, "job runner connected");
                 let reason = serve(stream, &inner, &mut submits, &trigger).await;
                 tracing::warn!(broker = %addr, reason = %reason, "job runner connection lost; resubmitting on reconnect");
+                rotation.lost();
             }
-            Err(e) => tracing::warn!(broker = %addr, error = %e, "job runner cannot reach the broker"),
+            Ok(Err(e)) => {
+                tracing::warn!(broker = %addr, error = %e, "job runner cannot reach the broker");
+                rotation.failed();
+            }
+            Err(_) => {
+                tracing::warn!(broker = %addr, "job runner: connecting to the broker timed out");
+                rotation.failed();
+            }
         }
         {
             let mut g = inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -152,8 +170,52 @@ async fn run(
         if submits.is_closed() {
             return;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        if rotation.round_failed() {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        } else if rotation.retrying {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Which broker the runner connects to next (pure): after a lost connection the same one once
+/// more (it may only have been a blip, and it retains the outcomes of attempts submitted there),
+/// after a failed attempt the next one; a whole round of failures calls for a pause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rotation {
+    brokers: usize,
+    /// The broker to connect to next.
+    at: usize,
+    /// Failed attempts in a row.
+    failures: usize,
+    /// The next attempt is the quick retry of a broker just lost.
+    retrying: bool,
+}
+
+impl Rotation {
+    fn new(brokers: usize) -> Rotation {
+        Rotation { brokers, at: 0, failures: 0, retrying: false }
+    }
+
+    fn lost(&mut self) {
+        self.failures = 0;
+        self.retrying = true;
+    }
+
+    fn failed(&mut self) {
+        self.failures += 1;
+        self.retrying = false;
+        self.at = (self.at + 1) % self.brokers.max(1);
+    }
+
+    /// Every broker failed since the last connection (or since the last pause).
+    fn round_failed(&mut self) -> bool {
+        if self.failures >= self.brokers.max(1) {
+            self.failures = 0;
+            return true;
+        }
+        false
     }
 }
 
@@ -304,6 +366,61 @@ fn handle_packet(inner: &Arc<Mutex<Inner>>, trigger: &mpsc::UnboundedSender<Obje
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Against real brokers: the first one listed is down, so the attempt goes to the second; when
+    /// that one stops, the runner moves on to a third and submits the attempt there again.
+    #[tokio::test]
+    async fn attempts_go_to_a_live_broker_and_move_when_it_stops() {
+        use crate::broker_client::BrokerClient;
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let dead = closed.local_addr().expect("addr").to_string();
+        drop(closed);
+        let second = gearfleet_broker::start(gearfleet_broker::Config::for_tests()).await.expect("broker");
+        let third = gearfleet_broker::start(gearfleet_broker::Config::for_tests()).await.expect("broker");
+        let (a2, a3) = (second.gearman_addr.to_string(), third.gearman_addr.to_string());
+        let (trigger, _triggers) = mpsc::unbounded_channel();
+        let runner = Runner::start(vec![dead, a2.clone(), a3.clone()], trigger);
+        let job = ObjectRef::<Job>::new("j").within("ns");
+        runner.submit(job, "u-1", "resize", Bytes::from_static(b"x"), Priority::Normal);
+        let queued_on = |addr: String| async move {
+            for _ in 0..100 {
+                let stats = BrokerClient::new(addr.clone()).fleet_status().await.unwrap_or_default();
+                if stats.iter().any(|s| s.function == "resize" && s.queued_total() == 1) {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            false
+        };
+        assert!(queued_on(a2).await, "submitted to the second broker, the first being down");
+        assert!(runner.handle("u-1").is_some());
+        second.stop().await;
+        assert!(queued_on(a3).await, "submitted again to the third once the second stopped");
+        third.stop().await;
+    }
+
+    #[test]
+    fn the_runner_retries_a_lost_broker_once_then_moves_on_and_pauses_after_a_failed_round() {
+        let mut r = Rotation::new(3);
+        r.lost();
+        assert_eq!((r.at, r.retrying), (0, true), "a lost connection: the same broker once more, soon");
+        assert!(!r.round_failed());
+        r.failed();
+        assert_eq!((r.at, r.retrying), (1, false), "it does not answer: the next one, at once");
+        assert!(!r.round_failed());
+        r.failed();
+        assert!(!r.round_failed());
+        assert_eq!(r.at, 2);
+        r.failed();
+        assert_eq!(r.at, 0, "round and round");
+        assert!(r.round_failed(), "none answered: pause");
+        assert!(!r.round_failed(), "the pause starts a new round");
+
+        let mut one = Rotation::new(1);
+        one.failed();
+        assert_eq!(one.at, 0);
+        assert!(one.round_failed(), "a single broker: pause after every failure");
+    }
 
     /// Every API priority submits in the foreground with the packet of the same priority.
     #[test]

@@ -1,5 +1,5 @@
 //! Apply (I/O): carries out a [`Plan`] in this order: closing the broker connections of pods gone
-//! for good; retry policies to the broker; deletion
+//! for good; retry policies to every broker; deletion
 //! costs, drain marks, drains and undrains (before any replicas are lowered); server-side apply of
 //! the Deployments; deletion of the Deployments of removed functions; recycling (marks, drains,
 //! evictions); the status, with server-side apply; the Events. Deployments whose replicas are
@@ -54,12 +54,14 @@ pub async fn apply(ctx: &Context, pool: &WorkerPool, ns: &str, plan: Plan) -> Re
         ctx.metrics.set_troubled_pods(ns, &name, &f.name, f.troubled_pods);
     }
 
+    ctx.metrics.set_partial_view(ns, &name, status.functions.iter().any(|f| f.partial));
+
     for action in &disconnects {
         pod_action(ctx, &pods, pool, action).await?;
     }
 
     for r in retries {
-        match ctx.broker.ok(&r.command).await {
+        match ctx.brokers.ok(&r.command).await {
             Ok(()) => {
                 if let Some(fmemory) = memory.functions.get_mut(&r.function) {
                     fmemory.retries_sent = Some((r.command, now));
@@ -129,19 +131,19 @@ async fn pod_action(ctx: &Context, pods: &Api<Pod>, pool: &WorkerPool, action: &
             let patch = json!({"metadata": {"annotations": annotations}});
             pods.patch(pod, &PatchParams::default(), &Patch::Merge(&patch)).await?;
         }
-        PodAction::Drain { pod, target, function, reason, why } => match ctx.broker.drain(target).await {
+        PodAction::Drain { pod, target, function, reason, why } => match ctx.brokers.drain(target).await {
             Ok(()) => {
                 tracing::info!(pool = %pool.name_any(), function = %function, pod = %pod, target = %target, reason = reason.as_str(), why = %why, "draining worker");
             }
             Err(e) => tracing::warn!(pod = %pod, target = %target, error = %e, "drain failed"),
         },
-        PodAction::Undrain { pod, target, function, why } => match ctx.broker.undrain(target).await {
+        PodAction::Undrain { pod, target, function, why } => match ctx.brokers.undrain(target).await {
             Ok(()) => {
                 tracing::info!(pool = %pool.name_any(), function = %function, pod = %pod, target = %target, why = %why, "undrained worker")
             }
             Err(e) => tracing::warn!(pod = %pod, target = %target, error = %e, "undrain failed"),
         },
-        PodAction::Disconnect { pod, target, function, why } => match ctx.broker.disconnect(target).await {
+        PodAction::Disconnect { pod, target, function, why } => match ctx.brokers.disconnect(target).await {
             Ok(()) => {
                 tracing::info!(pool = %pool.name_any(), function = %function, pod = %pod, target = %target, why = %why, "closed the broker connections of a gone worker; its jobs are queued again")
             }

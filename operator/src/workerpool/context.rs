@@ -1,5 +1,5 @@
 //! What the WorkerPool controller holds between reconciles: its I/O handles (Kubernetes client,
-//! broker client, metrics, event publisher), the latest `fleet watch` snapshot, and the little
+//! broker clients, metrics, event publisher), each broker's latest `fleet watch` snapshot, and the little
 //! memory that cannot be observed ([`PoolMemory`]: scaling history, retry policies sent, the last
 //! recycle).
 
@@ -7,29 +7,21 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use gearfleet_crd::WorkerPool;
-use gearfleet_proto::admin::FunctionStats;
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 
+use super::broker_view::StatsMap;
 use super::desired::WorkerPods;
 use super::gone::{NodeState, NodeStates};
 use super::memory::PoolMemory;
 use super::ownership::Claim;
-use crate::broker_client::BrokerClient;
+use crate::brokers::Brokers;
 use crate::kube_util::EventPublisher;
 use crate::metrics::Metrics;
 
-/// Broker stats by function name.
-pub type StatsMap = HashMap<String, FunctionStats>;
-
-/// Broker stats as a map by function name.
-pub fn to_map(stats: Vec<FunctionStats>) -> StatsMap {
-    stats.into_iter().map(|s| (s.function.clone(), s)).collect()
-}
-
-/// The latest `fleet watch` snapshot, `None` while the watch connection is down.
+/// One broker's latest `fleet watch` snapshot, `None` while the watch connection is down.
 #[derive(Default)]
 pub struct StatsCache {
     inner: RwLock<Option<StatsMap>>,
@@ -53,9 +45,10 @@ pub type PoolKey = (String, String);
 /// Shared state of the WorkerPool controller.
 pub struct Context {
     pub(super) client: Client,
-    pub(super) broker: BrokerClient,
+    pub(super) brokers: Brokers,
     pub(super) worker_pods: WorkerPods,
-    pub(super) cache: StatsCache,
+    /// One per broker, in the order of `brokers`.
+    pub(super) caches: Vec<StatsCache>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) events: EventPublisher,
     /// Every Node, kept by a watch (`reconcile::run`), to find pods whose node is lost.
@@ -67,16 +60,16 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context whose operator talks to the broker at `broker` and whose worker pods are set up
-    /// as `worker_pods` says.
-    pub fn new(client: Client, broker: BrokerClient, worker_pods: WorkerPods, metrics: Arc<Metrics>) -> Self {
+    /// A context whose operator talks to `brokers` and whose worker pods are set up as
+    /// `worker_pods` says.
+    pub fn new(client: Client, brokers: Brokers, worker_pods: WorkerPods, metrics: Arc<Metrics>) -> Self {
         let events = EventPublisher::new(client.clone());
         let (nodes, nodes_writer) = reflector::store();
         Self {
             client,
-            broker,
+            caches: brokers.clients().iter().map(|_| StatsCache::default()).collect(),
+            brokers,
             worker_pods,
-            cache: StatsCache::default(),
             metrics,
             events,
             nodes,

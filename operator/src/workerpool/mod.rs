@@ -2,8 +2,8 @@
 //!
 //! A reconcile ([`reconcile`]) goes observe → plan → apply:
 //!
-//! * [`observe`] (I/O): the pool, its Deployments and pods, the broker's stats and worker
-//!   connections, the time, as one [`observe::Observed`] value;
+//! * [`observe`] (I/O): the pool, its Deployments and pods, every broker's stats (merged by
+//!   [`broker_view`]) and worker connections, the time, as one [`observe::Observed`] value;
 //! * [`plan`] (pure): everything to do, as one [`plan::Plan`] value, using the pure decision
 //!   modules [`scaling`], [`scale_in`], [`recycle`], [`health`], [`phase`], [`desired`], [`drain`],
 //!   [`connections`], [`gone`] and [`pool_cap`];
@@ -13,6 +13,7 @@
 //! reconciles because it cannot be observed.
 
 pub mod apply;
+pub mod broker_view;
 pub mod connections;
 pub mod context;
 pub mod desired;

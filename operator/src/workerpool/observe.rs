@@ -2,16 +2,19 @@
 //! [`Observed`] value that [`plan`](super::plan::plan) decides from.
 //!
 //! * the pool itself, its Deployments and its pods (listed by the `gearfleet.dev/pool` label);
-//! * the broker's per-function stats: the snapshot kept by `fleet watch`, else one
-//!   `fleet status`; `None` when neither answers;
-//! * the broker's worker connections (`fleet workers`: client id, address, busy/idle/sleeping,
-//!   draining, jobs done, current jobs), fetched on every reconcile while the broker answers; `None`
-//!   when it does not (then nothing is drained or undrained);
+//! * every broker's per-function stats: the snapshot its `fleet watch` keeps, else one
+//!   `fleet status`; merged into one [`BrokerView`], which names the brokers that answered neither;
+//! * the worker connections of every broker that answered (`fleet workers`: client id, address,
+//!   busy/idle/sleeping, draining, jobs done, current jobs), fetched on every reconcile; a broker
+//!   whose connections cannot be read counts as unreachable; `None` when no broker answers (then
+//!   nothing is drained or undrained);
 //! * the states of the nodes the pods run on (from the node watch's cache; `None` until it has
 //!   listed them), to find pods whose node is lost ([`gone`](super::gone));
 //! * the time.
 
 use std::sync::Arc;
+
+use futures::future::join_all;
 
 use gearfleet_crd::{LABEL_POOL, WorkerPool};
 use gearfleet_proto::admin::WorkerStats;
@@ -21,7 +24,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
-use super::context::{Context, StatsMap, to_map};
+use super::broker_view::{BrokerView, StatsMap, to_map};
+use super::context::Context;
 use super::desired::WorkerPods;
 use super::gone::NodeStates;
 use super::ownership::Claim;
@@ -36,17 +40,15 @@ pub struct Observed {
     pub deployments: Vec<Deployment>,
     /// Pods labelled with the pool, terminating ones included.
     pub pods: Vec<Pod>,
-    /// The broker's stats by function; `None` when the broker is unreachable.
-    pub stats: Option<StatsMap>,
-    /// The broker's worker connections; `None` when they could not be read.
+    /// Every broker's stats, merged by function; which brokers did not answer.
+    pub brokers: BrokerView,
+    /// The worker connections of every broker that answered; `None` when none did.
     pub workers: Option<Vec<WorkerStats>>,
     /// The states of the nodes the pods run on; `None` when they are not known.
     pub nodes: Option<NodeStates>,
     /// What every pool the operator watches claims of the function names (this one included);
     /// `None` until the pool cache has listed them (then no name is anyone else's).
     pub claims: Option<Vec<Claim>>,
-    /// The broker's admin address (named in the `BrokerUnavailable` condition).
-    pub broker_address: String,
     /// What every worker pod gets: the brokers (`GEARMAN_SERVERS`) and the drain hook.
     pub worker_pods: WorkerPods,
     /// When the observation was made.
@@ -57,38 +59,53 @@ pub struct Observed {
 pub async fn observe(ctx: &Context, pool: Arc<WorkerPool>) -> Result<Observed, Error> {
     let ns = pool.namespace().ok_or(Error::NoNamespace)?;
     let name = pool.name_any();
-    // Broker stats: the watch cache, else one poll.
-    let stats = match ctx.cache.get() {
-        Some(stats) => Some(stats),
-        None => match ctx.broker.fleet_status().await {
-            Ok(stats) => Some(to_map(stats)),
-            Err(e) => {
-                tracing::warn!(pool = %name, error = %e, "broker unavailable");
-                None
-            }
-        },
-    };
     let selector = ListParams::default().labels(&format!("{LABEL_POOL}={name}"));
     let deployments = Api::<Deployment>::namespaced(ctx.client.clone(), &ns).list(&selector).await?.items;
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns).list(&selector).await?.items;
-    // One cheap admin round trip; skipped when the broker did not answer for the stats either.
-    let workers = match stats {
-        Some(_) => {
-            ctx.broker.fleet_workers().await.map_err(|e| tracing::warn!(error = %e, "fleet workers failed")).ok()
+    let pool_name = name.as_str();
+    let answers = join_all(ctx.brokers.clients().iter().zip(&ctx.caches).map(|(broker, cache)| async move {
+        // Stats: the watch cache, else one poll; then one cheap round trip for the connections.
+        let stats = match cache.get() {
+            Some(stats) => Some(stats),
+            None => broker
+                .fleet_status()
+                .await
+                .map(to_map)
+                .map_err(|e| tracing::warn!(pool = %pool_name, error = %e, "broker unavailable"))
+                .ok(),
+        };
+        let workers = match stats {
+            Some(_) => {
+                broker.fleet_workers().await.map_err(|e| tracing::warn!(error = %e, "fleet workers failed")).ok()
+            }
+            None => None,
+        };
+        let answer: Option<(StatsMap, Vec<WorkerStats>)> = stats.zip(workers);
+        (broker.addr().to_string(), answer)
+    }))
+    .await;
+    let mut workers: Option<Vec<WorkerStats>> = None;
+    let mut stats = Vec::new();
+    for (addr, answer) in answers {
+        match answer {
+            Some((s, w)) => {
+                workers.get_or_insert_with(Vec::new).extend(w);
+                stats.push((addr, Some(s)));
+            }
+            None => stats.push((addr, None)),
         }
-        None => None,
-    };
+    }
+    let brokers = BrokerView::merge(stats);
     let claims = ctx.pool_claims();
     let nodes = ctx.node_states(pods.iter().filter_map(|p| p.spec.as_ref()?.node_name.as_deref()));
     Ok(Observed {
         pool,
         deployments,
         pods,
-        stats,
+        brokers,
         workers,
         nodes,
         claims,
-        broker_address: ctx.broker.addr().to_string(),
         worker_pods: ctx.worker_pods.clone(),
         now: Timestamp::now(),
     })

@@ -233,12 +233,12 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
     let mut function_stats = Vec::new();
     for (f, owner) in pool.spec.functions.iter().zip(&owners) {
         let current = by_name.get(&pool.deployment_name(&f.name)).and_then(|d| d.spec.as_ref()?.replicas).unwrap_or(0);
-        let stats = observed.stats.as_ref().map(|m| {
+        let stats = observed.brokers.stats.as_ref().map(|m| {
             m.get(&f.name).cloned().unwrap_or_else(|| FunctionStats { function: f.name.clone(), ..Default::default() })
         });
         let mut fmemory = memory.functions.get(&f.name).cloned().unwrap_or_default();
         if let Some(r) = &f.retries
-            && observed.stats.is_some()
+            && !observed.brokers.unknown()
             && owner.is_none()
         {
             let command = retries_command(&f.name, r);
@@ -255,6 +255,14 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
         if let Some(owner) = owner {
             decision.desired = 0;
             decision.reason = format!("pool {owner} owns the function name");
+        } else if observed.brokers.partial() && decision.desired < decision.current {
+            decision.reason = format!(
+                "holding {} replicas instead of {}: {}, so the queue may be longer than seen",
+                decision.current,
+                decision.desired,
+                observed.brokers.unreachable_summary()
+            );
+            decision.desired = decision.current;
         }
         decisions.push(decision);
         next_memory.functions.insert(f.name.clone(), fmemory);
@@ -390,9 +398,11 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
                 aggregate: false,
             });
         }
+        // Recycling picks idle pods: with a broker silent, a pod's jobs there are unknown.
         if let Some(policy) = &recycle_policy
             && !waiting_for_drain
             && target == decision.current
+            && !observed.brokers.partial()
         {
             let step = plan_recycle(&fpods, policy);
             recycle_drains = step.actions.iter().any(|a| matches!(a, PodAction::Drain { .. }));
@@ -416,7 +426,7 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
         let fphase = function_phase(FunctionPhaseInput {
             conflict: owner.is_some(),
             troubled: fhealth.troubled > 0,
-            broker_unreachable: observed.stats.is_none(),
+            broker_unreachable: observed.brokers.unknown(),
             draining: waiting_for_drain || (recycling_now && (marked || recycle_drains)),
             waiting_for_cap,
             recycling: recycling_now,
@@ -443,6 +453,7 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
             crash_looping: fhealth.troubled,
             queued: clamp_i64(fstats.queued_total()),
             running: clamp_i64(fstats.running),
+            partial: observed.brokers.partial(),
             last_scale_time,
             last_scale_reason,
         });
@@ -467,9 +478,15 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
 
     // Status.
     let t = Time(now);
-    let broker_cond = if observed.stats.is_none() {
-        let msg = format!("broker {} is unreachable: holding current replicas", observed.broker_address);
+    let broker_cond = if observed.brokers.unknown() {
+        let msg = format!("{}: holding current replicas", observed.brokers.unreachable_summary());
         new_condition(pool_condition::BROKER_UNAVAILABLE, true, "BrokerUnreachable", msg, generation, t.clone())
+    } else if observed.brokers.partial() {
+        let msg = format!(
+            "{}: counts come from the others and are lower bounds; functions may grow but are not scaled in",
+            observed.brokers.unreachable_summary()
+        );
+        new_condition(pool_condition::BROKER_UNAVAILABLE, true, "PartialView", msg, generation, t.clone())
     } else {
         new_condition(pool_condition::BROKER_UNAVAILABLE, false, "BrokerReachable", "", generation, t.clone())
     };
@@ -478,8 +495,11 @@ pub fn plan(observed: &Observed, memory: &PoolMemory) -> Result<Plan, DesiredErr
     } else {
         new_condition(pool_condition::SCALING, true, "Scaling", scaling.join("; "), generation, t.clone())
     };
-    if observed.stats.is_none() {
-        let message = format!("broker {} is unreachable: queue depths unknown", observed.broker_address);
+    if observed.brokers.unknown() {
+        let message = format!("{}: queue depths unknown", observed.brokers.unreachable_summary());
+        causes.push(DegradedCause { reason: BROKER_UNREACHABLE, message });
+    } else if observed.brokers.partial() {
+        let message = format!("{}: counts are partial", observed.brokers.unreachable_summary());
         causes.push(DegradedCause { reason: BROKER_UNREACHABLE, message });
     }
     causes.extend(cap_causes);

@@ -1,5 +1,5 @@
-//! The WorkerPool controller: watches WorkerPools and the Deployments they own, keeps the stats
-//! cache fed from `fleet watch`, and reconciles each pool in stages:
+//! The WorkerPool controller: watches WorkerPools and the Deployments they own, keeps one stats
+//! cache per broker fed from its `fleet watch`, and reconciles each pool in stages:
 //!
 //! fetch (the pool, from the watch) → validate (an invalid spec gets `Ready=False`, reason
 //! `InvalidSpec`, one Warning Event, and waits for the next change) → [`observe`] (Deployments,
@@ -29,7 +29,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
 use super::apply::apply;
-use super::context::{StatsMap, to_map};
+use super::broker_view::{StatsMap, to_map};
 use super::observe::observe;
 use super::plan::{plan, plan_invalid};
 use crate::error::Error;
@@ -46,7 +46,9 @@ pub async fn run(client: Client, namespace: Option<String>, ctx: Arc<Context>) {
         None => (Api::all(client.clone()), Api::all(client)),
     };
     let (trigger_tx, trigger_rx) = mpsc::channel::<()>(1);
-    tokio::spawn(feed_cache(ctx.clone(), trigger_tx));
+    for broker in 0..ctx.brokers.clients().len() {
+        tokio::spawn(feed_cache(ctx.clone(), broker, trigger_tx.clone()));
+    }
     let controller = Controller::new(pools, watcher::Config::default());
     ctx.set_pool_store(controller.store());
     controller
@@ -64,17 +66,23 @@ pub async fn run(client: Client, namespace: Option<String>, ctx: Arc<Context>) {
         .await;
 }
 
-/// Keeps the stats cache fed from `fleet watch` and sends a trigger whenever a snapshot differs
-/// from the previous one.
-async fn feed_cache(ctx: Arc<Context>, mut trigger: mpsc::Sender<()>) {
-    let mut watch = Box::pin(ctx.broker.watch());
+/// Keeps the stats cache of broker number `index` fed from its `fleet watch` and sends a trigger
+/// whenever a snapshot differs from the previous one (a broker lost or back is a change too).
+async fn feed_cache(ctx: Arc<Context>, index: usize, mut trigger: mpsc::Sender<()>) {
+    let (Some(broker), Some(cache)) = (ctx.brokers.clients().get(index), ctx.caches.get(index)) else { return };
+    let mut watch = Box::pin(broker.watch());
     let mut last: Option<StatsMap> = None;
+    ctx.metrics.set_broker_up(broker.addr(), false);
     while let Some(item) = watch.next().await {
         let snapshot = item.map(to_map);
         if snapshot.is_none() && last.is_some() {
-            tracing::warn!(broker = ctx.broker.addr(), "fleet watch connection lost");
+            tracing::warn!(broker = broker.addr(), "fleet watch connection lost");
         }
-        ctx.cache.set(snapshot.clone());
+        if snapshot.is_some() && last.is_none() {
+            tracing::info!(broker = broker.addr(), "fleet watch connected");
+        }
+        ctx.metrics.set_broker_up(broker.addr(), snapshot.is_some());
+        cache.set(snapshot.clone());
         if snapshot != last {
             // A full channel means a trigger is pending already.
             let _ = trigger.try_send(());

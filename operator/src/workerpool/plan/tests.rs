@@ -15,12 +15,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::SignedDuration;
 
 use super::*;
-use crate::workerpool::context::StatsMap;
+use crate::workerpool::broker_view::{BrokerView, StatsMap};
 use crate::workerpool::desired::WorkerPods;
 use crate::workerpool::gone::{NodeState, NodeStates};
 use crate::workerpool::memory::FunctionMemory;
 use crate::workerpool::ownership::Claim;
 
+mod brokers;
 mod disconnects;
 mod drains;
 mod ownership;
@@ -228,6 +229,8 @@ struct Fx {
     backlog: Option<(u64, u64)>,
     workers_listed: bool,
     extra_workers: Vec<WorkerStats>,
+    /// Brokers besides `broker:4730` that do not answer (a partial view).
+    silent_brokers: Vec<String>,
     /// Node states; `None`: not known.
     nodes: Option<NodeStates>,
     /// Every pool's claim on function names; `None`: the pool cache is not ready.
@@ -244,6 +247,7 @@ fn fx() -> Fx {
         backlog: Some((0, 0)),
         workers_listed: true,
         extra_workers: Vec::new(),
+        silent_brokers: Vec::new(),
         nodes: Some(NodeStates::new()),
         claims: None,
     }
@@ -275,6 +279,11 @@ impl Fx {
     fn broker_down(mut self) -> Self {
         self.backlog = None;
         self.workers_listed = false;
+        self
+    }
+    /// Two more brokers, of which `silent` do not answer.
+    fn silent_brokers(mut self, silent: &[&str]) -> Self {
+        self.silent_brokers = silent.iter().map(|b| b.to_string()).collect();
         self
     }
     fn nodes(mut self, nodes: &[(&str, NodeState)]) -> Self {
@@ -350,11 +359,14 @@ impl Fx {
             pool: Arc::new(pool),
             deployments,
             pods: self.pods.iter().map(PodFx::pod).collect(),
-            stats,
+            brokers: BrokerView::merge(
+                std::iter::once(("broker:4730".to_string(), stats))
+                    .chain(self.silent_brokers.iter().map(|b| (b.clone(), None)))
+                    .collect(),
+            ),
             workers,
             nodes: self.nodes.clone(),
             claims: self.claims.clone(),
-            broker_address: "broker:4730".into(),
             worker_pods: WorkerPods::new("gearfleet-broker:4730"),
             now: now(),
         }

@@ -36,7 +36,7 @@ fn observed_with(a: Sim, b: Sim, backlog: [(u64, u64); 2], drained: &[String]) -
         let s = FunctionStats { function: f.to_string(), queued: [0, queued, 0], running, ..Default::default() };
         (f.to_string(), s)
     });
-    observed.stats = Some(stats.collect());
+    observed.brokers.stats = Some(stats.collect());
     observed
 }
 
