@@ -137,6 +137,13 @@ pub struct Config {
     #[arg(long, env = "GEARFLEET_METRICS_TOKEN_FILE", conflicts_with = "metrics_token")]
     pub metrics_token_file: Option<std::path::PathBuf>,
 
+    /// On SIGTERM, how long jobs workers hold may take to finish. Meanwhile the broker refuses new
+    /// submissions (ERROR SHUTTING_DOWN), hands out no job and reports not ready; queued
+    /// background jobs stay in the journal. 0 stops at once. Keep it below the pod's
+    /// terminationGracePeriodSeconds.
+    #[arg(long, env = "GEARFLEET_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
     /// Accept the unauthenticated `shutdown` admin command, as gearmand does.
     #[arg(long, env = "GEARFLEET_ALLOW_ADMIN_SHUTDOWN", default_value_t = false)]
     pub allow_admin_shutdown: bool,

@@ -32,9 +32,37 @@ pub struct Running {
     /// The TLS Gearman listener, with --tls-listen.
     pub tls_addr: Option<SocketAddr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// What /readyz reports.
+    ready: Arc<AtomicBool>,
 }
 
 impl Running {
+    /// Shuts down gracefully (SIGTERM): reports not ready (the Service stops sending clients
+    /// here), refuses submissions and hands out no job (see `state::shutdown`), waits up to
+    /// `grace` for the jobs workers hold to finish, then [`stop`](Self::stop)s. Returns the jobs
+    /// still held when it stopped (they run again: background ones from the journal).
+    pub async fn shut_down(self, grace: Duration) -> u64 {
+        self.ready.store(false, Ordering::Release);
+        let held = self.broker.with_state(|s| {
+            s.begin_shutdown();
+            s.assigned_jobs()
+        });
+        tracing::info!(held, grace = ?grace, "shutting down: no new jobs; waiting for the jobs workers hold");
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut held = held;
+        while held > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            held = self.broker.with_state(|s| s.assigned_jobs());
+        }
+        if held > 0 {
+            tracing::warn!(held, "shutdown grace over: stopping with jobs still held by workers");
+        } else {
+            tracing::info!("no job held: stopping");
+        }
+        self.stop().await;
+        held
+    }
+
     /// Stops accepting, closes every connection and waits for the listeners to end.
     pub async fn stop(self) {
         self.broker.shutdown.cancel();
@@ -76,7 +104,7 @@ pub async fn start(mut config: Config) -> std::io::Result<Running> {
     tasks.push(tokio::spawn(accept_loop(broker.clone(), listener, Serve::Plain(loops), permits)));
     ready.store(true, Ordering::Release);
     tracing::info!(%gearman_addr, http = ?http_addr, tls = ?tls_addr, "gearfleet-broker listening");
-    Ok(Running { broker, gearman_addr, http_addr, tls_addr, tasks })
+    Ok(Running { broker, gearman_addr, http_addr, tls_addr, tasks, ready })
 }
 
 /// The TLS acceptor for --tls-listen, from the PEM files of --tls-cert and --tls-key.
@@ -227,6 +255,6 @@ async fn readyz(AxumState(state): AxumState<HttpState>) -> impl IntoResponse {
     if state.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready (starting or shutting down)\n")
     }
 }

@@ -343,3 +343,48 @@ async fn memory_of_a_drained_backlog_is_given_back() {
     eprintln!("RSS after the drain: {after} KiB");
     assert!(after - base < (peak - base) / 3, "RSS {base} → {peak} → {after} KiB: memory not given back");
 }
+
+/// SIGTERM: the broker refuses new submissions and hands out no job, but waits for the job a
+/// worker holds; it exits once that job is complete, and on restart serves the jobs still queued
+/// (from the journal), not the completed one.
+#[tokio::test]
+async fn sigterm_lets_held_jobs_finish_and_keeps_the_queue() {
+    let mut broker = Journaled::new(&["--shutdown-grace", "20s"]);
+    let mut b = broker.start();
+    let mut client = Peer::connect(b.addr).await;
+    for payload in ["held", "q1", "q2", "q3"] {
+        client.submit(T::SubmitJobBg, "durable", "", payload.as_bytes()).await;
+    }
+    let mut worker = Peer::worker(b.addr, &["durable"]).await;
+    let job = worker.grab().await.expect("a job");
+    assert_eq!(job.arg(3), b"held");
+    let handle = job.arg(0).to_vec();
+
+    // SAFETY: kill(2) on the pid of a child this test started.
+    unsafe { libc::kill(b.child.id() as i32, libc::SIGTERM) };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(b.alive(), "a job is held: the broker waits");
+    client.send(T::SubmitJobBg, &[b"durable", b"", b"late"]).await;
+    let refused = client.recv().await;
+    assert_eq!(refused.ptype, T::Error);
+    assert_eq!(refused.arg(0), b"SHUTTING_DOWN");
+    assert!(worker.grab().await.is_none(), "no job handed out while shutting down");
+
+    worker.send(T::WorkComplete, &[&handle, b"ok"]).await;
+    let mut exited = false;
+    for _ in 0..100 {
+        if !b.alive() {
+            exited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(exited, "the broker stops once no job is held");
+    assert!(b.child.wait().expect("status").success(), "a clean exit");
+
+    let b = broker.start();
+    let mut rest = drain(b.addr).await;
+    rest.sort();
+    assert_eq!(rest, ["q1", "q2", "q3"], "the queue is kept, the completed job is not run again");
+    b.kill();
+}

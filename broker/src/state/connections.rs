@@ -27,7 +27,7 @@ impl State {
                 abilities: Vec::new(),
                 sleeping: false,
                 sleeps: 0,
-                draining: false,
+                draining: self.closing,
                 exceptions: false,
                 retain_outcomes: false,
                 holding: Vec::new(),

@@ -31,6 +31,7 @@ mod finish;
 mod function;
 pub mod model;
 mod retry;
+mod shutdown;
 mod submit;
 mod timeout;
 mod wakeups;
@@ -86,6 +87,8 @@ pub struct State {
     limits: Limits,
     journal: Option<Journal>,
     outcomes: Outcomes,
+    /// Shutting down: no submissions, no assignments ([`shutdown`](self::shutdown)).
+    closing: bool,
     pub metrics: Arc<Metrics>,
 }
 
@@ -111,6 +114,7 @@ impl State {
             outcomes: Outcomes::new(limits.retained_outcomes, RETAINED_OUTCOME_BYTES, limits.retained_outcome_ttl),
             limits,
             journal: None,
+            closing: false,
             metrics,
         }
     }

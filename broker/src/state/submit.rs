@@ -21,6 +21,10 @@ impl State {
             background: p.ptype == PacketType::SubmitReduceJobBackground,
             scheduled: false,
         });
+        if self.closing {
+            self.send_error(id, super::shutdown::SHUTTING_DOWN, b"this broker is shutting down: submit to another");
+            return;
+        }
         let name = p.arg_bytes(0);
         if name.is_empty() {
             self.send_error(id, b"ERR_INVALID_ARGUMENTS", b"function name is empty");

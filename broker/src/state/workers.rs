@@ -183,7 +183,7 @@ impl State {
         let mut woken = Vec::new();
         for &id in &named {
             if let Some(c) = self.conns.get_mut(&id) {
-                c.draining = draining;
+                c.draining = draining || self.closing;
                 if !draining && c.sleeping {
                     woken.push(id);
                 }
