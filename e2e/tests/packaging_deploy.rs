@@ -23,7 +23,7 @@ fn kubectl_apply_of_deploy_installs_a_working_gearfleet() {
         );
     }
     let system = ["--namespace", "gearfleet-system"];
-    let rollout = [&system[..], &["rollout", "status", "deployment/gearfleet", "--timeout=180s"]].concat();
+    let rollout = [&system[..], &["rollout", "status", "statefulset/gearfleet", "--timeout=180s"]].concat();
     cluster.kubectl_ok(&rollout, None);
     let get_ip = [&system[..], &["get", "service", "gearfleet-broker", "-o", "jsonpath={.spec.clusterIP}"]].concat();
     let broker = format!("{}:4730", cluster.kubectl_ok(&get_ip, None).trim());

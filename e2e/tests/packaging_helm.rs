@@ -26,16 +26,20 @@ fn chart_lints_renders_and_passes_a_server_side_dry_run() {
         let mut args = vec!["template", "gf", CHART, "--namespace", ns.name(), "--kube-version", KUBE_VERSION];
         args.extend(extra.iter().copied());
         let rendered = cluster.helm_ok(&args);
-        assert!(rendered.contains("kind: Deployment"), "{rendered}");
+        assert!(rendered.contains("kind: StatefulSet"), "{rendered}");
         let out = ns.kubectl_ok(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered));
-        assert!(out.contains("deployment.apps/gf-gearfleet created (server dry run)"), "{out}");
+        assert!(out.contains("statefulset.apps/gf-gearfleet created (server dry run)"), "{out}");
     }
 
     // Optional objects appear only when asked for, the ServiceMonitor only where its CRD exists.
     let all = cluster.helm_ok(&["template", "gf", CHART, "-f", ALL_FEATURES, "--kube-version", KUBE_VERSION]);
-    for kind in ["NetworkPolicy", "PodDisruptionBudget", "ConfigMap", "Lease", "PersistentVolumeClaim"] {
+    for kind in ["NetworkPolicy", "PodDisruptionBudget", "ConfigMap", "Lease"] {
         assert!(all.contains(&format!("kind: {kind}\n")), "all-features values render no {kind}");
     }
+    // Three brokers: each pod's journal from the claim template, every broker named for workers.
+    assert!(all.contains("volumeClaimTemplates:"), "no volume per broker");
+    let servers = (0..3).map(|i| format!("gf-gearfleet-{i}.gf-gearfleet-brokers.default.svc:4730")).collect::<Vec<_>>();
+    assert!(all.contains(&servers.join(",")), "GEARMAN_SERVERS does not list the three brokers");
     assert!(!all.contains("kind: ServiceMonitor"), "ServiceMonitor rendered without its CRD");
     let with_monitoring = cluster.helm_ok(&[
         "template",
@@ -50,9 +54,10 @@ fn chart_lints_renders_and_passes_a_server_side_dry_run() {
     ]);
     assert!(with_monitoring.contains("kind: ServiceMonitor"));
     let defaults = cluster.helm_ok(&["template", "gf", CHART, "--kube-version", KUBE_VERSION]);
-    for kind in ["NetworkPolicy", "PodDisruptionBudget", "ConfigMap", "ServiceMonitor"] {
+    for kind in ["NetworkPolicy", "ConfigMap", "ServiceMonitor"] {
         assert!(!defaults.contains(&format!("kind: {kind}\n")), "default values render a {kind}");
     }
+    assert!(defaults.contains("replicas: 1\n"), "one broker by default");
 
     // values.schema.json refuses bad values with a message naming the value.
     for (set, needle) in [
@@ -60,6 +65,7 @@ fn chart_lints_renders_and_passes_a_server_side_dry_run() {
         ("broker.port=70000", "/broker/port"),
         ("persistence.sizee=1Gi", "sizee"),
         ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
+        ("broker.replicas=0", "/broker/replicas"),
     ] {
         let out = cluster.helm(&["template", "gf", CHART, "--kube-version", KUBE_VERSION, "--set", set]);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -122,7 +128,7 @@ fn helm_install_serves_the_example_pool_keeps_jobs_and_uninstalls_cleanly() {
     submit_background(&broker, "e2e-nobody", "durable", "x", 5);
     assert_eq!(backlog(&broker, "e2e-nobody"), Some((5, 0)));
     ns.kubectl_ok(&["delete", "pod", "-l", "app.kubernetes.io/instance=gf", "--wait=true"], None);
-    ns.kubectl_ok(&["rollout", "status", "deployment/gf-gearfleet", "--timeout=120s"], None);
+    ns.kubectl_ok(&["rollout", "status", "statefulset/gf-gearfleet", "--timeout=120s"], None);
     cluster.eventually(Duration::from_secs(90), "the new broker to report the 5 queued jobs", || {
         (backlog(&broker, "e2e-nobody")? == (5, 0)).then_some(())
     });

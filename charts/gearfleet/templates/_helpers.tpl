@@ -51,8 +51,20 @@ app.kubernetes.io/part-of: gearfleet
 {{- printf "%s-broker" (include "gearfleet.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{- define "gearfleet.claimName" -}}
-{{- default (printf "%s-data" (include "gearfleet.fullname" .)) .Values.persistence.existingClaim -}}
+{{/* The headless Service that gives every broker pod a stable name. */}}
+{{- define "gearfleet.headlessService" -}}
+{{- printf "%s-brokers" (include "gearfleet.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Every broker pod's stable address, comma-separated (GEARMAN_SERVERS of the worker pods). */}}
+{{- define "gearfleet.brokerAddresses" -}}
+{{- $full := include "gearfleet.fullname" . -}}
+{{- $svc := include "gearfleet.headlessService" . -}}
+{{- $addresses := list -}}
+{{- range $i := until (int .Values.broker.replicas) -}}
+{{- $addresses = append $addresses (printf "%s-%d.%s.%s.svc:%d" $full $i $svc $.Release.Namespace (int $.Values.broker.port)) -}}
+{{- end -}}
+{{- join "," $addresses -}}
 {{- end -}}
 
 {{/* Secret holding a token: its existingSecret or the chart's "<fullname>-tokens". */}}
