@@ -25,7 +25,7 @@ GF_KUBERNETES_SVC_IP="10.96.77.1"
 GF_DNS_IP="10.96.77.10"
 GF_CLUSTER_DOMAIN="cluster.local"
 GF_NODE="localhost"
-GF_VOLUMES="${GF_VOLUMES:-8}"        # local PersistentVolumes of the default StorageClass "standard"
+GF_VOLUMES="${GF_VOLUMES:-16}"       # local PersistentVolumes of the default StorageClass "standard"
 
 # Ports (loopback only, except the kubelet which the apiserver reaches on 127.0.0.1 as well).
 GF_ETCD_PORT=23790

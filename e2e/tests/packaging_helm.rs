@@ -100,14 +100,14 @@ fn helm_install_serves_the_example_pool_keeps_jobs_and_uninstalls_cleanly() {
     let refused = admin_line(&broker, "fleet drain someone").unwrap_or_default();
     assert!(refused.starts_with("ERR AUTH_REQUIRED"), "the admin token is not enforced: {refused:?}");
 
-    // The operator holds the chart's Lease under its pod name.
+    // The operator holds the chart's Lease under its pod's name and UID.
     let pod = ns.kubectl_ok(
         &["get", "pods", "-l", "app.kubernetes.io/instance=gf", "-o", "jsonpath={.items[0].metadata.name}"],
         None,
     );
     cluster.eventually(Duration::from_secs(60), "the operator to hold its Lease", || {
         let holder = ns.kubectl(&["get", "lease", "gf-gearfleet", "-o", "jsonpath={.spec.holderIdentity}"], None);
-        (String::from_utf8_lossy(&holder.stdout).trim() == pod.trim()).then_some(())
+        String::from_utf8_lossy(&holder.stdout).trim().starts_with(&format!("{}_", pod.trim())).then_some(())
     });
 
     // The example pool, as it is in the repository.

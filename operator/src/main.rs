@@ -52,6 +52,10 @@ struct Args {
     /// Identity written into the Lease (in a pod: the pod name, from the downward API).
     #[arg(long, env = "POD_NAME")]
     lease_identity: Option<String>,
+    /// Appended to the Lease identity as `_UID` (in a pod: its UID, from the downward API), so a
+    /// pod recreated under the same name (a StatefulSet's) is seen to be a new holder.
+    #[arg(long, env = "POD_UID")]
+    lease_identity_uid: Option<String>,
     /// The broker's admin token (`auth TOKEN` before drain, retries and cancel commands).
     #[arg(long, env = "GEARFLEET_ADMIN_TOKEN", hide_env_values = true)]
     broker_admin_token: Option<String>,
@@ -110,7 +114,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = LeaderConfig {
         lease_name: args.lease_name,
         namespace: args.lease_namespace,
-        identity: args.lease_identity.unwrap_or_else(default_identity),
+        identity: lease_identity(args.lease_identity.clone(), args.lease_identity_uid.as_deref()),
         duration_seconds: 15,
         grace_seconds: 5,
     };
@@ -155,6 +159,15 @@ impl BrokerClients {
     }
 }
 
+/// `NAME_UID` (the pod's name and UID), or `NAME` without a UID; the host name without a name.
+fn lease_identity(name: Option<String>, uid: Option<&str>) -> String {
+    let name = name.filter(|n| !n.is_empty()).unwrap_or_else(default_identity);
+    match uid.filter(|u| !u.is_empty()) {
+        Some(uid) => format!("{name}_{uid}"),
+        None => name,
+    }
+}
+
 /// The host name, or a fixed name when there is none (outside a pod without POD_NAME).
 fn default_identity() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -167,6 +180,14 @@ fn default_identity() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lease_identity_is_the_pod_name_and_uid() {
+        assert_eq!(lease_identity(Some("gf-gearfleet-1".into()), Some("8d2c")), "gf-gearfleet-1_8d2c");
+        assert_eq!(lease_identity(Some("gf-gearfleet-1".into()), None), "gf-gearfleet-1");
+        assert_eq!(lease_identity(Some("gf-gearfleet-1".into()), Some("")), "gf-gearfleet-1");
+        assert!(!lease_identity(None, None).is_empty());
+    }
 
     /// Both controllers' clients, built from the flags, against a real broker that requires the
     /// admin token: the WorkerPool controller's drain, undrain and retries, and the Job

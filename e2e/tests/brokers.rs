@@ -1,0 +1,408 @@
+//! Several brokers, installed with the chart (`broker.replicas=3`) from the project's image:
+//!
+//! * a pool's stock workers (Python `gear`, given every broker in `GEARMAN_SERVERS`) register on
+//!   all three, and a backlog submitted to one broker only scales its function up from zero;
+//! * the pod of the leading operator is deleted while clients submit foreground and background
+//!   jobs through the client Service without pause: another operator leads within the Lease time
+//!   and scales the pool, no acknowledged background job is lost or run twice (executions are
+//!   counted on the worker side), and no foreground call hangs;
+//! * `helm upgrade` rolls every broker pod under the same load, with the same promises.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use gearfleet_e2e::gearman::{call, fleet_workers, submit_background};
+use gearfleet_e2e::{BUSYBOX_IMAGE, Cluster, GEAR_WORKERS_IMAGE, Namespace};
+
+const CHART: &str = "charts/gearfleet";
+/// Not `gf` as in packaging_helm.rs: the release's cluster-scoped objects carry its name.
+const RELEASE: &str = "gfb";
+const STATEFULSET: &str = "gfb-gearfleet";
+const FUNCTION: &str = "tally";
+const DEPLOYMENT: &str = "brokers-tally";
+const BROKERS: usize = 3;
+/// The operator's Lease duration (operator/src/main.rs).
+const LEASE_SECONDS: u64 = 15;
+
+fn pool(ns: &Namespace<'_>, min_replicas: u32) -> String {
+    format!(
+        r#"
+apiVersion: gearfleet.dev/v1alpha1
+kind: WorkerPool
+metadata:
+  name: brokers
+spec:
+  template:
+    spec:
+      containers:
+        - name: worker
+          image: {GEAR_WORKERS_IMAGE}
+          imagePullPolicy: Never
+          securityContext: {{runAsUser: 0}}
+          env:
+            - {{name: GEARFLEET_EXECUTIONS_FILE, value: /executions/log}}
+          volumeMounts: [{{name: executions, mountPath: /executions}}]
+      volumes:
+        - name: executions
+          hostPath: {{path: /tmp/gearfleet-e2e/{ns}, type: DirectoryOrCreate}}
+  functions:
+    - {{name: {FUNCTION}, minReplicas: {min_replicas}, maxReplicas: 3}}
+  scaling:
+    pollInterval: 2s
+    cooldown: 3s
+    drainTimeout: 1m
+    scaleDown: {{stabilizationWindow: 5s}}
+"#,
+        ns = ns.name()
+    )
+}
+
+fn reader(ns: &Namespace<'_>) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: executions
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+    - name: reader
+      image: {BUSYBOX_IMAGE}
+      imagePullPolicy: Never
+      command: [sleep, "3600"]
+      volumeMounts: [{{name: executions, mountPath: /executions}}]
+  volumes:
+    - name: executions
+      hostPath: {{path: /tmp/gearfleet-e2e/{ns}, type: DirectoryOrCreate}}
+"#,
+        ns = ns.name()
+    )
+}
+
+/// Executions per job key so far (None when the reader cannot be reached).
+fn executions(ns: &Namespace<'_>) -> Option<std::collections::BTreeMap<String, usize>> {
+    let out = ns.kubectl(&["exec", "executions", "--", "cat", "/executions/log"], None);
+    if !out.status.success() {
+        return None;
+    }
+    let mut counts = std::collections::BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(key) = line.split_whitespace().next() {
+            *counts.entry(key.to_string()).or_insert(0) += 1;
+        }
+    }
+    Some(counts)
+}
+
+fn get(ns: &Namespace<'_>, what: &[&str]) -> String {
+    String::from_utf8_lossy(&ns.kubectl(what, None).stdout).trim().to_string()
+}
+
+/// Each broker pod's Gearman address, from the host.
+fn broker_pods(ns: &Namespace<'_>) -> Vec<String> {
+    (0..BROKERS)
+        .map(|i| {
+            let ip = get(ns, &["get", "pod", &format!("{STATEFULSET}-{i}"), "-o", "jsonpath={.status.podIP}"]);
+            format!("{ip}:4730")
+        })
+        .collect()
+}
+
+/// Who holds the Lease, since when, after how many hand-overs.
+fn lease(ns: &Namespace<'_>) -> String {
+    get(
+        ns,
+        &[
+            "get",
+            "lease",
+            STATEFULSET,
+            "-o",
+            "jsonpath={.spec.holderIdentity}/{.spec.acquireTime}/{.spec.leaseTransitions}",
+        ],
+    )
+}
+
+/// What the clients of one load run saw.
+#[derive(Default)]
+struct Seen {
+    /// Background jobs whose JOB_CREATED arrived.
+    acked: Vec<String>,
+    /// Background submissions refused or cut off.
+    bg_errors: usize,
+    /// Foreground calls that completed, by key.
+    completed: Vec<String>,
+    /// Foreground calls that failed: the error and how long the call took.
+    fg_errors: Vec<(String, Duration)>,
+}
+
+/// Clients submitting through the client Service without pause: one background submitter (one
+/// connection, reconnecting when it is cut), two foreground callers.
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Seen>>,
+}
+
+impl Load {
+    fn start(service: &str, phase: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        {
+            let (service, stop, phase) = (service.to_string(), stop.clone(), phase.to_string());
+            threads.push(std::thread::spawn(move || background(&service, &phase, &stop)));
+        }
+        for caller in 0..2 {
+            let (service, stop, phase) = (service.to_string(), stop.clone(), phase.to_string());
+            threads.push(std::thread::spawn(move || {
+                let mut seen = Seen::default();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("{phase}-fg{caller}-{n}");
+                    n += 1;
+                    let started = Instant::now();
+                    match call(&service, FUNCTION, format!("{key} 0").as_bytes(), Duration::from_secs(60)) {
+                        Ok(_) => seen.completed.push(key),
+                        Err(e) => {
+                            seen.fg_errors.push((e, started.elapsed()));
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                seen
+            }));
+        }
+        Load { stop, threads }
+    }
+
+    fn stop(self) -> Seen {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Seen::default();
+        for t in self.threads {
+            let seen = t.join().expect("load thread");
+            all.acked.extend(seen.acked);
+            all.bg_errors += seen.bg_errors;
+            all.completed.extend(seen.completed);
+            all.fg_errors.extend(seen.fg_errors);
+        }
+        all
+    }
+}
+
+/// Submits background jobs `<phase>-bg-N` one at a time over one connection, reconnecting after
+/// an error.
+fn background(service: &str, phase: &str, stop: &AtomicBool) -> Seen {
+    use gearfleet_proto::{Packet, PacketType};
+    use std::io::{Read, Write};
+    let mut seen = Seen::default();
+    let mut n = 0;
+    let mut conn: Option<std::net::TcpStream> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let stream = match conn.as_mut() {
+            Some(s) => s,
+            None => match std::net::TcpStream::connect_timeout(
+                &service.parse().expect("service address"),
+                Duration::from_secs(2),
+            ) {
+                Ok(s) => {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                    conn.insert(s)
+                }
+                Err(_) => {
+                    seen.bg_errors += 1;
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+            },
+        };
+        let key = format!("{phase}-bg-{n}");
+        let packet =
+            Packet::req(PacketType::SubmitJobBg, &[FUNCTION.as_bytes(), key.as_bytes(), format!("{key} 0").as_bytes()]);
+        let mut header = [0u8; 12];
+        let answer =
+            stream.write_all(&packet.to_bytes()).and_then(|()| stream.read_exact(&mut header)).and_then(|()| {
+                let size = u32::from_be_bytes([header[8], header[9], header[10], header[11]]) as usize;
+                let mut body = vec![0u8; size];
+                stream.read_exact(&mut body)?;
+                Ok(u32::from_be_bytes([header[4], header[5], header[6], header[7]]))
+            });
+        match answer {
+            Ok(t) if t == PacketType::JobCreated as u32 => {
+                seen.acked.push(key);
+                n += 1;
+            }
+            _ => {
+                // Refused (SHUTTING_DOWN) or cut off: the job may or may not be in; a new key.
+                seen.bg_errors += 1;
+                n += 1;
+                conn = None;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    seen
+}
+
+/// Every acknowledged background job and every completed call ran exactly once, and no call hung.
+fn assert_exactly_once(cluster: &Cluster, ns: &Namespace<'_>, seen: &Seen, what: &str) {
+    assert!(seen.acked.len() > 20, "{what}: too few background jobs acknowledged: {}", seen.acked.len());
+    assert!(seen.completed.len() > 20, "{what}: too few foreground calls completed: {}", seen.completed.len());
+    for (error, took) in &seen.fg_errors {
+        assert!(*took < Duration::from_secs(30), "{what}: a foreground call hung for {took:?}: {error}");
+    }
+    let counts =
+        cluster.eventually(Duration::from_secs(180), &format!("{what}: every acknowledged job to run"), || {
+            let counts = executions(ns)?;
+            let missing = seen.acked.iter().filter(|k| !counts.contains_key(*k)).count();
+            if missing > 0 {
+                eprintln!("{what}: {missing} of {} acknowledged background jobs not run yet", seen.acked.len());
+                return None;
+            }
+            Some(counts)
+        });
+    let twice: Vec<(&String, &usize)> = counts.iter().filter(|(k, n)| k.starts_with(what) && **n > 1).collect();
+    assert!(twice.is_empty(), "{what}: jobs ran more than once: {twice:?}");
+    for key in &seen.completed {
+        assert_eq!(counts.get(key), Some(&1), "{what}: completed call {key} ran {:?} times", counts.get(key));
+    }
+    eprintln!(
+        "{what}: {} background jobs acknowledged ({} submissions refused or cut), {} calls completed, {} failed fast; each ran once",
+        seen.acked.len(),
+        seen.bg_errors,
+        seen.completed.len(),
+        seen.fg_errors.len()
+    );
+}
+
+/// Prints the namespace (operators, brokers, workers) when the test fails, and uninstalls the
+/// release in any case (its cluster-scoped objects outlive the namespace).
+struct Release<'a, 'c>(&'a Namespace<'c>);
+
+impl Drop for Release<'_, '_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.dump();
+        }
+        let ns = self.0;
+        let _ = ns.cluster().helm(&["uninstall", RELEASE, "--namespace", ns.name(), "--wait", "--timeout", "3m"]);
+    }
+}
+
+#[test]
+fn three_brokers_keep_gearman_up_through_a_leader_loss_and_an_upgrade() {
+    let Some(cluster) = Cluster::connect() else { return };
+    cluster.install_crds();
+    let ns = cluster.namespace("gf-brokers");
+    let _release = Release(&ns);
+    let watch = format!("operator.watchNamespace={}", ns.name());
+    cluster.helm_ok(&[
+        "install",
+        RELEASE,
+        CHART,
+        "--namespace",
+        ns.name(),
+        "--set",
+        &watch,
+        "--set",
+        "broker.replicas=3",
+        "--set",
+        "broker.shutdownGrace=10s",
+        "--wait",
+        "--timeout",
+        "5m",
+    ]);
+    let brokers = broker_pods(&ns);
+    let service_ip = get(&ns, &["get", "service", "gfb-gearfleet-broker", "-o", "jsonpath={.spec.clusterIP}"]);
+    let service = format!("{service_ip}:4730");
+    ns.apply(&reader(&ns));
+    ns.apply(&pool(&ns, 0));
+    ns.kubectl_ok(&["wait", "--for=condition=Ready", "pod/executions", "--timeout=60s"], None);
+    cluster.eventually(Duration::from_secs(60), "the pool's Deployment at zero", || {
+        (ns.replicas(DEPLOYMENT)? == 0).then_some(())
+    });
+    let servers = get(
+        &ns,
+        &[
+            "get",
+            "deployment",
+            DEPLOYMENT,
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].env[?(@.name==\"GEARMAN_SERVERS\")].value}",
+        ],
+    );
+    let expected: Vec<String> =
+        (0..BROKERS).map(|i| format!("{STATEFULSET}-{i}.gfb-gearfleet-brokers.{}.svc:4730", ns.name())).collect();
+    assert_eq!(servers, expected.join(","), "GEARMAN_SERVERS lists every broker pod");
+
+    // A backlog on the third broker only: the function scales up from zero, and its workers
+    // register on all three brokers.
+    submit_background(&brokers[2], FUNCTION, "start", "start 3", 4);
+    cluster.eventually(Duration::from_secs(60), "the backlog on one broker to scale the function up", || {
+        (ns.replicas(DEPLOYMENT)? > 0).then_some(())
+    });
+    cluster.eventually(Duration::from_secs(120), "a worker registered on each of the three brokers", || {
+        brokers
+            .iter()
+            .all(|b| fleet_workers(b).is_some_and(|w| w.iter().any(|w| w.functions.iter().any(|f| f == FUNCTION))))
+            .then_some(())
+    });
+    cluster.eventually(Duration::from_secs(90), "the four start jobs to run", || {
+        (executions(&ns)?.get("start").copied()? == 4).then_some(())
+    });
+
+    // The leader's pod deleted under load.
+    ns.apply(&pool(&ns, 2));
+    cluster.eventually(Duration::from_secs(120), "two ready workers", || {
+        let ready = get(&ns, &["get", "deployment", DEPLOYMENT, "-o", "jsonpath={.status.readyReplicas}"]);
+        (ready == "2").then_some(())
+    });
+    let before = lease(&ns);
+    // holderIdentity is NAME_UID.
+    let leader = before.split(['/', '_']).next().unwrap_or_default().to_string();
+    assert!(leader.starts_with(STATEFULSET), "an operator leads: {before}");
+    let load = Load::start(&service, "leader");
+    std::thread::sleep(Duration::from_secs(5));
+    let deleted = Instant::now();
+    ns.kubectl_ok(&["delete", "pod", &leader, "--wait=false"], None);
+    let took = cluster.eventually(Duration::from_secs(90), "a new leader", || {
+        let now = lease(&ns);
+        (now != before && !now.starts_with('/')).then(|| deleted.elapsed())
+    });
+    eprintln!("new leader after {took:?}: {}", lease(&ns));
+    assert!(took < Duration::from_secs(LEASE_SECONDS + 10), "the new leader took {took:?}");
+    // The new leader reconciles: a raised minimum is applied.
+    ns.apply(&pool(&ns, 3));
+    cluster.eventually(Duration::from_secs(60), "the new leader to scale the pool to 3", || {
+        (ns.replicas(DEPLOYMENT)? == 3).then_some(())
+    });
+    ns.kubectl_ok(&["rollout", "status", &format!("statefulset/{STATEFULSET}"), "--timeout=180s"], None);
+    std::thread::sleep(Duration::from_secs(10));
+    let seen = load.stop();
+    assert_exactly_once(&cluster, &ns, &seen, "leader");
+
+    // helm upgrade rolling every broker pod, under the same load.
+    let load = Load::start(&service, "upgrade");
+    std::thread::sleep(Duration::from_secs(5));
+    cluster.helm_ok(&[
+        "upgrade",
+        RELEASE,
+        CHART,
+        "--namespace",
+        ns.name(),
+        "--reuse-values",
+        "--set-string",
+        "podAnnotations.gearfleet-e2e/revision=2",
+        "--wait",
+        "--timeout",
+        "6m",
+    ]);
+    ns.kubectl_ok(&["rollout", "status", &format!("statefulset/{STATEFULSET}"), "--timeout=300s"], None);
+    std::thread::sleep(Duration::from_secs(10));
+    let seen = load.stop();
+    assert_eq!(ns.replicas(DEPLOYMENT), Some(3), "the pool kept its size through the roll");
+    assert_exactly_once(&cluster, &ns, &seen, "upgrade");
+
+    ns.kubectl_ok(&["delete", "workerpool", "brokers", "--wait=true"], None);
+}
