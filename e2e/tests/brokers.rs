@@ -6,18 +6,25 @@
 //!   jobs through the client Service without pause: another operator leads within the Lease time
 //!   and scales the pool, no acknowledged background job is lost or run twice (executions are
 //!   counted on the worker side), and no foreground call hangs;
-//! * `helm upgrade` rolls every broker pod under the same load, with the same promises.
+//! * `helm upgrade` rolls every broker pod under the same load, with the same promises;
+//! * with 1 broker and with 3, the pod of the leading operator is deleted while 30 Jobs run on
+//!   SDK workers: every Job Succeeds, and each ran exactly once (the workers log each execution).
+//!
+//! The tests take turns (each installs a release of its own, with its own brokers).
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gearfleet_e2e::gearman::{call, fleet_workers, submit_background};
-use gearfleet_e2e::{BUSYBOX_IMAGE, Cluster, GEAR_WORKERS_IMAGE, Namespace};
+use gearfleet_e2e::{BUSYBOX_IMAGE, Cluster, EXAMPLE_WORKERS_IMAGE, GEAR_WORKERS_IMAGE, Namespace};
 
 const CHART: &str = "charts/gearfleet";
 /// Not `gf` as in packaging_helm.rs: the release's cluster-scoped objects carry its name.
 const RELEASE: &str = "gfb";
+/// One test at a time: each runs several brokers and operators on the two cores.
+static TURN: Mutex<()> = Mutex::new(());
 const STATEFULSET: &str = "gfb-gearfleet";
 const FUNCTION: &str = "tally";
 const DEPLOYMENT: &str = "brokers-tally";
@@ -278,7 +285,7 @@ fn assert_exactly_once(cluster: &Cluster, ns: &Namespace<'_>, seen: &Seen, what:
 
 /// Prints the namespace (operators, brokers, workers) when the test fails, and uninstalls the
 /// release in any case (its cluster-scoped objects outlive the namespace).
-struct Release<'a, 'c>(&'a Namespace<'c>);
+struct Release<'a, 'c>(&'a Namespace<'c>, &'static str);
 
 impl Drop for Release<'_, '_> {
     fn drop(&mut self) {
@@ -286,33 +293,40 @@ impl Drop for Release<'_, '_> {
             self.0.dump();
         }
         let ns = self.0;
-        let _ = ns.cluster().helm(&["uninstall", RELEASE, "--namespace", ns.name(), "--wait", "--timeout", "3m"]);
+        let _ = ns.cluster().helm(&["uninstall", self.1, "--namespace", ns.name(), "--wait", "--timeout", "3m"]);
     }
 }
 
-#[test]
-fn three_brokers_keep_gearman_up_through_a_leader_loss_and_an_upgrade() {
-    let Some(cluster) = Cluster::connect() else { return };
-    cluster.install_crds();
-    let ns = cluster.namespace("gf-brokers");
-    let _release = Release(&ns);
+/// Installs the chart as `release` in `ns`, watching `ns`, with `brokers` brokers.
+fn install(cluster: &Cluster, ns: &Namespace<'_>, release: &str, brokers: usize) {
     let watch = format!("operator.watchNamespace={}", ns.name());
+    let replicas = format!("broker.replicas={brokers}");
     cluster.helm_ok(&[
         "install",
-        RELEASE,
+        release,
         CHART,
         "--namespace",
         ns.name(),
         "--set",
         &watch,
         "--set",
-        "broker.replicas=3",
+        &replicas,
         "--set",
         "broker.shutdownGrace=10s",
         "--wait",
         "--timeout",
         "5m",
     ]);
+}
+
+#[test]
+fn three_brokers_keep_gearman_up_through_a_leader_loss_and_an_upgrade() {
+    let Some(cluster) = Cluster::connect() else { return };
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    cluster.install_crds();
+    let ns = cluster.namespace("gf-brokers");
+    let _release = Release(&ns, RELEASE);
+    install(&cluster, &ns, RELEASE, BROKERS);
     let brokers = broker_pods(&ns);
     let service_ip = get(&ns, &["get", "service", "gfb-gearfleet-broker", "-o", "jsonpath={.spec.clusterIP}"]);
     let service = format!("{service_ip}:4730");
@@ -405,4 +419,81 @@ fn three_brokers_keep_gearman_up_through_a_leader_loss_and_an_upgrade() {
     assert_exactly_once(&cluster, &ns, &seen, "upgrade");
 
     ns.kubectl_ok(&["delete", "workerpool", "brokers", "--wait=true"], None);
+}
+
+#[test]
+fn jobs_run_once_when_the_leaders_pod_goes_away_with_one_broker() {
+    jobs_survive_the_leaders_pod(1, "gfj1");
+}
+
+#[test]
+fn jobs_run_once_when_the_leaders_pod_goes_away_with_three_brokers() {
+    jobs_survive_the_leaders_pod(3, "gfj3");
+}
+
+/// 30 Jobs of 3 s on three SDK workers; the leading operator's pod is deleted once some run.
+fn jobs_survive_the_leaders_pod(brokers: usize, release: &'static str) {
+    let Some(cluster) = Cluster::connect() else { return };
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    cluster.install_crds();
+    let ns = cluster.namespace(&format!("gf-{release}"));
+    let _release = Release(&ns, release);
+    install(&cluster, &ns, release, brokers);
+    ns.apply(&format!(
+        r#"
+apiVersion: gearfleet.dev/v1alpha1
+kind: WorkerPool
+metadata:
+  name: batch
+spec:
+  template:
+    spec:
+      terminationGracePeriodSeconds: 5
+      containers:
+        - name: worker
+          image: {EXAMPLE_WORKERS_IMAGE}
+          imagePullPolicy: Never
+  functions:
+    - {{name: sleep, minReplicas: 3, maxReplicas: 3}}
+"#
+    ));
+    cluster.eventually(Duration::from_secs(60), "the pool's Deployment", || ns.replicas("batch-sleep"));
+    ns.wait_for_rollout("batch-sleep", Duration::from_secs(180));
+    let jobs: String = (0..30)
+        .map(|i| {
+            format!(
+                "apiVersion: gearfleet.dev/v1alpha1\nkind: Job\nmetadata:\n  name: job-{i}\nspec:\n  function: sleep\n  payload: \"3000\"\n---\n"
+            )
+        })
+        .collect();
+    ns.apply(&jobs);
+    cluster.eventually(Duration::from_secs(90), "some Jobs to be Running", || {
+        let phases = get(&ns, &["get", "gj", "-o", "jsonpath={.items[*].status.phase}"]);
+        (phases.split_whitespace().filter(|p| *p == "Running").count() >= 2).then_some(())
+    });
+    let identity =
+        get(&ns, &["get", "lease", &format!("{release}-gearfleet"), "-o", "jsonpath={.spec.holderIdentity}"]);
+    let holder = identity.split('_').next().unwrap_or_default().to_string();
+    assert!(holder.starts_with(release), "an operator leads: {holder}");
+    ns.kubectl_ok(&["delete", "pod", &holder, "--wait=false"], None);
+    cluster.eventually(Duration::from_secs(300), "all 30 Jobs to succeed", || {
+        let phases = get(&ns, &["get", "gj", "-o", "jsonpath={.items[*].status.phase}"]);
+        assert!(!phases.contains("Failed"), "a Job failed: {phases}");
+        (phases.split_whitespace().filter(|p| *p == "Succeeded").count() == 30).then_some(())
+    });
+    // Each ran exactly once: one `exec` line per Job (its UID is the unique key) over the workers.
+    let logs =
+        ns.kubectl_ok(&["logs", "-l", "gearfleet.dev/function=sleep", "--tail=-1", "--max-log-requests=10"], None);
+    let mut runs: HashMap<&str, usize> = HashMap::new();
+    for line in logs.lines().filter(|l| l.starts_with("exec function=sleep ")) {
+        let unique = line.split_whitespace().find_map(|w| w.strip_prefix("unique=")).unwrap_or_default();
+        *runs.entry(unique).or_default() += 1;
+    }
+    let uids = get(&ns, &["get", "gj", "-o", "jsonpath={.items[*].metadata.uid}"]);
+    let twice: Vec<(&str, usize)> =
+        uids.split_whitespace().map(|u| (u, runs.get(u).copied().unwrap_or(0))).filter(|(_, n)| *n != 1).collect();
+    assert!(twice.is_empty(), "{brokers} broker(s): Jobs not run exactly once (uid, runs): {twice:?}");
+    eprintln!("{brokers} broker(s): 30 Jobs Succeeded, each ran once, the leader's pod {holder} deleted midway");
+    ns.kubectl_ok(&["delete", "gj", "--all", "--wait=true"], None);
+    ns.kubectl_ok(&["delete", "workerpool", "batch", "--wait=true"], None);
 }

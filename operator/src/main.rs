@@ -62,6 +62,11 @@ struct Args {
     /// Read the broker's admin token from this file instead (a mounted Secret key).
     #[arg(long, env = "GEARFLEET_ADMIN_TOKEN_FILE", conflicts_with = "broker_admin_token")]
     broker_admin_token_file: Option<std::path::PathBuf>,
+    /// On SIGTERM, how long the Job controller keeps following attempts that workers run (writing
+    /// their outcomes into their Jobs) before the operator exits; keep it below the pod's
+    /// terminationGracePeriodSeconds.
+    #[arg(long, env = "GEARFLEET_SHUTDOWN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
+    shutdown_grace: std::time::Duration,
     /// Log format: text or json (filter with RUST_LOG).
     #[arg(long, env = "GEARFLEET_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -97,13 +102,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let controllers = {
         let (client, namespace, job_metrics) = (client.clone(), args.namespace.clone(), ctx_metrics);
         let addresses = admin.addresses();
+        let grace = args.shutdown_grace;
         async move {
             let (trigger, triggers) = tokio::sync::mpsc::unbounded_channel();
             let runner = Runner::start(addresses, trigger);
+            let wind_down = job_reconcile::wind_down(runner.clone(), admin.clone(), grace);
             let jobs = Arc::new(JobContext::new(client.clone(), runner, admin, job_metrics));
             tokio::join!(
                 reconcile::run(client.clone(), namespace.clone(), ctx),
-                job_reconcile::run(client, namespace, jobs, triggers)
+                job_reconcile::run(client, namespace, jobs, triggers, wind_down)
             );
         }
     };

@@ -82,11 +82,13 @@ impl JobContext {
 }
 
 /// Runs the Job controller until shutdown; `triggers` are the runner's reports.
+/// Runs the Job controller until `shutdown` resolves (see [`wind_down`]).
 pub async fn run(
     client: Client,
     namespace: Option<String>,
     ctx: Arc<JobContext>,
     mut triggers: mpsc::UnboundedReceiver<ObjectRef<Job>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let triggers = futures::stream::poll_fn(move |cx| triggers.poll_recv(cx));
     let jobs: Api<Job> = match &namespace {
@@ -96,7 +98,7 @@ pub async fn run(
     Controller::new(jobs, watcher::Config::default())
         .reconcile_on(triggers)
         .with_config(controller::Config::default().debounce(Duration::from_millis(100)))
-        .shutdown_on_signal()
+        .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
@@ -104,6 +106,43 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// What the Job controller does on SIGTERM or SIGINT before it stops: it submits nothing more and
+/// withdraws the attempts no worker has taken (`cancel job`, so none starts after it is gone), but
+/// keeps following the attempts workers are running, and writing their outcomes into their Jobs,
+/// until none runs or `grace` has passed. A running attempt's outcome thus reaches its Job even
+/// when the broker it runs on shuts down with this pod (a broker lets held jobs finish and passes
+/// their outcomes on first); the next leader submits whatever is left.
+pub async fn wind_down(runner: Runner, brokers: Brokers, grace: Duration) {
+    wait_for_signal().await;
+    runner.stop_submitting();
+    for (unique, handle) in runner.queued_handles() {
+        // Refused when a worker took it meanwhile: then it is followed to its end below.
+        if brokers.cancel_job(&handle).await.is_ok() {
+            runner.forget(&unique);
+        }
+    }
+    let started = tokio::time::Instant::now();
+    let running = runner.running();
+    tracing::info!(running, grace = ?grace, "shutting down: no more submissions; waiting for running attempts");
+    while runner.running() > 0 && started.elapsed() < grace {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tracing::info!(left = runner.running(), waited = ?started.elapsed(), "job controller stopping");
+    // Let the last outcomes' reconciles write their statuses.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+async fn wait_for_signal() {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
 
 fn error_policy(job: Arc<Job>, error: &JobError, ctx: Arc<JobContext>) -> Requeue {

@@ -44,6 +44,8 @@ struct Inner {
     /// Uniques whose JOB_CREATED has not arrived yet on the current connection, in order.
     awaiting_created: VecDeque<String>,
     connected: bool,
+    /// Shutting down: nothing more is submitted (see [`Runner::stop_submitting`]).
+    closed: bool,
 }
 
 /// Handle to the runner task.
@@ -68,9 +70,11 @@ impl Runner {
     }
 
     /// Submits an attempt and follows it. Idempotent: an attempt already followed is left alone.
+    /// Ignored once [`stop_submitting`](Self::stop_submitting) was called (the attempt stays
+    /// unfollowed, so the next leader submits it).
     pub fn submit(&self, job: ObjectRef<Job>, unique: &str, function: &str, payload: Bytes, priority: Priority) {
         let mut inner = self.lock();
-        if inner.by_unique.contains_key(unique) {
+        if inner.closed || inner.by_unique.contains_key(unique) {
             return;
         }
         let tracked = Tracked { job, function: function.to_string(), payload, priority, obs: Observation::default() };
@@ -108,6 +112,25 @@ impl Runner {
     /// Whether the broker connection is up.
     pub fn connected(&self) -> bool {
         self.lock().connected
+    }
+
+    /// Stops submitting (the operator is shutting down): new attempts are ignored and nothing is
+    /// resubmitted after a lost connection, while the outcomes of attempts already submitted are
+    /// still followed.
+    pub fn stop_submitting(&self) {
+        self.lock().closed = true;
+    }
+
+    /// The handles of followed attempts that no worker has taken yet.
+    pub fn queued_handles(&self) -> Vec<(String, String)> {
+        let g = self.lock();
+        let queued = g.by_unique.iter().filter(|(_, t)| !t.obs.started && t.obs.outcome.is_none());
+        queued.filter_map(|(u, t)| Some((u.clone(), t.obs.handle.clone()?))).collect()
+    }
+
+    /// Attempts a worker has taken and not finished (what a shutting-down operator waits for).
+    pub fn running(&self) -> usize {
+        self.lock().by_unique.values().filter(|t| t.obs.started && t.obs.outcome.is_none()).count()
     }
 }
 
@@ -235,8 +258,11 @@ async fn serve(
     let resubmit: Vec<Bytes> = {
         let mut g = inner.lock().unwrap_or_else(|e| e.into_inner());
         g.connected = true;
-        let uniques: Vec<String> =
-            g.by_unique.iter().filter(|(_, t)| t.obs.outcome.is_none()).map(|(u, _)| u.clone()).collect();
+        let uniques: Vec<String> = if g.closed {
+            Vec::new()
+        } else {
+            g.by_unique.iter().filter(|(_, t)| t.obs.outcome.is_none()).map(|(u, _)| u.clone()).collect()
+        };
         let packets = uniques.iter().map(|u| submit_packet(u, &g.by_unique[u]).to_bytes()).collect();
         g.awaiting_created.extend(uniques);
         packets
@@ -397,6 +423,50 @@ mod tests {
         second.stop().await;
         assert!(queued_on(a3).await, "submitted again to the third once the second stopped");
         third.stop().await;
+    }
+
+    /// A runner told to stop submitting ignores new attempts but still follows the running one to
+    /// its outcome, and counts it as running until then.
+    #[tokio::test]
+    async fn a_stopped_runner_submits_nothing_but_follows_running_attempts_to_their_end() {
+        use gearfleet_proto::Codec;
+        use tokio::io::AsyncWriteExt;
+        let broker = gearfleet_broker::start(gearfleet_broker::Config::for_tests()).await.expect("broker");
+        let addr = broker.gearman_addr.to_string();
+        let (trigger, _triggers) = mpsc::unbounded_channel();
+        let runner = Runner::start(vec![addr.clone()], trigger);
+        let job = ObjectRef::<Job>::new("j").within("ns");
+        runner.submit(job.clone(), "u-1", "resize", Bytes::from_static(b"x"), Priority::Normal);
+
+        let stream = TcpStream::connect(&addr).await.expect("worker");
+        let (read, mut write) = stream.into_split();
+        let mut frames = FramedRead::new(read, Codec::client());
+        write.write_all(&Packet::req(PacketType::CanDo, &[b"resize"]).to_bytes()).await.expect("can do");
+        let handle = loop {
+            write.write_all(&Packet::req(PacketType::GrabJob, &[]).to_bytes()).await.expect("grab");
+            match frames.next().await {
+                Some(Ok(Frame::Packet(p))) if p.ptype == PacketType::JobAssign => break p.arg(0).to_vec(),
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        async fn until(runner: &Runner, what: &str, f: fn(&Runner) -> bool) {
+            for _ in 0..250 {
+                if f(runner) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("{what}");
+        }
+        until(&runner, "the attempt is seen running", |r| r.running() == 1).await;
+
+        runner.stop_submitting();
+        runner.submit(job, "u-2", "resize", Bytes::from_static(b"y"), Priority::Normal);
+        assert_eq!(runner.followed(), 1, "nothing new is taken on");
+        write.write_all(&Packet::req(PacketType::WorkComplete, &[&handle, b"done"]).to_bytes()).await.expect("done");
+        until(&runner, "the outcome arrives", |r| r.running() == 0).await;
+        assert!(runner.observation("u-1").and_then(|o| o.outcome).is_some());
+        broker.stop().await;
     }
 
     #[test]
