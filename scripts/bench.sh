@@ -4,10 +4,13 @@
 # Installs gearmand (Debian's gearman-job-server) if it is missing, builds the release binaries,
 # runs every standard workload 3 times against gearmand, gearmand tuned for deep queues and
 # gearfleet-broker (one server at a time, on loopback ports), and writes
-# docs/benchmarks/results.md and docs/benchmarks/results.svg. About 10 minutes on 2 cores.
+# docs/benchmarks/results.md and docs/benchmarks/results.svg; then the several-brokers sweep
+# (fg 4/4 per broker against 1, 2 and 3 servers of each kind at once) into
+# docs/benchmarks/brokers.md. About 12 minutes on 2 cores.
 #
-# Extra arguments go to gearfleet-bench, e.g. `--repeat 5`, `--duration 5s`,
-# `--workloads fg-1-1,drain`, `--smoke`. See docs/performance.md.
+# Extra arguments go to gearfleet-bench instead (and skip the sweep), e.g. `--repeat 5`,
+# `--duration 5s`, `--workloads fg-1-1,drain`, `--smoke`, or `brokers --max 4` for the sweep
+# alone. See docs/performance.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,4 +35,9 @@ cargo build --release -p gearfleet-bench -p gearfleet-broker
 echo "==> load average before the run: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
 echo "    (absolute figures need a quiet machine; ratios from the same run hold either way)"
 # Defaults: 3 runs per workload and server, 3 s per throughput run, 200,000 queued jobs.
-exec "$CARGO_TARGET_DIR/release/gearfleet-bench" "$@"
+bench="$CARGO_TARGET_DIR/release/gearfleet-bench"
+"$bench" "$@"
+if [ $# -eq 0 ]; then
+  echo "==> several brokers: fg 4/4 per broker against 1, 2 and 3 servers at once"
+  "$bench" brokers
+fi

@@ -37,6 +37,8 @@ pub struct Cli {
 pub enum Command {
     /// One workload with custom sizes against one server (started here, or already running).
     Run(RunArgs),
+    /// Several brokers: `fg 4/4` against 1..=--max servers of each kind at once, aggregate jobs/s.
+    Brokers(BrokersArgs),
     /// Serves the floor server (started by the comparison for `--servers floor`).
     #[command(hide = true)]
     FloorServer {
@@ -186,10 +188,50 @@ pub struct RunArgs {
     pub gen_threads: usize,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct BrokersArgs {
+    #[command(flatten)]
+    pub server_args: ServerArgs,
+    /// Servers, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "gearmand,gearfleet")]
+    pub servers: Vec<ServerKind>,
+    /// Up to this many servers of each kind at once.
+    #[arg(long, default_value_t = 3)]
+    pub max: usize,
+    #[arg(long, short = 'r', default_value_t = 3)]
+    pub repeat: usize,
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    #[arg(long, default_value_t = 2)]
+    pub gen_threads: usize,
+    /// Markdown output.
+    #[arg(long, default_value = "docs/benchmarks/brokers.md")]
+    pub out: PathBuf,
+}
+
+/// The several-brokers sweep: prints and writes its table.
+pub fn several_brokers(a: &BrokersArgs) -> Result<()> {
+    let opts = a.server_args.options();
+    for &kind in &a.servers {
+        if !opts.available(kind) {
+            bail!("{kind} is not available here (see --gearmand, --broker-bin)");
+        }
+    }
+    let rows =
+        crate::brokers::sweep(&a.servers, a.max, a.repeat, a.duration, &opts, a.gen_threads, |l| eprintln!("{l}"))?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let md = crate::brokers::markdown(&rows, cores);
+    println!("{md}");
+    write_file(&a.out, &md)?;
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}
+
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Run(args)) => run_one(&args),
+        Some(Command::Brokers(args)) => several_brokers(&args),
         Some(Command::FloorServer { listen, route: false, .. }) => Ok(crate::floor::serve(listen)?),
         Some(Command::FloorServer { listen, route: true, idle_poll }) => {
             Ok(crate::router_floor::serve(std::net::TcpListener::bind(listen)?, idle_poll)?)

@@ -8,10 +8,12 @@
 //! * [`floor`]: the cheapest possible answer to a background submission (what the kernel costs).
 //! * [`router_floor`]: the least a server can do to route foreground jobs (the same for them).
 //! * [`server`]: starting gearmand and gearfleet-broker on loopback ports, one at a time.
-//! * [`suite`]: the standard workloads and the comparison loop.
+//! * [`suite`]: the standard workloads and the comparison loop; [`brokers`]: the same foreground
+//!   workload against 1..N servers at once (several brokers).
 //! * [`report`], [`chart`]: the Markdown table, the goals check, and the SVG chart;
 //!   [`timestamp`]: their dates.
 
+pub mod brokers;
 pub mod chart;
 pub mod cli;
 pub mod conn;

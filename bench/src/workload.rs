@@ -188,6 +188,53 @@ pub async fn run(w: &Workload, server: &Server) -> Result<Sample> {
     }
 }
 
+/// Runs the foreground workload `w` against every one of `servers` at once, as a fleet of brokers
+/// serves it: each server gets the workload's clients and workers (a worker serving several
+/// brokers holds one connection to each). The sample sums the jobs and the servers' CPU time.
+pub async fn run_spread(w: &Workload, servers: &[Server]) -> Result<Sample> {
+    if w.shape != Shape::Fg {
+        return Err(anyhow!("{}: spreading over brokers is for foreground workloads", w.key));
+    }
+    let mut all_workers = Vec::new();
+    let mut pools = Vec::new();
+    for server in servers {
+        let shared = Workers::new(0);
+        let mut workers = spawn_workers(server.addr, w.workers, &shared);
+        load::wait_ready(&shared, w.workers, &mut workers, Duration::from_secs(10)).await?;
+        pools.push(workers);
+        all_workers.push(shared);
+    }
+    let result = async {
+        let cpu = |servers: &[Server]| -> Result<Option<Duration>> {
+            let mut total = Duration::ZERO;
+            for s in servers {
+                match s.cpu()? {
+                    Some(c) => total += c,
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some(total))
+        };
+        let (server_before, me_before, at) = (cpu(servers)?, procstat::self_cpu(), Instant::now());
+        let runs =
+            servers.iter().zip(pools.iter_mut()).map(|(s, workers)| submit_all(s.addr, w, false, w.amount, workers));
+        let jobs: u64 = futures::future::try_join_all(runs).await?.into_iter().sum();
+        let elapsed = at.elapsed();
+        let server_cpu = match (cpu(servers)?, server_before) {
+            (Some(now), Some(then)) => Some(now.saturating_sub(then)),
+            _ => None,
+        };
+        let gen_cpu = procstat::self_cpu().saturating_sub(me_before);
+        Ok(Sample { jobs, elapsed, server_cpu, gen_cpu, mem: None })
+    }
+    .await;
+    for workers in pools {
+        abort(workers);
+    }
+    drop(all_workers);
+    result
+}
+
 /// The server's lowest RSS over `settle` after a drain, sampled every 250 ms.
 async fn settled_rss(server: &Server, settle: Duration) -> Result<Option<u64>> {
     let step = Duration::from_millis(250).min(settle.max(Duration::from_millis(1)));
