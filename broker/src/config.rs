@@ -144,6 +144,13 @@ pub struct Config {
     #[arg(long, env = "GEARFLEET_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// On SIGTERM, the least time the broker keeps listening (refusing submissions), even with no
+    /// job held, so that Services stop routing new connections to it before it is gone: a client
+    /// connecting meanwhile gets `ERROR SHUTTING_DOWN` at once rather than a connection to an
+    /// address that no longer answers. Capped by --shutdown-grace.
+    #[arg(long, env = "GEARFLEET_SHUTDOWN_MIN_WAIT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub shutdown_min_wait: Duration,
+
     /// Accept the unauthenticated `shutdown` admin command, as gearmand does.
     #[arg(long, env = "GEARFLEET_ALLOW_ADMIN_SHUTDOWN", default_value_t = false)]
     pub allow_admin_shutdown: bool,

@@ -13,16 +13,16 @@ fn main() -> anyhow::Result<()> {
 async fn run(config: Config) -> anyhow::Result<()> {
     let running = gearfleet_broker::start(config).await?;
     let shutdown = running.broker.shutdown.clone();
-    let grace = running.broker.config.shutdown_grace;
+    let (min_wait, grace) = (running.broker.config.shutdown_min_wait, running.broker.config.shutdown_grace);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {
             tracing::info!("SIGTERM: shutting down");
-            running.shut_down(grace).await;
+            running.shut_down(min_wait, grace).await;
         }
         _ = tokio::signal::ctrl_c() => {
             tracing::info!("interrupt: shutting down");
-            running.shut_down(grace).await;
+            running.shut_down(min_wait, grace).await;
         }
         _ = shutdown.cancelled() => running.stop().await,
     }

@@ -38,26 +38,28 @@ pub struct Running {
 
 impl Running {
     /// Shuts down gracefully (SIGTERM): reports not ready (the Service stops sending clients
-    /// here), refuses submissions and hands out no job (see `state::shutdown`), waits up to
-    /// `grace` for the jobs workers hold to finish, then [`stop`](Self::stop)s. Returns the jobs
-    /// still held when it stopped (they run again: background ones from the journal).
-    pub async fn shut_down(self, grace: Duration) -> u64 {
+    /// here), refuses submissions and hands out no job (see `state::shutdown`), waits for the jobs
+    /// workers hold to finish, but at least `min_wait` (for the Service to take this broker out)
+    /// and at most `grace`, then [`stop`](Self::stop)s. Returns the jobs still held when it
+    /// stopped (they run again: background ones from the journal).
+    pub async fn shut_down(self, min_wait: Duration, grace: Duration) -> u64 {
         self.ready.store(false, Ordering::Release);
         let held = self.broker.with_state(|s| {
             s.begin_shutdown();
             s.assigned_jobs()
         });
         tracing::info!(held, grace = ?grace, "shutting down: no new jobs; waiting for the jobs workers hold");
-        let deadline = tokio::time::Instant::now() + grace;
+        let start = tokio::time::Instant::now();
+        let min_wait = min_wait.min(grace);
         let mut held = held;
-        while held > 0 && tokio::time::Instant::now() < deadline {
+        while (held > 0 || start.elapsed() < min_wait) && start.elapsed() < grace {
             tokio::time::sleep(Duration::from_millis(50)).await;
             held = self.broker.with_state(|s| s.assigned_jobs());
         }
         if held > 0 {
             tracing::warn!(held, "shutdown grace over: stopping with jobs still held by workers");
         } else {
-            tracing::info!("no job held: stopping");
+            tracing::info!(waited = ?start.elapsed(), "no job held: stopping");
         }
         self.stop().await;
         held

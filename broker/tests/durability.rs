@@ -349,7 +349,7 @@ async fn memory_of_a_drained_backlog_is_given_back() {
 /// (from the journal), not the completed one.
 #[tokio::test]
 async fn sigterm_lets_held_jobs_finish_and_keeps_the_queue() {
-    let mut broker = Journaled::new(&["--shutdown-grace", "20s"]);
+    let mut broker = Journaled::new(&["--shutdown-grace", "20s", "--shutdown-min-wait", "1s"]);
     let mut b = broker.start();
     let mut client = Peer::connect(b.addr).await;
     for payload in ["held", "q1", "q2", "q3"] {
@@ -362,8 +362,8 @@ async fn sigterm_lets_held_jobs_finish_and_keeps_the_queue() {
 
     // SAFETY: kill(2) on the pid of a child this test started.
     unsafe { libc::kill(b.child.id() as i32, libc::SIGTERM) };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(b.alive(), "a job is held: the broker waits");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(b.alive(), "a job is held: the broker waits past its minimum wait");
     client.send(T::SubmitJobBg, &[b"durable", b"", b"late"]).await;
     let refused = client.recv().await;
     assert_eq!(refused.ptype, T::Error);
