@@ -82,7 +82,7 @@ Done in $((SECONDS - t0)) s. The cluster is still up; look around:
   kubectl -n $DEMO get wp,deploy,pods
   kubectl -n $DEMO describe wp demo
   kubectl -n $DEMO describe gj reverse-hello
-  kubectl -n $SYSTEM logs deploy/gearfleet -c operator
+  kubectl -n $SYSTEM logs statefulset/gearfleet -c operator
   gearman -h $broker_ip -p 4730 -f reverse hello        # any Gearman client works
   gearadmin -h $broker_ip -p 4730 --status
   curl -s http://$(kubectl -n $SYSTEM get svc gearfleet-metrics -o jsonpath='{.spec.clusterIP}'):9730/metrics | grep gearfleet_broker_jobs
