@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use gearfleet_e2e::executions::{counts, reader_pod};
 use gearfleet_e2e::gearman::{call, fleet_workers, submit_background};
-use gearfleet_e2e::{BUSYBOX_IMAGE, Cluster, EXAMPLE_WORKERS_IMAGE, GEAR_WORKERS_IMAGE, Namespace};
+use gearfleet_e2e::{Cluster, EXAMPLE_WORKERS_IMAGE, GEAR_WORKERS_IMAGE, Namespace};
 
 const CHART: &str = "charts/gearfleet";
 /// Not `gf` as in packaging_helm.rs: the release's cluster-scoped objects carry its name.
@@ -65,44 +66,6 @@ spec:
     )
 }
 
-fn reader(ns: &Namespace<'_>) -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata:
-  name: executions
-spec:
-  terminationGracePeriodSeconds: 0
-  containers:
-    - name: reader
-      image: {BUSYBOX_IMAGE}
-      imagePullPolicy: Never
-      command: [sleep, "3600"]
-      volumeMounts: [{{name: executions, mountPath: /executions}}]
-  volumes:
-    - name: executions
-      hostPath: {{path: /tmp/gearfleet-e2e/{ns}, type: DirectoryOrCreate}}
-"#,
-        ns = ns.name()
-    )
-}
-
-/// Executions per job key so far (None when the reader cannot be reached).
-fn executions(ns: &Namespace<'_>) -> Option<std::collections::BTreeMap<String, usize>> {
-    let out = ns.kubectl(&["exec", "executions", "--", "cat", "/executions/log"], None);
-    if !out.status.success() {
-        return None;
-    }
-    let mut counts = std::collections::BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Some(key) = line.split_whitespace().next() {
-            *counts.entry(key.to_string()).or_insert(0) += 1;
-        }
-    }
-    Some(counts)
-}
-
 fn get(ns: &Namespace<'_>, what: &[&str]) -> String {
     String::from_utf8_lossy(&ns.kubectl(what, None).stdout).trim().to_string()
 }
@@ -117,18 +80,23 @@ fn broker_pods(ns: &Namespace<'_>) -> Vec<String> {
         .collect()
 }
 
-/// Who holds the Lease, since when, after how many hand-overs.
-fn lease(ns: &Namespace<'_>) -> String {
+/// Who holds the Lease of `release`, since when, after how many hand-overs.
+fn lease(ns: &Namespace<'_>, release: &str) -> String {
     get(
         ns,
         &[
             "get",
             "lease",
-            STATEFULSET,
+            &format!("{release}-gearfleet"),
             "-o",
             "jsonpath={.spec.holderIdentity}/{.spec.acquireTime}/{.spec.leaseTransitions}",
         ],
     )
+}
+
+/// The leader's pod in a [`lease`] reading (holderIdentity is `NAME_UID`).
+fn leader_pod(lease: &str) -> String {
+    lease.split(['/', '_']).next().unwrap_or_default().to_string()
 }
 
 /// What the clients of one load run saw.
@@ -261,7 +229,7 @@ fn assert_exactly_once(cluster: &Cluster, ns: &Namespace<'_>, seen: &Seen, what:
     }
     let counts =
         cluster.eventually(Duration::from_secs(180), &format!("{what}: every acknowledged job to run"), || {
-            let counts = executions(ns)?;
+            let counts = counts(ns)?;
             let missing = seen.acked.iter().filter(|k| !counts.contains_key(*k)).count();
             if missing > 0 {
                 eprintln!("{what}: {missing} of {} acknowledged background jobs not run yet", seen.acked.len());
@@ -330,7 +298,7 @@ fn three_brokers_keep_gearman_up_through_a_leader_loss_and_an_upgrade() {
     let brokers = broker_pods(&ns);
     let service_ip = get(&ns, &["get", "service", "gfb-gearfleet-broker", "-o", "jsonpath={.spec.clusterIP}"]);
     let service = format!("{service_ip}:4730");
-    ns.apply(&reader(&ns));
+    ns.apply(&reader_pod(&ns));
     ns.apply(&pool(&ns, 0));
     ns.kubectl_ok(&["wait", "--for=condition=Ready", "pod/executions", "--timeout=60s"], None);
     cluster.eventually(Duration::from_secs(60), "the pool's Deployment at zero", || {
@@ -363,7 +331,7 @@ fn three_brokers_keep_gearman_up_through_a_leader_loss_and_an_upgrade() {
             .then_some(())
     });
     cluster.eventually(Duration::from_secs(90), "the four start jobs to run", || {
-        (executions(&ns)?.get("start").copied()? == 4).then_some(())
+        (counts(&ns)?.get("start").copied()? == 4).then_some(())
     });
 
     // The leader's pod deleted under load.
@@ -372,19 +340,18 @@ fn three_brokers_keep_gearman_up_through_a_leader_loss_and_an_upgrade() {
         let ready = get(&ns, &["get", "deployment", DEPLOYMENT, "-o", "jsonpath={.status.readyReplicas}"]);
         (ready == "2").then_some(())
     });
-    let before = lease(&ns);
-    // holderIdentity is NAME_UID.
-    let leader = before.split(['/', '_']).next().unwrap_or_default().to_string();
+    let before = lease(&ns, RELEASE);
+    let leader = leader_pod(&before);
     assert!(leader.starts_with(STATEFULSET), "an operator leads: {before}");
     let load = Load::start(&service, "leader");
     std::thread::sleep(Duration::from_secs(5));
     let deleted = Instant::now();
     ns.kubectl_ok(&["delete", "pod", &leader, "--wait=false"], None);
     let took = cluster.eventually(Duration::from_secs(90), "a new leader", || {
-        let now = lease(&ns);
+        let now = lease(&ns, RELEASE);
         (now != before && !now.starts_with('/')).then(|| deleted.elapsed())
     });
-    eprintln!("new leader after {took:?}: {}", lease(&ns));
+    eprintln!("new leader after {took:?}: {}", lease(&ns, RELEASE));
     assert!(took < Duration::from_secs(LEASE_SECONDS + 10), "the new leader took {took:?}");
     // The new leader reconciles: a raised minimum is applied.
     ns.apply(&pool(&ns, 3));
@@ -471,9 +438,7 @@ spec:
         let phases = get(&ns, &["get", "gj", "-o", "jsonpath={.items[*].status.phase}"]);
         (phases.split_whitespace().filter(|p| *p == "Running").count() >= 2).then_some(())
     });
-    let identity =
-        get(&ns, &["get", "lease", &format!("{release}-gearfleet"), "-o", "jsonpath={.spec.holderIdentity}"]);
-    let holder = identity.split('_').next().unwrap_or_default().to_string();
+    let holder = leader_pod(&lease(&ns, release));
     assert!(holder.starts_with(release), "an operator leads: {holder}");
     ns.kubectl_ok(&["delete", "pod", &holder, "--wait=false"], None);
     cluster.eventually(Duration::from_secs(300), "all 30 Jobs to succeed", || {

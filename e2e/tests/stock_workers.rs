@@ -13,9 +13,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use gearfleet_e2e::executions::{counts, reader_pod};
 use gearfleet_e2e::fixture::Fixture;
 use gearfleet_e2e::gearman::{backlog, call, fleet_workers};
-use gearfleet_e2e::{BUSYBOX_IMAGE, Cluster, GEAR_WORKERS_IMAGE, GEARMAN_WORKERS_IMAGE, Namespace};
+use gearfleet_e2e::{Cluster, GEAR_WORKERS_IMAGE, GEARMAN_WORKERS_IMAGE, Namespace};
 use gearfleet_proto::admin::WorkerStats;
 
 const POOL: &str = "stock";
@@ -59,40 +60,9 @@ spec:
     )
 }
 
-/// A pod that shows the executions file (the worker pods come and go).
-fn reader(ns: &Namespace<'_>) -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata:
-  name: executions
-spec:
-  terminationGracePeriodSeconds: 0
-  containers:
-    - name: reader
-      image: {BUSYBOX_IMAGE}
-      imagePullPolicy: Never
-      command: [sleep, "3600"]
-      volumeMounts: [{{name: executions, mountPath: /executions}}]
-  volumes:
-    - name: executions
-      hostPath: {{path: /tmp/gearfleet-e2e/{ns}, type: DirectoryOrCreate}}
-"#,
-        ns = ns.name()
-    )
-}
-
-/// Executions per job key so far.
+/// Executions per job key so far (none while the reader cannot be reached).
 fn executions(ns: &Namespace<'_>) -> BTreeMap<String, usize> {
-    let out = ns.kubectl(&["exec", "executions", "--", "cat", "/executions/log"], None);
-    let mut counts = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Some(key) = line.split_whitespace().next() {
-            *counts.entry(key.to_string()).or_insert(0) += 1;
-        }
-    }
-    counts
+    counts(ns).unwrap_or_default()
 }
 
 /// Foreground calls in flight: each key with the thread that waits for its result.
@@ -182,7 +152,7 @@ fn every_way_a_pod_ends(cluster: &Cluster, image: &str, prefix: &str) {
     let fixture = Fixture::new(cluster, prefix);
     let (ns, broker) = (fixture.ns(), fixture.broker());
     let pool = |replicas, revision, max_age| stock_pool(ns, image, replicas, revision, max_age);
-    ns.apply(&reader(ns));
+    ns.apply(&reader_pod(ns));
     ns.apply(&pool(4, 1, None));
     cluster.eventually(Duration::from_secs(120), "4 stock workers registered", || {
         (worker_pods(broker, false) == 4).then_some(())
@@ -309,7 +279,7 @@ fn jobs_of_force_deleted_and_partitioned_stock_workers_run_again_elsewhere() {
     let Some(cluster) = Cluster::connect() else { return };
     let fixture = Fixture::new(&cluster, "gf-gone");
     let (ns, broker) = (fixture.ns(), fixture.broker());
-    ns.apply(&reader(ns));
+    ns.apply(&reader_pod(ns));
     ns.apply(&stock_pool(ns, GEARMAN_WORKERS_IMAGE, 2, 1, None));
     cluster.eventually(Duration::from_secs(120), "2 stock workers", || (worker_pods(broker, false) == 2).then_some(()));
     ns.kubectl_ok(&["wait", "--for=condition=Ready", "pod/executions", "--timeout=60s"], None);
