@@ -47,26 +47,35 @@ impl Brokers {
         self.clients.iter().map(|c| c.addr().to_string()).collect()
     }
 
-    /// Sends the admin command `command` (whose reply is `OK`) to every broker at once.
-    pub async fn ok(&self, command: &str) -> Result<(), FanOutError> {
-        let replies = join_all(self.clients.iter().map(|c| c.ok(command))).await;
+    /// Runs `request` against every broker at once; `Ok` when every one succeeded.
+    async fn on_all<'a, F, Fut>(&'a self, request: F) -> Result<(), FanOutError>
+    where
+        F: Fn(&'a BrokerClient) -> Fut,
+        Fut: std::future::Future<Output = Result<(), BrokerError>>,
+    {
+        let replies = join_all(self.clients.iter().map(request)).await;
         let errors: Vec<BrokerError> = replies.into_iter().filter_map(Result::err).collect();
         if errors.is_empty() { Ok(()) } else { Err(FanOutError(errors)) }
     }
 
+    /// Sends the admin command `command` (whose reply is `OK`) to every broker at once.
+    pub async fn ok(&self, command: &str) -> Result<(), FanOutError> {
+        self.on_all(|c| c.ok(command)).await
+    }
+
     /// `fleet drain TARGET` on every broker.
     pub async fn drain(&self, target: &str) -> Result<(), FanOutError> {
-        self.ok(&format!("fleet drain {target}")).await
+        self.on_all(|c| c.drain(target)).await
     }
 
     /// `fleet undrain TARGET` on every broker.
     pub async fn undrain(&self, target: &str) -> Result<(), FanOutError> {
-        self.ok(&format!("fleet undrain {target}")).await
+        self.on_all(|c| c.undrain(target)).await
     }
 
     /// `fleet disconnect TARGET` on every broker.
     pub async fn disconnect(&self, target: &str) -> Result<(), FanOutError> {
-        self.ok(&format!("fleet disconnect {target}")).await
+        self.on_all(|c| c.disconnect(target)).await
     }
 
     /// `cancel job HANDLE` on every broker. A handle names its broker's host, so at most one
