@@ -109,27 +109,39 @@ impl Sample {
     }
 }
 
-/// Wall clock and CPU at the start of a timed phase.
+/// Wall clock and CPU at the start of a timed phase, of one server or of several together.
 struct Meter {
     at: Instant,
     server: Option<Duration>,
     me: Duration,
 }
 
+/// The servers' CPU time together (`None` if any cannot be measured).
+fn servers_cpu(servers: &[Server]) -> Result<Option<Duration>> {
+    let mut total = Duration::ZERO;
+    for s in servers {
+        match s.cpu()? {
+            Some(c) => total += c,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(total))
+}
+
 impl Meter {
-    fn start(server: &Server) -> Result<Meter> {
-        Ok(Meter { server: server.cpu()?, me: procstat::self_cpu(), at: Instant::now() })
+    fn start(servers: &[Server]) -> Result<Meter> {
+        Ok(Meter { server: servers_cpu(servers)?, me: procstat::self_cpu(), at: Instant::now() })
     }
 
     /// (elapsed, server CPU, generator CPU) since the start.
-    fn stop(self, server: &Server) -> Result<(Duration, Option<Duration>, Duration)> {
+    fn stop(self, servers: &[Server]) -> Result<(Duration, Option<Duration>, Duration)> {
         let elapsed = self.at.elapsed();
-        let server_cpu = match (server.cpu()?, self.server) {
+        let server_cpu = match (servers_cpu(servers)?, self.server) {
             (Some(now), Some(then)) => Some(now.saturating_sub(then)),
             _ => None,
         };
         let mut gen_cpu = procstat::self_cpu().saturating_sub(self.me);
-        if server.in_process() {
+        if servers.iter().any(Server::in_process) {
             gen_cpu = gen_cpu.saturating_sub(server_cpu.unwrap_or_default());
         }
         Ok((elapsed, server_cpu, gen_cpu))
@@ -139,15 +151,16 @@ impl Meter {
 /// Runs `w` once against `server`, on the current (generator) runtime.
 pub async fn run(w: &Workload, server: &Server) -> Result<Sample> {
     let addr = server.addr;
+    let one = std::slice::from_ref(server);
     match w.shape {
         Shape::Fg => {
             let shared = Workers::new(0);
             let mut workers = spawn_workers(addr, w.workers, &shared);
             let result = async {
                 load::wait_ready(&shared, w.workers, &mut workers, Duration::from_secs(10)).await?;
-                let meter = Meter::start(server)?;
+                let meter = Meter::start(one)?;
                 let jobs = submit_all(addr, w, false, w.amount, &mut workers).await?;
-                let (elapsed, server_cpu, gen_cpu) = meter.stop(server)?;
+                let (elapsed, server_cpu, gen_cpu) = meter.stop(one)?;
                 Ok(Sample { jobs, elapsed, server_cpu, gen_cpu, mem: None })
             }
             .await;
@@ -155,25 +168,25 @@ pub async fn run(w: &Workload, server: &Server) -> Result<Sample> {
             result
         }
         Shape::Bg => {
-            let meter = Meter::start(server)?;
+            let meter = Meter::start(one)?;
             let jobs = submit_all(addr, w, true, w.amount, &mut []).await?;
-            let (elapsed, server_cpu, gen_cpu) = meter.stop(server)?;
+            let (elapsed, server_cpu, gen_cpu) = meter.stop(one)?;
             Ok(Sample { jobs, elapsed, server_cpu, gen_cpu, mem: None })
         }
         Shape::Drain => {
             let n = queue_jobs(w)?;
             let queued = submit_all(addr, w, true, Amount::Jobs(n), &mut []).await.context("queueing")?;
-            let meter = Meter::start(server)?;
+            let meter = Meter::start(one)?;
             drain(addr, w, queued).await?;
-            let (elapsed, server_cpu, gen_cpu) = meter.stop(server)?;
+            let (elapsed, server_cpu, gen_cpu) = meter.stop(one)?;
             Ok(Sample { jobs: queued, elapsed, server_cpu, gen_cpu, mem: None })
         }
         Shape::Memory => {
             let n = queue_jobs(w)?;
             let idle = server.rss()?;
-            let meter = Meter::start(server)?;
+            let meter = Meter::start(one)?;
             let queued = submit_all(addr, w, true, Amount::Jobs(n), &mut []).await.context("queueing")?;
-            let (elapsed, server_cpu, gen_cpu) = meter.stop(server)?;
+            let (elapsed, server_cpu, gen_cpu) = meter.stop(one)?;
             let full = server.rss()?;
             drain(addr, w, queued).await?;
             let drained = settled_rss(server, w.settle).await?;
@@ -195,43 +208,25 @@ pub async fn run_spread(w: &Workload, servers: &[Server]) -> Result<Sample> {
     if w.shape != Shape::Fg {
         return Err(anyhow!("{}: spreading over brokers is for foreground workloads", w.key));
     }
-    let mut all_workers = Vec::new();
     let mut pools = Vec::new();
     for server in servers {
         let shared = Workers::new(0);
         let mut workers = spawn_workers(server.addr, w.workers, &shared);
         load::wait_ready(&shared, w.workers, &mut workers, Duration::from_secs(10)).await?;
         pools.push(workers);
-        all_workers.push(shared);
     }
     let result = async {
-        let cpu = |servers: &[Server]| -> Result<Option<Duration>> {
-            let mut total = Duration::ZERO;
-            for s in servers {
-                match s.cpu()? {
-                    Some(c) => total += c,
-                    None => return Ok(None),
-                }
-            }
-            Ok(Some(total))
-        };
-        let (server_before, me_before, at) = (cpu(servers)?, procstat::self_cpu(), Instant::now());
+        let meter = Meter::start(servers)?;
         let runs =
             servers.iter().zip(pools.iter_mut()).map(|(s, workers)| submit_all(s.addr, w, false, w.amount, workers));
         let jobs: u64 = futures::future::try_join_all(runs).await?.into_iter().sum();
-        let elapsed = at.elapsed();
-        let server_cpu = match (cpu(servers)?, server_before) {
-            (Some(now), Some(then)) => Some(now.saturating_sub(then)),
-            _ => None,
-        };
-        let gen_cpu = procstat::self_cpu().saturating_sub(me_before);
+        let (elapsed, server_cpu, gen_cpu) = meter.stop(servers)?;
         Ok(Sample { jobs, elapsed, server_cpu, gen_cpu, mem: None })
     }
     .await;
     for workers in pools {
         abort(workers);
     }
-    drop(all_workers);
     result
 }
 
