@@ -314,8 +314,7 @@ fn three_brokers_keep_gearman_up_through_a_leader_loss_and_an_upgrade() {
             "jsonpath={.spec.template.spec.containers[0].env[?(@.name==\"GEARMAN_SERVERS\")].value}",
         ],
     );
-    let expected: Vec<String> =
-        (0..BROKERS).map(|i| format!("{STATEFULSET}-{i}.gfb-gearfleet-brokers.{}.svc:4730", ns.name())).collect();
+    let expected: Vec<String> = (0..BROKERS).map(|i| format!("{STATEFULSET}-{i}.{}.svc:4730", ns.name())).collect();
     assert_eq!(servers, expected.join(","), "GEARMAN_SERVERS lists every broker pod");
 
     // A backlog on the third broker only: the function scales up from zero, and its workers

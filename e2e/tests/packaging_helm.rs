@@ -36,9 +36,17 @@ fn chart_lints_renders_and_passes_a_server_side_dry_run() {
     for kind in ["NetworkPolicy", "PodDisruptionBudget", "ConfigMap", "Lease"] {
         assert!(all.contains(&format!("kind: {kind}\n")), "all-features values render no {kind}");
     }
-    // Three brokers: each pod's journal from the claim template, every broker named for workers.
+    // Three brokers: each pod's journal from the claim template, each broker behind a Service of its
+    // own (selecting its pod alone), every one of them named for workers.
     assert!(all.contains("volumeClaimTemplates:"), "no volume per broker");
-    let servers = (0..3).map(|i| format!("gf-gearfleet-{i}.gf-gearfleet-brokers.default.svc:4730")).collect::<Vec<_>>();
+    for i in 0..3 {
+        assert!(
+            all.contains(&format!("  name: gf-gearfleet-{i}\n"))
+                && all.contains(&format!("statefulset.kubernetes.io/pod-name: gf-gearfleet-{i}\n")),
+            "no Service of broker {i} alone"
+        );
+    }
+    let servers = (0..3).map(|i| format!("gf-gearfleet-{i}.default.svc:4730")).collect::<Vec<_>>();
     assert!(all.contains(&servers.join(",")), "GEARMAN_SERVERS does not list the three brokers");
     assert!(!all.contains("kind: ServiceMonitor"), "ServiceMonitor rendered without its CRD");
     let with_monitoring = cluster.helm_ok(&[

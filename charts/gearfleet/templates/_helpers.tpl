@@ -56,13 +56,18 @@ app.kubernetes.io/part-of: gearfleet
 {{- printf "%s-brokers" (include "gearfleet.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* Every broker pod's stable address, comma-separated (GEARMAN_SERVERS of the worker pods). */}}
+{{/* The Service of broker pod number .i alone: the pod's own name (<fullname>-N). */}}
+{{- define "gearfleet.brokerPodService" -}}
+{{- printf "%s-%d" (include "gearfleet.fullname" .root) (int .i) -}}
+{{- end -}}
+
+{{/* Every broker by its own Service, comma-separated: the operator's broker list and the worker
+pods' GEARMAN_SERVERS. */}}
 {{- define "gearfleet.brokerAddresses" -}}
-{{- $full := include "gearfleet.fullname" . -}}
-{{- $svc := include "gearfleet.headlessService" . -}}
 {{- $addresses := list -}}
 {{- range $i := until (int .Values.broker.replicas) -}}
-{{- $addresses = append $addresses (printf "%s-%d.%s.%s.svc:%d" $full $i $svc $.Release.Namespace (int $.Values.broker.port)) -}}
+{{- $name := include "gearfleet.brokerPodService" (dict "root" $ "i" $i) -}}
+{{- $addresses = append $addresses (printf "%s.%s.svc:%d" $name $.Release.Namespace (int $.Values.broker.port)) -}}
 {{- end -}}
 {{- join "," $addresses -}}
 {{- end -}}
