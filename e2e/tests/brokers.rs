@@ -5,7 +5,8 @@
 //! * the pod of the leading operator is deleted while clients submit foreground and background
 //!   jobs through the client Service without pause: another operator leads within the Lease time
 //!   and scales the pool, no acknowledged background job is lost or run twice (executions are
-//!   counted on the worker side), and no foreground call hangs;
+//!   counted on the worker side), no foreground call hangs, and the foreground callers on the
+//!   other brokers (each through its broker's own Service) see no error at all;
 //! * `helm upgrade` rolls every broker pod under the same load, with the same promises;
 //! * with 1 broker and with 3, the pod of the leading operator is deleted while 30 Jobs run on
 //!   SDK workers: every Job Succeeds, and each ran exactly once (the workers log each execution).
@@ -106,61 +107,170 @@ struct Seen {
     acked: Vec<String>,
     /// Background submissions refused or cut off.
     bg_errors: usize,
-    /// Foreground calls that completed, by key.
-    completed: Vec<String>,
-    /// Foreground calls that failed: the error and how long the call took.
-    fg_errors: Vec<(String, Duration)>,
+    /// Foreground calls that completed: the caller's target, the key and how long the call took.
+    completed: Vec<(String, String, Duration)>,
+    /// Foreground calls that failed: the caller's target, the error and how long the call took.
+    fg_errors: Vec<(String, String, Duration)>,
 }
 
-/// Clients submitting through the client Service without pause: one background submitter (one
-/// connection, reconnecting when it is cut), two foreground callers.
+impl Seen {
+    fn add(&mut self, other: Seen) {
+        self.acked.extend(other.acked);
+        self.bg_errors += other.bg_errors;
+        self.completed.extend(other.completed);
+        self.fg_errors.extend(other.fg_errors);
+    }
+}
+
+/// Where a foreground caller sends its calls: a name (a Service) and its address from the host.
+#[derive(Clone)]
+struct Target {
+    name: String,
+    addr: String,
+}
+
+/// The Service `name` of namespace `ns` as a [`Target`].
+fn target(ns: &Namespace<'_>, name: &str) -> Target {
+    let ip = get(ns, &["get", "service", name, "-o", "jsonpath={.spec.clusterIP}"]);
+    Target { name: name.to_string(), addr: format!("{ip}:4730") }
+}
+
+/// Clients submitting without pause: one background submitter through the client Service (one
+/// connection, reconnecting when it is cut), and a foreground caller per target (a new connection
+/// per call).
 struct Load {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<Seen>>,
+    /// Stops [`watch_calls`] once the callers' last calls are over.
+    watched: Arc<AtomicBool>,
+    watch: std::thread::JoinHandle<()>,
+}
+
+/// The call each foreground caller has in progress: its key and when it started.
+type InFlight = Arc<Vec<Mutex<Option<(String, Instant)>>>>;
+
+/// Prints, once per call, what every broker of namespace `ns` holds when a foreground call has
+/// waited over 15 s: which broker keeps the job, and which workers are connected to each.
+fn watch_calls(ns: String, in_flight: InFlight, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut told = std::collections::HashSet::new();
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_secs(1));
+            let slow: Vec<String> = in_flight
+                .iter()
+                .filter_map(|call| call.lock().unwrap_or_else(|e| e.into_inner()).clone())
+                .filter(|(key, at)| at.elapsed() > Duration::from_secs(15) && !told.contains(key))
+                .map(|(key, _)| key)
+                .collect();
+            for key in slow {
+                told.insert(key.clone());
+                let pods = std::process::Command::new("kubectl")
+                    .args(["-n", &ns, "get", "pods", "-o", "wide"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                    .unwrap_or_default();
+                eprintln!("--- foreground call {key} waiting over 15 s; pods:\n{pods}");
+                for pod in
+                    pods.lines().filter(|l| l.starts_with(DEPLOYMENT)).filter_map(|l| l.split_whitespace().next())
+                {
+                    eprintln!("--- {pod} sockets: {}", sockets(&ns, pod));
+                }
+                for line in pods.lines().filter(|l| l.starts_with(STATEFULSET)) {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let Some(ip) = fields.get(5) else { continue };
+                    for command in ["status", "workers"] {
+                        let reply = gearfleet_e2e::gearman::admin(&format!("{ip}:4730"), command);
+                        eprintln!("--- {} {command}:\n{}", fields[0], reply.unwrap_or_else(|| "(no answer)".into()));
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// The TCP sockets of `pod`'s worker container other than listening ones: `address:port state`.
+fn sockets(ns: &str, pod: &str) -> String {
+    let out = std::process::Command::new("kubectl")
+        .args(["-n", ns, "exec", pod, "-c", "worker", "--", "cat", "/proc/net/tcp"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    let state = |code: &str| {
+        match code {
+            "01" => "ESTABLISHED",
+            "02" => "SYN_SENT",
+            "06" => "TIME_WAIT",
+            "08" => "CLOSE_WAIT",
+            "0A" => "LISTEN",
+            other => other,
+        }
+        .to_string()
+    };
+    out.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (remote, code) = (fields.get(2)?, fields.get(3)?);
+            let (ip, port) = remote.split_once(':')?;
+            let ip = u32::from_str_radix(ip, 16).ok()?.to_le_bytes();
+            let port = u16::from_str_radix(port, 16).ok()?;
+            (*code != "0A").then(|| format!("{}.{}.{}.{}:{port} {}", ip[0], ip[1], ip[2], ip[3], state(code)))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Calls `<phase>-<caller>-N` on `target`, one after the other, until `stop`.
+fn foreground(target: &Target, caller: &str, stop: &AtomicBool, in_flight: &Mutex<Option<(String, Instant)>>) -> Seen {
+    let mut seen = Seen::default();
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("{caller}-{n}");
+        n += 1;
+        let started = Instant::now();
+        *in_flight.lock().unwrap_or_else(|e| e.into_inner()) = Some((key.clone(), started));
+        let result = call(&target.addr, FUNCTION, format!("{key} 0").as_bytes(), Duration::from_secs(60));
+        *in_flight.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        match result {
+            Ok(_) => seen.completed.push((target.name.clone(), key, started.elapsed())),
+            Err(e) => {
+                seen.fg_errors.push((target.name.clone(), e, started.elapsed()));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    seen
 }
 
 impl Load {
-    fn start(service: &str, phase: &str) -> Load {
+    fn start(ns: &Namespace<'_>, callers: &[Target], phase: &str) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let in_flight: InFlight = Arc::new(callers.iter().map(|_| Mutex::new(None)).collect());
+        let watched = Arc::new(AtomicBool::new(false));
+        let watch = watch_calls(ns.name().to_string(), in_flight.clone(), watched.clone());
+        let service = target(ns, "gfb-gearfleet-broker").addr;
         let mut threads = Vec::new();
         {
-            let (service, stop, phase) = (service.to_string(), stop.clone(), phase.to_string());
+            let (stop, phase) = (stop.clone(), phase.to_string());
             threads.push(std::thread::spawn(move || background(&service, &phase, &stop)));
         }
-        for caller in 0..2 {
-            let (service, stop, phase) = (service.to_string(), stop.clone(), phase.to_string());
-            threads.push(std::thread::spawn(move || {
-                let mut seen = Seen::default();
-                let mut n = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let key = format!("{phase}-fg{caller}-{n}");
-                    n += 1;
-                    let started = Instant::now();
-                    match call(&service, FUNCTION, format!("{key} 0").as_bytes(), Duration::from_secs(60)) {
-                        Ok(_) => seen.completed.push(key),
-                        Err(e) => {
-                            seen.fg_errors.push((e, started.elapsed()));
-                            std::thread::sleep(Duration::from_millis(200));
-                        }
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                seen
-            }));
+        for (i, target) in callers.iter().enumerate() {
+            let (target, stop, in_flight) = (target.clone(), stop.clone(), in_flight.clone());
+            let caller = format!("{phase}-fg{i}");
+            threads.push(std::thread::spawn(move || foreground(&target, &caller, &stop, &in_flight[i])));
         }
-        Load { stop, threads }
+        Load { stop, threads, watched, watch }
     }
 
     fn stop(self) -> Seen {
         self.stop.store(true, Ordering::Relaxed);
         let mut all = Seen::default();
         for t in self.threads {
-            let seen = t.join().expect("load thread");
-            all.acked.extend(seen.acked);
-            all.bg_errors += seen.bg_errors;
-            all.completed.extend(seen.completed);
-            all.fg_errors.extend(seen.fg_errors);
+            all.add(t.join().expect("load thread"));
         }
+        self.watched.store(true, Ordering::Relaxed);
+        let _ = self.watch.join();
         all
     }
 }
@@ -224,8 +334,12 @@ fn background(service: &str, phase: &str, stop: &AtomicBool) -> Seen {
 fn assert_exactly_once(cluster: &Cluster, ns: &Namespace<'_>, seen: &Seen, what: &str) {
     assert!(seen.acked.len() > 20, "{what}: too few background jobs acknowledged: {}", seen.acked.len());
     assert!(seen.completed.len() > 20, "{what}: too few foreground calls completed: {}", seen.completed.len());
-    for (error, took) in &seen.fg_errors {
-        assert!(*took < Duration::from_secs(30), "{what}: a foreground call hung for {took:?}: {error}");
+    for (target, error, took) in &seen.fg_errors {
+        assert!(*took < Duration::from_secs(30), "{what}: a foreground call to {target} hung for {took:?}: {error}");
+    }
+    let slowest = seen.completed.iter().map(|(.., took)| *took).max().unwrap_or_default();
+    for (target, key, took) in &seen.completed {
+        assert!(*took < Duration::from_secs(30), "{what}: foreground call {key} to {target} took {took:?}");
     }
     let counts =
         cluster.eventually(Duration::from_secs(180), &format!("{what}: every acknowledged job to run"), || {
@@ -239,11 +353,11 @@ fn assert_exactly_once(cluster: &Cluster, ns: &Namespace<'_>, seen: &Seen, what:
         });
     let twice: Vec<(&String, &usize)> = counts.iter().filter(|(k, n)| k.starts_with(what) && **n > 1).collect();
     assert!(twice.is_empty(), "{what}: jobs ran more than once: {twice:?}");
-    for key in &seen.completed {
+    for (_, key, _) in &seen.completed {
         assert_eq!(counts.get(key), Some(&1), "{what}: completed call {key} ran {:?} times", counts.get(key));
     }
     eprintln!(
-        "{what}: {} background jobs acknowledged ({} submissions refused or cut), {} calls completed, {} failed fast; each ran once",
+        "{what}: {} background jobs acknowledged ({} submissions refused or cut), {} calls completed (the slowest in {slowest:?}), {} failed fast; each ran once",
         seen.acked.len(),
         seen.bg_errors,
         seen.completed.len(),
@@ -296,8 +410,6 @@ fn three_brokers_keep_gearman_up_through_a_leader_loss_and_an_upgrade() {
     let _release = Release(&ns, RELEASE);
     install(&cluster, &ns, RELEASE, BROKERS);
     let brokers = broker_pods(&ns);
-    let service_ip = get(&ns, &["get", "service", "gfb-gearfleet-broker", "-o", "jsonpath={.spec.clusterIP}"]);
-    let service = format!("{service_ip}:4730");
     ns.apply(&reader_pod(&ns));
     ns.apply(&pool(&ns, 0));
     ns.kubectl_ok(&["wait", "--for=condition=Ready", "pod/executions", "--timeout=60s"], None);
@@ -342,7 +454,16 @@ fn three_brokers_keep_gearman_up_through_a_leader_loss_and_an_upgrade() {
     let before = lease(&ns, RELEASE);
     let leader = leader_pod(&before);
     assert!(leader.starts_with(STATEFULSET), "an operator leads: {before}");
-    let load = Load::start(&service, "leader");
+    // Two callers through the client Service, and one on each broker the deletion spares (through
+    // that broker's own Service): those must see no error at all.
+    let service = target(&ns, "gfb-gearfleet-broker");
+    let spared: Vec<Target> = (0..BROKERS)
+        .map(|i| format!("{STATEFULSET}-{i}"))
+        .filter(|pod| *pod != leader)
+        .map(|pod| target(&ns, &pod))
+        .collect();
+    let callers = [vec![service.clone(), service.clone()], spared.clone()].concat();
+    let load = Load::start(&ns, &callers, "leader");
     std::thread::sleep(Duration::from_secs(5));
     let deleted = Instant::now();
     ns.kubectl_ok(&["delete", "pod", &leader, "--wait=false"], None);
@@ -360,10 +481,17 @@ fn three_brokers_keep_gearman_up_through_a_leader_loss_and_an_upgrade() {
     ns.kubectl_ok(&["rollout", "status", &format!("statefulset/{STATEFULSET}"), "--timeout=180s"], None);
     std::thread::sleep(Duration::from_secs(10));
     let seen = load.stop();
+    for spared in &spared {
+        let completed = seen.completed.iter().filter(|(t, ..)| *t == spared.name).count();
+        let errors: Vec<_> = seen.fg_errors.iter().filter(|(t, ..)| *t == spared.name).collect();
+        assert!(errors.is_empty(), "foreground calls on {} (not deleted) failed: {errors:?}", spared.name);
+        assert!(completed > 20, "too few foreground calls on {} completed: {completed}", spared.name);
+        eprintln!("leader: {completed} foreground calls on {} (not deleted), none failed", spared.name);
+    }
     assert_exactly_once(&cluster, &ns, &seen, "leader");
 
     // helm upgrade rolling every broker pod, under the same load.
-    let load = Load::start(&service, "upgrade");
+    let load = Load::start(&ns, &[service.clone(), service], "upgrade");
     std::thread::sleep(Duration::from_secs(5));
     cluster.helm_ok(&[
         "upgrade",
