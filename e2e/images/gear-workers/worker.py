@@ -1,7 +1,8 @@
 """A Gearman worker written as Python `gear` users usually write one: no client id, no drain, no
-SIGTERM handler (the process dies at once). It serves $GEARFLEET_FUNCTION on every server of
-$GEARMAN_SERVERS. Payload "KEY SECONDS": records the execution (a line "KEY POD" appended to
-$GEARFLEET_EXECUTIONS_FILE, when set), sleeps, answers "done KEY"."""
+SIGTERM handler (the process dies at once). It goes on when one of its servers goes away (see
+below). It serves $GEARFLEET_FUNCTION on every server of $GEARMAN_SERVERS. Payload "KEY SECONDS":
+records the execution (a line "KEY POD" appended to $GEARFLEET_EXECUTIONS_FILE, when set), sleeps,
+answers "done KEY"."""
 
 import os
 import time
@@ -20,7 +21,14 @@ def main():
     worker.waitForServer()
     worker.registerFunction(function)
     while True:
-        job = worker.getJob()
+        try:
+            job = worker.getJob()
+        except OSError:
+            # gear's getJob asks every server for work and raises (BrokenPipeError) when one of
+            # them has just closed its connection (a broker shutting down); gear has already
+            # marked that connection lost and reconnects to it on its own. A worker that lets
+            # this escape dies, and a job it was finishing may run again elsewhere.
+            continue
         key, _, seconds = job.arguments.decode().partition(" ")
         if executions:
             with open(executions, "a") as log:
