@@ -36,6 +36,7 @@ pub fn kubectl_command() -> Command {
 }
 
 /// A reachable cluster, driven through `kubectl`.
+#[derive(Clone)]
 pub struct Cluster {
     kubeconfig: Option<String>,
 }

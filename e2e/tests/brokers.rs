@@ -135,9 +135,8 @@ fn target(ns: &Namespace<'_>, name: &str) -> Target {
     Target { name: name.to_string(), addr: format!("{ip}:4730") }
 }
 
-/// Clients submitting without pause: one background submitter through the client Service (one
-/// connection, reconnecting when it is cut), and a foreground caller per target (a new connection
-/// per call).
+/// Clients submitting without pause: one background submitter through `service` (one connection,
+/// reconnecting when it is cut), and a foreground caller per target (a new connection per call).
 struct Load {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<Seen>>,
@@ -151,7 +150,12 @@ type InFlight = Arc<Vec<Mutex<Option<(String, Instant)>>>>;
 
 /// Prints, once per call, what every broker of namespace `ns` holds when a foreground call has
 /// waited over 15 s: which broker keeps the job, and which workers are connected to each.
-fn watch_calls(ns: String, in_flight: InFlight, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+fn watch_calls(
+    cluster: Cluster,
+    ns: String,
+    in_flight: InFlight,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut told = std::collections::HashSet::new();
         while !stop.load(Ordering::Relaxed) {
@@ -164,16 +168,13 @@ fn watch_calls(ns: String, in_flight: InFlight, stop: Arc<AtomicBool>) -> std::t
                 .collect();
             for key in slow {
                 told.insert(key.clone());
-                let pods = std::process::Command::new("kubectl")
-                    .args(["-n", &ns, "get", "pods", "-o", "wide"])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-                    .unwrap_or_default();
+                let pods = cluster.kubectl(&["-n", &ns, "get", "pods", "-o", "wide"], None);
+                let pods = String::from_utf8_lossy(&pods.stdout);
                 eprintln!("--- foreground call {key} waiting over 15 s; pods:\n{pods}");
                 for pod in
                     pods.lines().filter(|l| l.starts_with(DEPLOYMENT)).filter_map(|l| l.split_whitespace().next())
                 {
-                    eprintln!("--- {pod} sockets: {}", sockets(&ns, pod));
+                    eprintln!("--- {pod} sockets: {}", sockets(&cluster, &ns, pod));
                 }
                 for line in pods.lines().filter(|l| l.starts_with(STATEFULSET)) {
                     let fields: Vec<&str> = line.split_whitespace().collect();
@@ -189,12 +190,9 @@ fn watch_calls(ns: String, in_flight: InFlight, stop: Arc<AtomicBool>) -> std::t
 }
 
 /// The TCP sockets of `pod`'s worker container other than listening ones: `address:port state`.
-fn sockets(ns: &str, pod: &str) -> String {
-    let out = std::process::Command::new("kubectl")
-        .args(["-n", ns, "exec", pod, "-c", "worker", "--", "cat", "/proc/net/tcp"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-        .unwrap_or_default();
+fn sockets(cluster: &Cluster, ns: &str, pod: &str) -> String {
+    let out = cluster.kubectl(&["-n", ns, "exec", pod, "-c", "worker", "--", "cat", "/proc/net/tcp"], None);
+    let out = String::from_utf8_lossy(&out.stdout);
     let state = |code: &str| {
         match code {
             "01" => "ESTABLISHED",
@@ -244,15 +242,14 @@ fn foreground(target: &Target, caller: &str, stop: &AtomicBool, in_flight: &Mute
 }
 
 impl Load {
-    fn start(ns: &Namespace<'_>, callers: &[Target], phase: &str) -> Load {
+    fn start(ns: &Namespace<'_>, service: &Target, callers: &[Target], phase: &str) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let in_flight: InFlight = Arc::new(callers.iter().map(|_| Mutex::new(None)).collect());
         let watched = Arc::new(AtomicBool::new(false));
-        let watch = watch_calls(ns.name().to_string(), in_flight.clone(), watched.clone());
-        let service = target(ns, "gfb-gearfleet-broker").addr;
+        let watch = watch_calls(ns.cluster().clone(), ns.name().to_string(), in_flight.clone(), watched.clone());
         let mut threads = Vec::new();
         {
-            let (stop, phase) = (stop.clone(), phase.to_string());
+            let (service, stop, phase) = (service.addr.clone(), stop.clone(), phase.to_string());
             threads.push(std::thread::spawn(move || background(&service, &phase, &stop)));
         }
         for (i, target) in callers.iter().enumerate() {
@@ -463,7 +460,7 @@ fn three_brokers_keep_gearman_up_through_a_leader_loss_and_an_upgrade() {
         .map(|pod| target(&ns, &pod))
         .collect();
     let callers = [vec![service.clone(), service.clone()], spared.clone()].concat();
-    let load = Load::start(&ns, &callers, "leader");
+    let load = Load::start(&ns, &service, &callers, "leader");
     std::thread::sleep(Duration::from_secs(5));
     let deleted = Instant::now();
     ns.kubectl_ok(&["delete", "pod", &leader, "--wait=false"], None);
@@ -491,7 +488,7 @@ fn three_brokers_keep_gearman_up_through_a_leader_loss_and_an_upgrade() {
     assert_exactly_once(&cluster, &ns, &seen, "leader");
 
     // helm upgrade rolling every broker pod, under the same load.
-    let load = Load::start(&ns, &[service.clone(), service], "upgrade");
+    let load = Load::start(&ns, &service, &[service.clone(), service.clone()], "upgrade");
     std::thread::sleep(Duration::from_secs(5));
     cluster.helm_ok(&[
         "upgrade",
