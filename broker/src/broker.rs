@@ -43,7 +43,7 @@ impl Broker {
         };
         if let (Some(dir), Some(mode)) = (&broker.config.data_dir, mode) {
             let (journal, recovered) = Journal::open(dir, mode, broker.config.compact_after_bytes)?;
-            tracing::info!(dir = %dir.display(), ?mode, jobs = recovered.len(), "journal opened");
+            tracing::info!(dir = %dir.display(), ?mode, jobs = recovered.jobs.len(), outcomes = recovered.outcomes.len(), "journal opened");
             broker.with_state(|s| s.attach_journal(journal, recovered, clock::now()));
         }
         Ok(broker)
@@ -72,6 +72,7 @@ impl Broker {
             timeout_grace: config.timeout_grace,
             retained_outcomes: config.retained_outcomes,
             retained_outcome_ttl: config.retained_outcome_ttl,
+            claim_grace: config.claim_grace,
         };
         Arc::new(Broker {
             state: Mutex::new(State::new(&host, limits, metrics.clone())),
@@ -169,7 +170,7 @@ impl Broker {
         loop {
             let mut fx = Effects::default();
             let (next, shrunk) = self.with_state(|s| {
-                s.maybe_compact();
+                s.maybe_compact(clock::now());
                 s.expire_outcomes(clock::now());
                 let shrunk = s.shrink_if_drained();
                 (s.release_due(clock::now(), &mut fx), shrunk)

@@ -105,6 +105,13 @@ pub struct Config {
     #[arg(long, env = "GEARFLEET_RETAINED_OUTCOME_TTL", default_value = "15m", value_parser = humantime::parse_duration)]
     pub retained_outcome_ttl: std::time::Duration,
 
+    /// How long a retaining client's job is held for the resuming worker that was running it
+    /// (`OPTION_REQ gearfleet-resume`, the gearfleet SDK) after that worker lost its connection
+    /// or this broker restarted, for it to take the job back or deliver its outcome instead of
+    /// the job running again elsewhere (0 = never hold: queue such jobs again at once).
+    #[arg(long, env = "GEARFLEET_CLAIM_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub claim_grace: std::time::Duration,
+
     /// Also serve the Gearman protocol over TLS on this address (for clients that support it,
     /// e.g. libgearman's and python-gear's SSL options); needs --tls-cert and --tls-key.
     #[arg(long, env = "GEARFLEET_TLS_LISTEN", requires_all = ["tls_cert", "tls_key"])]

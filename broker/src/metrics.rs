@@ -31,6 +31,11 @@ pub struct Metrics {
     pub protocol_errors: Counter,
     /// NOOPs sent to wake sleeping workers for new jobs.
     pub wakeups: Counter,
+    /// Jobs held for a resuming worker that lost its connection (or for every such worker after
+    /// a restart), taken back by that worker, and handed back after the claim grace.
+    pub held_for_worker: Counter,
+    pub taken_back: Counter,
+    pub held_released: Counter,
     pub connections: Gauge,
     pub connections_total: Counter,
     /// Seconds from submission to assignment.
@@ -52,6 +57,9 @@ impl Default for Metrics {
             rejected: Counter::default(),
             protocol_errors: Counter::default(),
             wakeups: Counter::default(),
+            held_for_worker: Counter::default(),
+            taken_back: Counter::default(),
+            held_released: Counter::default(),
             connections: Gauge::default(),
             connections_total: Counter::default(),
             queue_wait: Histogram::new(exponential_buckets(0.0001, 4.0, 12)),
@@ -93,6 +101,21 @@ impl Metrics {
             "gearfleet_broker_submissions_rejected",
             "Submissions refused by a queue limit",
             self.rejected.clone(),
+        );
+        registry.register(
+            "gearfleet_broker_jobs_held_for_worker",
+            "Jobs of retaining clients held for the resuming worker that ran them, after it lost its connection or the broker restarted",
+            self.held_for_worker.clone(),
+        );
+        registry.register(
+            "gearfleet_broker_jobs_taken_back",
+            "Held jobs taken back (or finished) by their worker after it reconnected",
+            self.taken_back.clone(),
+        );
+        registry.register(
+            "gearfleet_broker_held_jobs_released",
+            "Held jobs whose worker did not return within the claim grace: queued again, or dropped when no client waits",
+            self.held_released.clone(),
         );
         registry.register(
             "gearfleet_broker_protocol_errors",

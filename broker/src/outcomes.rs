@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::store::{OutcomeKind, OutcomeRecord};
+
 /// How a retained job ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Retained {
@@ -23,6 +25,25 @@ pub enum Retained {
 }
 
 impl Retained {
+    /// The journal record of this outcome of job `id`, ended at `at_ms`.
+    pub fn to_record(&self, id: u64, at_ms: u64, function: Bytes, unique: Bytes) -> OutcomeRecord {
+        let (kind, payload) = match self {
+            Retained::Complete(b) => (OutcomeKind::Complete, b.clone()),
+            Retained::Fail => (OutcomeKind::Fail, Bytes::new()),
+            Retained::Exception(b) => (OutcomeKind::Exception, b.clone()),
+        };
+        OutcomeRecord { id, at_ms, kind, function, unique, payload }
+    }
+
+    /// The outcome a journal record holds.
+    pub fn from_record(r: &OutcomeRecord) -> Retained {
+        match r.kind {
+            OutcomeKind::Complete => Retained::Complete(r.payload.clone()),
+            OutcomeKind::Fail => Retained::Fail,
+            OutcomeKind::Exception => Retained::Exception(r.payload.clone()),
+        }
+    }
+
     fn size(&self) -> usize {
         match self {
             Retained::Complete(b) | Retained::Exception(b) => b.len(),
@@ -70,6 +91,24 @@ impl Outcomes {
     pub fn get(&self, function: u32, unique: &Bytes, now: Instant) -> Option<&Retained> {
         let (outcome, at) = self.map.get(&(function, unique.clone()))?;
         (now.saturating_duration_since(*at) < self.ttl).then_some(outcome)
+    }
+
+    /// How long an outcome is kept.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Every outcome that has not expired at `now`, oldest first: (function, unique key, outcome,
+    /// when it was recorded).
+    pub fn live(&self, now: Instant) -> Vec<(u32, &Bytes, &Retained, Instant)> {
+        let mut live: Vec<_> = self
+            .map
+            .iter()
+            .filter(|(_, (_, at))| now.saturating_duration_since(*at) < self.ttl)
+            .map(|((f, u), (o, at))| (*f, u, o, *at))
+            .collect();
+        live.sort_by_key(|e| e.3);
+        live
     }
 
     /// Drops expired outcomes (housekeeping).

@@ -388,3 +388,109 @@ async fn sigterm_lets_held_jobs_finish_and_keeps_the_queue() {
     assert_eq!(rest, ["q1", "q2", "q3"], "the queue is kept, the completed job is not run again");
     b.kill();
 }
+
+/// A retaining client (the operator's Job runner) and workers across a SIGKILL of the broker: the
+/// job a resuming worker was running is held for it and its outcome, delivered after the restart,
+/// answers the client's resubmission; it survives a second crash. The job a stock worker was
+/// running and the job still queued are dropped, so the client's resubmissions queue them afresh
+/// (the stock worker's job runs a second time: it cannot be helped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resuming_worker_delivers_its_outcome_across_a_broker_crash() {
+    use gearfleet_proto::options::{RESUME, RETAIN_OUTCOMES};
+    let mut broker = Journaled::new(&["--durability", "fsync", "--claim-grace", "20s"]);
+    let b = broker.start();
+    let mut client = Peer::connect(b.addr).await;
+    client.send(T::OptionReq, &[RETAIN_OUTCOMES]).await;
+    client.expect(T::OptionRes).await;
+    let mut resuming = Peer::connect(b.addr).await;
+    resuming.send(T::OptionReq, &[RESUME]).await;
+    resuming.expect(T::OptionRes).await;
+    resuming.send(T::SetClientId, &[b"pod-a"]).await;
+    resuming.send(T::CanDo, &[b"resize"]).await;
+    let mut stock = Peer::worker(b.addr, &["resize"]).await;
+
+    let h1 = client.submit(T::SubmitJob, "resize", "ns/job-1", b"one").await;
+    let first = resuming.grab().await.expect("the resuming worker gets job 1");
+    assert_eq!(first.arg(0), h1);
+    assert_eq!(client.expect(T::WorkStatus).await.arg(0), h1, "the client hears it started");
+    client.submit(T::SubmitJob, "resize", "ns/job-2", b"two").await;
+    let second = stock.grab().await.expect("the stock worker gets job 2");
+    assert_eq!(second.arg(2), b"ns/job-2");
+    client.expect(T::WorkStatus).await;
+    client.submit(T::SubmitJob, "resize", "ns/job-3", b"three").await;
+    b.kill();
+
+    let b = broker.start();
+    let mut resuming = Peer::connect(b.addr).await;
+    resuming.send(T::OptionReq, &[RESUME]).await;
+    resuming.expect(T::OptionRes).await;
+    resuming.send(T::SetClientId, &[b"pod-a"]).await;
+    resuming.send(T::CanDo, &[b"resize"]).await;
+    resuming.send(T::WorkComplete, &[&h1, b"one, resized"]).await;
+    resuming.expect_silence(Duration::from_millis(300)).await;
+
+    let mut client = Peer::connect(b.addr).await;
+    client.send(T::OptionReq, &[RETAIN_OUTCOMES]).await;
+    client.expect(T::OptionRes).await;
+    client.send(T::SubmitJob, &[b"resize", b"ns/job-1", b"one"]).await;
+    client.expect(T::JobCreated).await;
+    let answer = client.expect(T::WorkComplete).await;
+    assert_eq!(answer.arg(1), b"one, resized", "answered from the delivered outcome: job 1 ran once");
+    for (unique, data) in [("ns/job-2", "two"), ("ns/job-3", "three")] {
+        client.submit(T::SubmitJob, "resize", unique, data.as_bytes()).await;
+    }
+    let mut worker = Peer::worker(b.addr, &["resize"]).await;
+    let mut queued = Vec::new();
+    while let Some(job) = worker.grab().await {
+        queued.push(String::from_utf8_lossy(job.arg(2)).into_owned());
+        worker.send(T::WorkComplete, &[job.arg(0), b"ok"]).await;
+    }
+    queued.sort();
+    assert_eq!(queued, ["ns/job-2", "ns/job-3"], "job 1 is not run again; jobs 2 and 3 were dropped and resubmitted");
+    b.kill();
+
+    // The outcome was journaled: it still answers after another crash.
+    let b = broker.start();
+    let mut client = Peer::connect(b.addr).await;
+    client.send(T::OptionReq, &[RETAIN_OUTCOMES]).await;
+    client.expect(T::OptionRes).await;
+    client.send(T::SubmitJob, &[b"resize", b"ns/job-1", b"one"]).await;
+    client.expect(T::JobCreated).await;
+    assert_eq!(client.expect(T::WorkComplete).await.arg(1), b"one, resized");
+    b.kill();
+}
+
+/// A job held for a resuming worker that never comes back is dropped after the claim grace when
+/// no client waits, and queued again for a client that resubmitted it meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_job_whose_worker_does_not_return_runs_again_for_its_client() {
+    use gearfleet_proto::options::{RESUME, RETAIN_OUTCOMES};
+    let mut broker = Journaled::new(&["--durability", "fsync", "--claim-grace", "1s"]);
+    let b = broker.start();
+    let mut client = Peer::connect(b.addr).await;
+    client.send(T::OptionReq, &[RETAIN_OUTCOMES]).await;
+    client.expect(T::OptionRes).await;
+    let mut resuming = Peer::connect(b.addr).await;
+    resuming.send(T::OptionReq, &[RESUME]).await;
+    resuming.expect(T::OptionRes).await;
+    resuming.send(T::SetClientId, &[b"pod-a"]).await;
+    resuming.send(T::CanDo, &[b"resize"]).await;
+    client.submit(T::SubmitJob, "resize", "ns/job-1", b"one").await;
+    resuming.grab().await.expect("assigned");
+    b.kill();
+
+    let b = broker.start();
+    let mut client = Peer::connect(b.addr).await;
+    client.send(T::OptionReq, &[RETAIN_OUTCOMES]).await;
+    client.expect(T::OptionRes).await;
+    client.send(T::SubmitJob, &[b"resize", b"ns/job-1", b"one"]).await;
+    client.expect(T::JobCreated).await;
+    let status = client.expect(T::WorkStatus).await;
+    assert_eq!((status.arg(1), status.arg(2)), (&b"0"[..], &b"0"[..]), "attached to the held job, which runs");
+    let mut worker = Peer::worker(b.addr, &["resize"]).await;
+    assert!(worker.grab().await.is_none(), "held: not given to another worker within the grace");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let job = worker.grab().await.expect("queued again once the grace passed");
+    assert_eq!(job.arg(2), b"ns/job-1");
+    b.kill();
+}

@@ -93,8 +93,8 @@ impl State {
     pub fn admin_cancel(&mut self, handle: &str, fx: &mut Effects) -> Result<(), &'static str> {
         let job_id = self.parse_handle(handle.as_bytes()).ok_or("UNKNOWN_JOB")?;
         let job = self.jobs.get(&job_id).ok_or("UNKNOWN_JOB")?;
-        if let JobState::Running { .. } | JobState::TimedOut { .. } = job.state {
-            // A timed-out try's worker may still be running it.
+        if let JobState::Running { .. } | JobState::TimedOut { .. } | JobState::Held { .. } = job.state {
+            // A timed-out try's worker may still be running it, a held job's worker too.
             return Err("JOB_RUNNING");
         }
         let clients = job.clients.clone();

@@ -26,6 +26,9 @@ pub(super) struct Conn {
     pub(super) exceptions: bool,
     /// Sent OPTION_REQ gearfleet-retain-outcomes.
     pub(super) retain_outcomes: bool,
+    /// Sent OPTION_REQ gearfleet-resume: a worker that keeps running its job across a lost
+    /// connection and takes it back after it reconnects.
+    pub(super) resumes: bool,
     /// Jobs this connection holds as a worker.
     pub(super) holding: Vec<JobId>,
     /// Tries that ran past their timeout which this worker may still be running: it counts as

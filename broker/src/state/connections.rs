@@ -30,6 +30,7 @@ impl State {
                 draining: self.closing,
                 exceptions: false,
                 retain_outcomes: false,
+                resumes: false,
                 holding: Vec::new(),
                 woken_for: None,
                 timed_out: Vec::new(),
@@ -54,7 +55,11 @@ impl State {
             self.functions[ability.fid as usize].workers.retain(|&w| w != id);
         }
         for job_id in conn.holding {
-            self.requeue_front(job_id, fx);
+            if conn.resumes && self.jobs.get(&job_id).is_some_and(|j| j.retain) && conn.client_id.as_ref() != b"-" {
+                self.hold_for(job_id, conn.client_id.clone(), now, fx);
+            } else {
+                self.requeue_front(job_id, fx);
+            }
         }
         for timed_out in conn.timed_out {
             self.release_timed_out(id, timed_out, now, fx);
@@ -76,7 +81,8 @@ impl State {
         }
     }
 
-    /// OPTION_REQ: `exceptions`, and gearfleet's retained outcomes when the broker keeps any.
+    /// OPTION_REQ: `exceptions`, gearfleet's retained outcomes when the broker keeps any, and
+    /// gearfleet's resuming workers when it holds their jobs for them.
     pub(super) fn option_req(&mut self, id: ConnId, option: &[u8]) {
         if option == options::EXCEPTIONS {
             if let Some(c) = self.conns.get_mut(&id) {
@@ -88,6 +94,11 @@ impl State {
                 c.retain_outcomes = true;
             }
             self.send(id, PacketType::OptionRes, &[options::RETAIN_OUTCOMES]);
+        } else if option == options::RESUME && !self.limits.claim_grace.is_zero() {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.resumes = true;
+            }
+            self.send(id, PacketType::OptionRes, &[options::RESUME]);
         } else {
             self.send_error(id, b"UNKNOWN_OPTION", b"Server does not recognize given option");
         }

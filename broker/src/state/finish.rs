@@ -17,10 +17,13 @@ const ERR_JOB_NOT_FOUND: &[u8] = b"job_not_found";
 pub(super) const TIMED_OUT: &[u8] = b"timed out";
 
 impl State {
-    /// The job `handle` if this worker holds it; otherwise tells the worker it does not.
-    fn held_job(&self, id: ConnId, handle: &[u8]) -> Option<JobId> {
+    /// The job `handle` if this worker holds it, or takes it back (`resume.rs`); otherwise tells
+    /// the worker it does not.
+    fn held_job(&mut self, id: ConnId, handle: &[u8]) -> Option<JobId> {
         let job_id = self.parse_handle(handle);
-        let held = job_id.filter(|j| self.jobs.get(j).is_some_and(|job| job.state == JobState::Running { worker: id }));
+        let held = job_id.filter(|&j| {
+            self.jobs.get(&j).is_some_and(|job| job.state == JobState::Running { worker: id }) || self.take_back(id, j)
+        });
         if held.is_none() {
             self.send_error(id, ERR_JOB_NOT_FOUND, b"Job given in work result not found");
         }
@@ -80,8 +83,12 @@ impl State {
         if self.journal.is_some() && job.background {
             self.journal_append(&Record::Done { id: job_id });
         }
+        if let JobState::Held { until } = job.state {
+            self.scheduled.remove(&(until, job_id));
+            self.held -= 1;
+        }
         let f = &mut self.functions[job.fid as usize];
-        if let JobState::Running { .. } = job.state {
+        if let JobState::Running { .. } | JobState::Held { .. } = job.state {
             f.running -= 1;
         }
         f.uniques.remove(job_id, &job.unique);
@@ -103,6 +110,15 @@ impl State {
                 (Outcome::Timeout, _) => Retained::Exception(Bytes::from_static(TIMEOUT_MESSAGE)),
                 _ => Retained::Fail,
             };
+            if self.journal.is_some() {
+                let function = self.functions[job.fid as usize].name.clone();
+                self.journal_append(&Record::Outcome(retained.to_record(
+                    job_id,
+                    now.unix_ms,
+                    function,
+                    job.unique.clone(),
+                )));
+            }
             self.outcomes.insert(job.fid, job.unique.clone(), retained, now.instant);
         }
         let clients = job.clients;
@@ -199,7 +215,8 @@ fn status_fields(job: Option<&Job>) -> (&'static [u8], &'static [u8], Vec<u8>, V
     match job {
         None => (b"0", b"0", b"0".to_vec(), b"0".to_vec()),
         Some(job) => {
-            let running = matches!(job.state, JobState::Running { .. } | JobState::TimedOut { .. });
+            let running =
+                matches!(job.state, JobState::Running { .. } | JobState::TimedOut { .. } | JobState::Held { .. });
             let running: &'static [u8] = if running { b"1" } else { b"0" };
             let (num, den) = job
                 .extra

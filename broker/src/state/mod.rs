@@ -17,6 +17,8 @@
 //! * `timeout.rs`: CAN_DO_TIMEOUT expiry, and the timed-out try its worker holds until it answers,
 //!   leaves or its grace ends.
 //! * `retry.rs`: retries with backoff, dead letters, hand-backs of a lost worker's jobs.
+//! * `resume.rs`: retaining clients' jobs held for the resuming worker that lost its connection
+//!   (or that ran them before a restart), taken back by it or released after the claim grace.
 //! * `durability.rs`: the journal (recovery, compaction) and giving memory back after a drain.
 //! * `admin.rs`: what the admin and fleet commands ask of the state (typed rows; the text is
 //!   made by `gearfleet_proto::admin`).
@@ -30,6 +32,7 @@ mod durability;
 mod finish;
 mod function;
 pub mod model;
+mod resume;
 mod retry;
 mod shutdown;
 mod submit;
@@ -89,6 +92,8 @@ pub struct State {
     outcomes: Outcomes,
     /// Shutting down: no submissions, no assignments ([`shutdown`](self::shutdown)).
     closing: bool,
+    /// Jobs in `JobState::Held` ([`resume`](self::resume)).
+    held: u64,
     pub metrics: Arc<Metrics>,
 }
 
@@ -115,6 +120,7 @@ impl State {
             limits,
             journal: None,
             closing: false,
+            held: 0,
             metrics,
         }
     }

@@ -48,6 +48,12 @@ pub(super) enum JobState {
     /// by it until it answers, disconnects or the timeout grace passes; only then retried or
     /// dead-lettered (background jobs only: a foreground job is finished at the timeout).
     TimedOut { worker: ConnId },
+    /// A retaining client's job whose resuming worker (`OPTION_REQ gearfleet-resume`) lost its
+    /// connection, or that such a worker ran when the broker stopped: held, still counted as
+    /// running, for that worker (its client id is `JobExtra::claimant`) to take back or finish
+    /// until `until` (unix milliseconds); then queued again if a client waits, else dropped
+    /// (`state/resume.rs`).
+    Held { until: u64 },
 }
 
 /// A try that ran past its timeout and is still held by its worker (see `state/timeout.rs`).
@@ -65,6 +71,9 @@ pub(super) struct JobExtra {
     pub(super) status: Option<(Bytes, Bytes)>,
     /// Why the last try failed (retries and dead letters).
     pub(super) last_error: Bytes,
+    /// The client id of the resuming worker running the job, who may take it back while it is
+    /// `JobState::Held`.
+    pub(super) claimant: Bytes,
 }
 
 #[derive(Debug)]
@@ -171,6 +180,10 @@ pub struct Limits {
     /// Finished-job outcomes kept for retaining clients (0 = none), and for how long.
     pub retained_outcomes: usize,
     pub retained_outcome_ttl: Duration,
+    /// How long a retaining client's job is held for its resuming worker after that worker lost
+    /// its connection or the broker restarted (zero: such jobs are queued again at once, and
+    /// `OPTION_REQ gearfleet-resume` is refused).
+    pub claim_grace: Duration,
 }
 
 #[cfg(test)]

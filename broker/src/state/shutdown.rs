@@ -23,9 +23,10 @@ impl State {
         self.closing
     }
 
-    /// Jobs workers hold right now (what a shutdown waits for).
+    /// Jobs workers hold right now (what a shutdown waits for; not the jobs held for a worker
+    /// that lost its connection, which cannot end here before it comes back).
     pub fn assigned_jobs(&self) -> u64 {
-        self.functions.iter().map(|f| f.running).sum()
+        self.functions.iter().map(|f| f.running).sum::<u64>().saturating_sub(self.held)
     }
 }
 

@@ -70,15 +70,36 @@ impl State {
 
         // Coalesce onto a job with the same (function, unique) that is queued or running.
         if let Some(existing) = self.functions[fid as usize].uniques.get(&unique, |j| unique_of(&self.jobs, j)) {
+            let mut attached = false;
+            let mut now_retained = None;
             if !background
                 && let Some(job) = self.jobs.get_mut(&existing)
                 && !job.clients.contains(&id)
             {
+                if retain && !job.retain && !job.background {
+                    now_retained = Some(JobRecord {
+                        id: existing,
+                        priority: job.priority as u8,
+                        at_ms: 0,
+                        attempts: 0,
+                        function: Bytes::new(),
+                        unique: job.unique.clone(),
+                        data: job.data.clone(),
+                    });
+                }
                 job.retain |= retain;
                 job.clients.push(id);
+                attached = true;
                 if let Some(c) = self.conns.get_mut(&id) {
                     c.wait_on(existing);
                 }
+            }
+            // A plain client's job a retaining client now waits for becomes durable as well.
+            if let Some(record) = now_retained
+                && self.journal.is_some()
+            {
+                let function = self.functions[fid as usize].name.clone();
+                self.journal_append(&Record::AddForeground(JobRecord { function, ..record }));
             }
             // The job may still be on its way to disk: acknowledge once everything so far is.
             if let Some(j) = &self.journal {
@@ -86,6 +107,9 @@ impl State {
             }
             self.handle_of(existing, &mut handle);
             self.send(id, PacketType::JobCreated, &[&handle]);
+            if attached {
+                self.tell_running(id, existing);
+            }
             return;
         }
 
@@ -124,7 +148,8 @@ impl State {
             extra,
         };
         if self.is_durable(&job) {
-            let record = Record::Add(JobRecord {
+            let add = if background { Record::Add } else { Record::AddForeground };
+            let record = add(JobRecord {
                 id: job_id,
                 priority: priority as u8,
                 at_ms: run_at.unwrap_or(0),
@@ -201,6 +226,10 @@ impl State {
                 return Some(at);
             }
             self.scheduled.pop_first();
+            if self.jobs.get(&job_id).is_some_and(|j| j.state == (JobState::Held { until: at })) {
+                self.release_held(job_id, fx);
+                continue;
+            }
             if let Some(job) = self.jobs.get(&job_id)
                 && job.state == (JobState::Scheduled { at })
             {
@@ -234,10 +263,10 @@ impl State {
             JobState::Dead => {
                 f.dead.retain(|&j| j != job_id);
             }
-            JobState::Running { .. } | JobState::TimedOut { .. } => return false,
+            JobState::Running { .. } | JobState::TimedOut { .. } | JobState::Held { .. } => return false,
         }
         f.uniques.remove(job_id, &job.unique);
-        let durable = job.background;
+        let durable = job.background || job.retain;
         self.jobs.remove(&job_id);
         if durable && self.journal.is_some() {
             self.journal_append(&Record::Done { id: job_id });

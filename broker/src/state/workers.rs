@@ -130,12 +130,22 @@ impl State {
         f.queued[prio as usize] -= 1;
         f.running += 1;
         self.queued_total -= 1;
+        // A resuming worker is named in the journal, so it can take the job back after a restart.
+        let resumer =
+            self.conns.get(&id).filter(|c| c.resumes && c.client_id.as_ref() != b"-").map(|c| c.client_id.clone());
         let Some(job) = self.jobs.get_mut(&job_id) else { return };
         job.state = JobState::Running { worker: id };
         job.attempt += 1;
         let attempt = job.attempt;
-        if self.journal.is_some() && job.background {
+        let (background, retain) = (job.background, job.retain);
+        if self.journal.is_some() && background {
             self.journal_append(&Record::Started { id: job_id });
+        } else if self.journal.is_some() && retain {
+            let record = match resumer {
+                Some(worker) => Record::StartedBy { id: job_id, worker },
+                None => Record::Started { id: job_id },
+            };
+            self.journal_append(&record);
         }
         let Some(job) = self.jobs.get(&job_id) else { return };
         self.metrics.queue_wait.observe(now.instant.saturating_duration_since(job.created).as_secs_f64());

@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::record::{JobRecord, Record};
+use super::record::{JobRecord, OutcomeRecord, Record};
 
 const SNAPSHOT_MAGIC: &[u8] = b"GEARFLEET-SNAPSHOT-1\n";
 const SNAPSHOT_END: &[u8] = b"GEARFLEET-SNAPSHOT-END\n";
@@ -42,13 +42,25 @@ pub enum Durability {
 }
 
 /// A durable job found on disk at start-up.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Recovered {
     pub job: JobRecord,
     /// Set when the job is in its dead-letter queue: (attempts, last error).
     pub dead: Option<(u32, Bytes)>,
     /// Last error of a job waiting for a retry.
     pub last_error: Bytes,
+    /// A retaining client's foreground job ([`Record::AddForeground`]).
+    pub foreground: bool,
+    /// The client id of the resuming worker that was running it ([`Record::StartedBy`]).
+    pub started_by: Option<Bytes>,
+}
+
+/// Everything durable found on disk at start-up (or handed to a snapshot): the live jobs, and the
+/// retained outcomes of retaining clients' jobs, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Recovery {
+    pub jobs: Vec<Recovered>,
+    pub outcomes: Vec<OutcomeRecord>,
 }
 
 #[derive(Debug, Default)]
@@ -63,8 +75,9 @@ struct Pending {
 struct Rotation {
     /// Offset in `buf` where the new segment starts.
     at: usize,
-    /// Every durable job at that instant (encoded by the writer thread, off the broker lock).
-    live: Vec<Recovered>,
+    /// Every durable job and retained outcome at that instant (encoded by the writer thread, off
+    /// the broker lock).
+    live: Recovery,
 }
 
 #[derive(Debug)]
@@ -86,7 +99,7 @@ pub struct Journal {
 
 impl Journal {
     /// Opens (or creates) the journal in `dir`, returning the live jobs found there.
-    pub fn open(dir: &Path, mode: Durability, compact_after: u64) -> io::Result<(Journal, Vec<Recovered>)> {
+    pub fn open(dir: &Path, mode: Durability, compact_after: u64) -> io::Result<(Journal, Recovery)> {
         fs::create_dir_all(dir)?;
         let (recovered, next_segment) = recover(dir)?;
         let shared = Arc::new(Shared {
@@ -142,7 +155,7 @@ impl Journal {
     /// Starts a new segment whose snapshot is `live` (every durable job at this instant, in any
     /// order: the writer thread sorts and encodes it). Must be
     /// called under the same lock as `append`, so no record falls between snapshot and boundary.
-    pub fn compact(&self, live: Vec<Recovered>) {
+    pub fn compact(&self, live: Recovery) {
         let mut p = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
         if p.rotate.is_none() {
             let at = p.buf.len();
@@ -165,15 +178,25 @@ impl Drop for Journal {
 }
 
 /// The records that bring back `live`, in its order.
-fn encode_snapshot(live: &[Recovered]) -> Vec<u8> {
+fn encode_snapshot(live: &Recovery) -> Vec<u8> {
     let mut out = Vec::new();
-    for r in live {
+    for o in &live.outcomes {
+        Record::Outcome(OutcomeRecord { id: 0, ..o.clone() }).encode(&mut out);
+    }
+    for r in &live.jobs {
         encode_recovered(r, &mut out);
     }
     out
 }
 
 fn encode_recovered(r: &Recovered, out: &mut Vec<u8>) {
+    if r.foreground {
+        Record::AddForeground(r.job.clone()).encode(out);
+        if let Some(worker) = &r.started_by {
+            Record::StartedBy { id: r.job.id, worker: worker.clone() }.encode(out);
+        }
+        return;
+    }
     Record::Add(r.job.clone()).encode(out);
     if let Some((attempts, error)) = &r.dead {
         Record::Dead { id: r.job.id, attempts: *attempts, error: error.clone() }.encode(out);
@@ -296,20 +319,47 @@ struct Live {
     started: bool,
     dead: Option<(u32, Bytes)>,
     last_error: Bytes,
+    foreground: bool,
+    started_by: Option<Bytes>,
 }
 
-fn apply(live: &mut BTreeMap<u64, Live>, record: Record) {
+impl Live {
+    fn new(job: JobRecord, foreground: bool) -> Live {
+        Live { job, started: false, dead: None, last_error: Bytes::new(), foreground, started_by: None }
+    }
+}
+
+/// What replaying records has rebuilt so far.
+#[derive(Debug, Default)]
+struct Replayed {
+    jobs: BTreeMap<u64, Live>,
+    /// Retained outcomes in the order they were written (a later one of the same function and
+    /// key replaces an earlier one when recovered).
+    outcomes: Vec<OutcomeRecord>,
+}
+
+fn apply(live: &mut Replayed, record: Record) {
+    let jobs = &mut live.jobs;
     match record {
         Record::Add(job) => {
-            live.insert(job.id, Live { job, started: false, dead: None, last_error: Bytes::new() });
+            jobs.insert(job.id, Live::new(job, false));
+        }
+        Record::AddForeground(job) => {
+            jobs.insert(job.id, Live::new(job, true));
         }
         Record::Started { id } => {
-            if let Some(l) = live.get_mut(&id) {
+            if let Some(l) = jobs.get_mut(&id) {
                 l.started = true;
             }
         }
+        Record::StartedBy { id, worker } => {
+            if let Some(l) = jobs.get_mut(&id) {
+                l.started = true;
+                l.started_by = Some(worker);
+            }
+        }
         Record::Retry { id, at_ms, attempts, error } => {
-            if let Some(l) = live.get_mut(&id) {
+            if let Some(l) = jobs.get_mut(&id) {
                 l.started = false;
                 l.job.at_ms = at_ms;
                 l.job.attempts = attempts;
@@ -317,20 +367,24 @@ fn apply(live: &mut BTreeMap<u64, Live>, record: Record) {
             }
         }
         Record::Dead { id, attempts, error } => {
-            if let Some(l) = live.get_mut(&id) {
+            if let Some(l) = jobs.get_mut(&id) {
                 l.started = false;
                 l.job.attempts = attempts;
                 l.dead = Some((attempts, error));
             }
         }
         Record::Done { id } => {
-            live.remove(&id);
+            jobs.remove(&id);
+        }
+        Record::Outcome(outcome) => {
+            jobs.remove(&outcome.id);
+            live.outcomes.push(outcome);
         }
     }
 }
 
 /// Reads every valid frame of `bytes` into `live`; stops at the first torn or corrupt frame.
-fn replay(bytes: &[u8], live: &mut BTreeMap<u64, Live>) -> usize {
+fn replay(bytes: &[u8], live: &mut Replayed) -> usize {
     let mut at = 0;
     while at < bytes.len() {
         match Record::decode(&bytes[at..]) {
@@ -351,12 +405,12 @@ fn replay(bytes: &[u8], live: &mut BTreeMap<u64, Live>) -> usize {
     at
 }
 
-/// Loads the newest valid snapshot and replays later segments. Returns the live jobs and the
-/// number for the next segment.
-fn recover(dir: &Path) -> io::Result<(Vec<Recovered>, u64)> {
+/// Loads the newest valid snapshot and replays later segments. Returns the live jobs and retained
+/// outcomes, and the number for the next segment.
+fn recover(dir: &Path) -> io::Result<(Recovery, u64)> {
     let snapshots = numbered(dir, "snap-", ".dat")?;
     let segments = numbered(dir, "wal-", ".log")?;
-    let mut live = BTreeMap::new();
+    let mut live = Replayed::default();
     let mut from = 0;
     for &n in snapshots.iter().rev() {
         let bytes = fs::read(snapshot_path(dir, n))?;
@@ -364,7 +418,7 @@ fn recover(dir: &Path) -> io::Result<(Vec<Recovered>, u64)> {
             tracing::warn!(snapshot = n, "journal: incomplete snapshot ignored");
             continue;
         };
-        let mut candidate = BTreeMap::new();
+        let mut candidate = Replayed::default();
         if replay(body, &mut candidate) == body.len() {
             live = candidate;
             from = n;
@@ -377,17 +431,30 @@ fn recover(dir: &Path) -> io::Result<(Vec<Recovered>, u64)> {
         replay(&bytes, &mut live);
     }
     let next = segments.last().copied().max(snapshots.last().copied()).map_or(1, |n| n + 1);
-    let recovered = live
+    let jobs = live
+        .jobs
         .into_values()
         .map(|mut l| {
-            // A job that was running when the broker stopped is re-queued; that try counts.
-            if l.started && l.dead.is_none() {
+            // A background job that was running when the broker stopped is re-queued; that try
+            // counts.
+            if l.started && l.dead.is_none() && !l.foreground {
                 l.job.attempts += 1;
             }
-            Recovered { job: l.job, dead: l.dead, last_error: l.last_error }
+            let started_by = l.started_by.filter(|_| l.started);
+            Recovered { job: l.job, dead: l.dead, last_error: l.last_error, foreground: l.foreground, started_by }
         })
         .collect();
-    Ok((recovered, next))
+    // The newest outcome of each (function, unique key), oldest first.
+    let mut seen = std::collections::HashSet::new();
+    let mut outcomes: Vec<OutcomeRecord> = live
+        .outcomes
+        .into_iter()
+        .rev()
+        .filter(|o| seen.insert((o.function.clone(), o.unique.clone())))
+        .map(|o| OutcomeRecord { id: 0, ..o })
+        .collect();
+    outcomes.reverse();
+    Ok((Recovery { jobs, outcomes }, next))
 }
 
 fn write_loop(shared: Arc<Shared>, dir: PathBuf, mut segment: Segment, mode: Durability, compact_after: u64) {
@@ -458,14 +525,15 @@ fn write_batch(
     }
     if let Some(mut r) = rotate {
         segment.file.sync_data()?;
-        r.live.sort_unstable_by_key(|l| l.job.id);
+        r.live.jobs.sort_unstable_by_key(|l| l.job.id);
         let snapshot = encode_snapshot(&r.live);
         let next = Segment::create(dir, segment.number + 1, &snapshot)?;
         *segment = next;
         remove_older(dir, segment.number)?;
         tracing::info!(
             segment = segment.number,
-            jobs = r.live.len(),
+            jobs = r.live.jobs.len(),
+            outcomes = r.live.outcomes.len(),
             snapshot_bytes = snapshot.len(),
             "journal: compacted"
         );
@@ -504,7 +572,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (j, rec) = Journal::open(dir.path(), Durability::Fsync, 1 << 20).unwrap();
-            assert!(rec.is_empty());
+            assert!(rec.jobs.is_empty());
             j.append(&Record::Add(job(1, b"a")));
             j.append(&Record::Add(job(2, b"b")));
             j.append(&Record::Add(job(3, b"c")));
@@ -513,7 +581,7 @@ mod tests {
             wait(&j, s).await;
         }
         let (j, rec) = Journal::open(dir.path(), Durability::Fsync, 1 << 20).unwrap();
-        let ids: Vec<_> = rec.iter().map(|r| (r.job.id, r.job.attempts)).collect();
+        let ids: Vec<_> = rec.jobs.iter().map(|r| (r.job.id, r.job.attempts)).collect();
         assert_eq!(ids, [(2, 1), (3, 0)], "job 2 was running: re-queued with the try counted");
         drop(j);
         // Recovery compacted: one snapshot and one empty segment remain.
@@ -542,8 +610,8 @@ mod tests {
         file.write_all_at(&torn[..torn.len() - 3], kept.len() as u64).unwrap();
         drop(file);
         let (_j, rec) = Journal::open(dir.path(), Durability::Fsync, 1 << 20).unwrap();
-        assert_eq!(rec.len(), 1);
-        assert_eq!(rec[0].job.data.as_ref(), b"kept");
+        assert_eq!(rec.jobs.len(), 1);
+        assert_eq!(rec.jobs[0].job.data.as_ref(), b"kept");
     }
 
     #[tokio::test]
@@ -559,12 +627,15 @@ mod tests {
         let s = j.last_seq();
         wait(&j, s).await;
         assert!(j.wants_compaction());
-        j.compact(vec![Recovered { job: job(50, b"x"), dead: None, last_error: Bytes::new() }]);
+        j.compact(Recovery {
+            jobs: vec![Recovered { job: job(50, b"x"), ..Default::default() }],
+            outcomes: Vec::new(),
+        });
         let s = j.append(&Record::Add(job(51, b"after")));
         wait(&j, s).await;
         drop(j);
         let (_j, rec) = Journal::open(dir.path(), Durability::Fsync, 64).unwrap();
-        let ids: Vec<_> = rec.iter().map(|r| r.job.id).collect();
+        let ids: Vec<_> = rec.jobs.iter().map(|r| r.job.id).collect();
         assert_eq!(ids, [50, 51]);
     }
 
@@ -573,11 +644,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (j, _) = Journal::open(dir.path(), Durability::Fsync, 64).unwrap();
         // A snapshot of 200 live jobs (handed over in any order: the journal sorts them).
-        let live: Vec<Recovered> = (1..=200)
-            .rev()
-            .map(|id| Recovered { job: job(id, b"0123456789"), dead: None, last_error: Bytes::new() })
-            .collect();
-        j.compact(live);
+        let live: Vec<Recovered> =
+            (1..=200).rev().map(|id| Recovered { job: job(id, b"0123456789"), ..Default::default() }).collect();
+        j.compact(Recovery { jobs: live, outcomes: Vec::new() });
         let s = j.append(&Record::Add(job(201, b"x")));
         wait(&j, s).await;
         let snapshot_len = {
@@ -598,9 +667,9 @@ mod tests {
         }
         drop(j);
         let (_j, rec) = Journal::open(dir.path(), Durability::Fsync, 64).unwrap();
-        let ids: Vec<_> = rec.iter().map(|r| r.job.id).take(3).collect();
+        let ids: Vec<_> = rec.jobs.iter().map(|r| r.job.id).take(3).collect();
         assert_eq!(ids, [1, 2, 3], "snapshot sorted by job id");
-        assert_eq!(rec.iter().filter(|r| r.job.id <= 211).count(), 211);
+        assert_eq!(rec.jobs.iter().filter(|r| r.job.id <= 211).count(), 211);
     }
 
     #[tokio::test]
@@ -615,8 +684,56 @@ mod tests {
             wait(&j, s).await;
         }
         let (_j, rec) = Journal::open(dir.path(), Durability::Fsync, 1 << 20).unwrap();
-        assert_eq!(rec[0].job.at_ms, 5000);
-        assert_eq!(rec[0].last_error.as_ref(), b"e1");
-        assert_eq!(rec[1].dead, Some((3, Bytes::from_static(b"e2"))));
+        assert_eq!(rec.jobs[0].job.at_ms, 5000);
+        assert_eq!(rec.jobs[0].last_error.as_ref(), b"e1");
+        assert_eq!(rec.jobs[1].dead, Some((3, Bytes::from_static(b"e2"))));
+    }
+
+    fn outcome(id: u64, unique: &'static [u8], payload: &'static [u8]) -> OutcomeRecord {
+        OutcomeRecord {
+            id,
+            at_ms: 1_000 + id,
+            kind: super::super::OutcomeKind::Complete,
+            function: Bytes::from_static(b"f"),
+            unique: Bytes::from_static(unique),
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    /// A retaining client's jobs come back with who was running them; a finished one comes back
+    /// as its outcome (the newest of each key), and both survive a compaction.
+    #[tokio::test]
+    async fn foreground_jobs_and_their_outcomes_are_recovered_and_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let fg = |id, unique: &'static [u8]| JobRecord { unique: Bytes::from_static(unique), ..job(id, b"p") };
+        {
+            let (j, _) = Journal::open(dir.path(), Durability::Fsync, 1 << 20).unwrap();
+            j.append(&Record::AddForeground(fg(1, b"a")));
+            j.append(&Record::AddForeground(fg(2, b"b")));
+            j.append(&Record::AddForeground(fg(3, b"c")));
+            j.append(&Record::StartedBy { id: 1, worker: Bytes::from_static(b"pod-x") });
+            j.append(&Record::Started { id: 2 });
+            j.append(&Record::Outcome(outcome(3, b"c", b"first")));
+            let s = j.append(&Record::Outcome(outcome(4, b"c", b"second")));
+            wait(&j, s).await;
+        }
+        let expect = |rec: &Recovery| {
+            assert_eq!(rec.jobs.len(), 2, "job 3 ended: only its outcome is kept");
+            assert!(rec.jobs.iter().all(|r| r.foreground));
+            assert_eq!(rec.jobs[0].started_by.as_deref(), Some(&b"pod-x"[..]));
+            assert_eq!(rec.jobs[1].started_by, None);
+            assert_eq!(rec.jobs[1].job.attempts, 0, "a foreground try is not counted as a background retry");
+            assert_eq!(rec.outcomes.len(), 1);
+            assert_eq!(rec.outcomes[0].payload.as_ref(), b"second", "the newest outcome of a key");
+        };
+        let (j, rec) = Journal::open(dir.path(), Durability::Fsync, 1 << 20).unwrap();
+        expect(&rec);
+        // Compact explicitly: the snapshot alone must bring everything back.
+        j.compact(rec.clone());
+        let s = j.append(&Record::Done { id: 99 });
+        wait(&j, s).await;
+        drop(j);
+        let (_j, again) = Journal::open(dir.path(), Durability::Fsync, 1 << 20).unwrap();
+        expect(&again);
     }
 }

@@ -1,7 +1,7 @@
-//! Durability for background jobs: the on-disk record format and the journal.
+//! Durability for background jobs and retaining clients' foreground jobs: the on-disk record format and the journal.
 
 mod journal;
 mod record;
 
-pub use journal::{Durability, Journal, Recovered};
-pub use record::{JobRecord, Record, RecordError};
+pub use journal::{Durability, Journal, Recovered, Recovery};
+pub use record::{JobRecord, OutcomeKind, OutcomeRecord, Record, RecordError};

@@ -1,4 +1,6 @@
-//! Journal records: what is written to disk for each change to a durable (background) job.
+//! Journal records: what is written to disk for each change to a durable job: a background job,
+//! or a foreground job of a retaining client (the operator's Job controller), whose outcome is
+//! journaled too so that it is still retained after a restart.
 //!
 //! Frame: `[len: u32 BE][crc32 of body: u32 BE][body]`. A torn or corrupt frame at the end of a
 //! file is where that file's valid data ends (a crash mid-write); anything after it is ignored.
@@ -18,10 +20,39 @@ pub enum Record {
     Dead { id: u64, attempts: u32, error: Bytes },
     /// The job is finished (completed, failed for good and purged, or cancelled): forget it.
     Done { id: u64 },
+    /// A foreground job of a retaining client was accepted (see [`Record::Add`]).
+    AddForeground(JobRecord),
+    /// A worker that resumes its jobs across reconnects (`OPTION_REQ gearfleet-resume`), known by
+    /// its client id, took the job.
+    StartedBy { id: u64, worker: Bytes },
+    /// A retaining client's job ended with this outcome, kept until `at_ms` plus the broker's
+    /// retention time. `id` 0 in snapshots (the outcome outlives its job).
+    Outcome(OutcomeRecord),
+}
+
+/// How a retaining client's job ended, as journaled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutcomeRecord {
+    pub id: u64,
+    /// When it ended, unix milliseconds.
+    pub at_ms: u64,
+    pub kind: OutcomeKind,
+    pub function: Bytes,
+    pub unique: Bytes,
+    /// The result (complete) or message (exception); empty for a failure.
+    pub payload: Bytes,
+}
+
+/// The kinds of outcome a retaining client may be answered with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeKind {
+    Complete = 1,
+    Fail = 2,
+    Exception = 3,
 }
 
 /// A durable job as written in `Add` records and snapshots.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct JobRecord {
     pub id: u64,
     pub priority: u8,
@@ -38,6 +69,9 @@ const STARTED: u8 = 2;
 const RETRY: u8 = 3;
 const DEAD: u8 = 4;
 const DONE: u8 = 5;
+const ADD_FOREGROUND: u8 = 6;
+const STARTED_BY: u8 = 7;
+const OUTCOME: u8 = 8;
 
 /// Why a frame could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,8 +87,13 @@ pub enum RecordError {
 impl Record {
     pub fn id(&self) -> u64 {
         match self {
-            Record::Add(j) => j.id,
-            Record::Started { id } | Record::Retry { id, .. } | Record::Dead { id, .. } | Record::Done { id } => *id,
+            Record::Add(j) | Record::AddForeground(j) => j.id,
+            Record::Outcome(o) => o.id,
+            Record::Started { id }
+            | Record::StartedBy { id, .. }
+            | Record::Retry { id, .. }
+            | Record::Dead { id, .. }
+            | Record::Done { id } => *id,
         }
     }
 
@@ -65,8 +104,8 @@ impl Record {
         // The body is written in place, behind the frame header filled in below.
         let body = &mut *out;
         match self {
-            Record::Add(j) => {
-                body.put_u8(ADD);
+            Record::Add(j) | Record::AddForeground(j) => {
+                body.put_u8(if matches!(self, Record::Add(_)) { ADD } else { ADD_FOREGROUND });
                 body.put_u64(j.id);
                 body.put_u8(j.priority);
                 body.put_u64(j.at_ms);
@@ -95,6 +134,20 @@ impl Record {
             Record::Done { id } => {
                 body.put_u8(DONE);
                 body.put_u64(*id);
+            }
+            Record::StartedBy { id, worker } => {
+                body.put_u8(STARTED_BY);
+                body.put_u64(*id);
+                put_bytes(body, worker);
+            }
+            Record::Outcome(o) => {
+                body.put_u8(OUTCOME);
+                body.put_u64(o.id);
+                body.put_u64(o.at_ms);
+                body.put_u8(o.kind as u8);
+                put_bytes(body, &o.function);
+                put_bytes(body, &o.unique);
+                put_bytes(body, &o.payload);
             }
         }
         let len = (out.len() - start - 8) as u32;
@@ -148,7 +201,7 @@ fn decode_body(b: &mut Bytes) -> Option<Record> {
     let kind = b.get_u8();
     let id = get_u64(b)?;
     let record = match kind {
-        ADD => {
+        ADD | ADD_FOREGROUND => {
             if !b.has_remaining() {
                 return None;
             }
@@ -158,7 +211,23 @@ fn decode_body(b: &mut Bytes) -> Option<Record> {
             let function = get_bytes(b)?;
             let unique = get_bytes(b)?;
             let data = get_bytes(b)?;
-            Record::Add(JobRecord { id, priority, at_ms, attempts, function, unique, data })
+            let job = JobRecord { id, priority, at_ms, attempts, function, unique, data };
+            if kind == ADD { Record::Add(job) } else { Record::AddForeground(job) }
+        }
+        STARTED_BY => Record::StartedBy { id, worker: get_bytes(b)? },
+        OUTCOME => {
+            let at_ms = get_u64(b)?;
+            if !b.has_remaining() {
+                return None;
+            }
+            let kind = match b.get_u8() {
+                1 => OutcomeKind::Complete,
+                2 => OutcomeKind::Fail,
+                3 => OutcomeKind::Exception,
+                _ => return None,
+            };
+            let (function, unique, payload) = (get_bytes(b)?, get_bytes(b)?, get_bytes(b)?);
+            Record::Outcome(OutcomeRecord { id, at_ms, kind, function, unique, payload })
         }
         STARTED => Record::Started { id },
         RETRY => Record::Retry { id, at_ms: get_u64(b)?, attempts: get_u32(b)?, error: get_bytes(b)? },
@@ -188,6 +257,24 @@ mod tests {
             Record::Retry { id: 7, at_ms: 99, attempts: 2, error: Bytes::from_static(b"boom") },
             Record::Dead { id: 7, attempts: 3, error: Bytes::new() },
             Record::Done { id: 7 },
+            Record::AddForeground(JobRecord {
+                id: 8,
+                priority: 1,
+                at_ms: 0,
+                attempts: 0,
+                function: Bytes::from_static(b"resize"),
+                unique: Bytes::from_static(b"ns/job/0/0"),
+                data: Bytes::from_static(b"photo"),
+            }),
+            Record::StartedBy { id: 8, worker: Bytes::from_static(b"pod-a") },
+            Record::Outcome(OutcomeRecord {
+                id: 8,
+                at_ms: 1_700_000_000_000,
+                kind: OutcomeKind::Exception,
+                function: Bytes::from_static(b"resize"),
+                unique: Bytes::from_static(b"ns/job/0/0"),
+                payload: Bytes::from_static(b"bad input"),
+            }),
         ]
     }
 
