@@ -7,6 +7,14 @@
 //!   is a job in hand and is run;
 //! * a sleeping or idle slot closes its connection at once;
 //! * force-stop cancels the job in hand and fails it.
+//!
+//! Lost connections: with a server that takes jobs back (it granted `OPTION_REQ
+//! gearfleet-resume`: gearfleet's broker), the job in hand keeps running while the slot
+//! reconnects to that server, draining or not, and then takes it back (a WORK_STATUS) or delivers
+//! its outcome. The broker holds the jobs of retaining clients (the operator's Jobs) for it
+//! meanwhile, even across its own restart, so they do not run twice. With any other server, or
+//! after [`RESUME_HOLD`] without the server, or when the server answers `job_not_found`, the job
+//! is cancelled as before: the server has queued it again.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use gearfleet_proto::options::TIMEOUT_MESSAGE;
+use gearfleet_proto::options::{self, TIMEOUT_MESSAGE};
 use gearfleet_proto::{Frame, Packet, PacketType, ProtoError};
 use tokio::sync::mpsc;
 use tokio::task::JoinError;
@@ -35,43 +43,65 @@ const UPDATE_QUEUE: usize = 64;
 const PANIC_WINDOW: Duration = Duration::from_secs(10);
 /// A server that does not answer GRAB_JOB within this time is considered gone.
 const GRAB_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a job in hand is carried while its server cannot be reached (its outcome delivered
+/// once the server is back); after that it is abandoned.
+pub(crate) const RESUME_HOLD: Duration = Duration::from_secs(300);
 
 /// Runs one slot until the worker drains.
 pub(crate) async fn run(shared: Arc<Shared>, server: ServerAddr, index: usize) {
     let mut backoff = shared.reconnect.start();
     let mut panics = PanicGuard::new();
+    // A job in hand whose connection was lost, to take back on the next one.
+    let mut carried: Option<Box<InHand>> = None;
     loop {
-        if shared.drain.is_cancelled() {
+        if let Some(hand) = carried.take_if(|h| h.lost_at.is_some_and(|t| t.elapsed() > RESUME_HOLD)) {
+            hand.abandon(&shared, CancelReason::ConnectionLost, "the server did not come back in time");
+        }
+        if carried.is_none() && shared.drain.is_cancelled() {
             return;
         }
         let connected = tokio::select! {
             biased;
-            _ = shared.drain.cancelled() => return,
+            _ = shared.force.cancelled(), if carried.is_some() => {
+                if let Some(hand) = carried.take() {
+                    hand.abandon(&shared, CancelReason::ForceStop, "force-stopped while reconnecting");
+                }
+                return;
+            }
+            _ = shared.drain.cancelled(), if carried.is_none() => return,
             c = connect(&server, shared.connect_timeout) => c,
         };
         let (end, progressed) = match connected {
             Ok(conn) => {
                 tracing::debug!(%server, slot = index, "connected");
-                let mut session =
-                    Session { shared: shared.clone(), server: &server, conn, progressed: false, panics: &mut panics };
-                let end = session.run().await;
+                let mut session = Session {
+                    shared: shared.clone(),
+                    server: &server,
+                    conn,
+                    progressed: false,
+                    resumable: false,
+                    panics: &mut panics,
+                };
+                let end = session.run(carried.take()).await;
                 (end, session.progressed)
             }
-            Err(e) => (End::Lost(format!("connect: {e}")), false),
+            Err(e) => (End::Lost(format!("connect: {e}"), carried.take()), false),
         };
         match end {
             End::Drained => return,
-            End::Lost(error) => {
+            End::Lost(error, hand) => {
+                carried = hand;
                 // Only a connection that worked resets the backoff: a server that accepts and
                 // closes at once must not be hammered.
                 if progressed {
                     backoff.reset();
                 }
                 let delay = backoff.next_delay();
-                tracing::warn!(%server, slot = index, %error, retry_in = ?delay, "gearman connection lost; reconnecting");
+                let carrying = carried.is_some();
+                tracing::warn!(%server, slot = index, %error, retry_in = ?delay, carrying, "gearman connection lost; reconnecting");
                 tokio::select! {
                     biased;
-                    _ = shared.drain.cancelled() => return,
+                    _ = shared.drain.cancelled(), if carried.is_none() => return,
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
@@ -82,8 +112,8 @@ pub(crate) async fn run(shared: Arc<Shared>, server: ServerAddr, index: usize) {
 enum End {
     /// The worker is draining and this slot holds no job: done.
     Drained,
-    /// The connection failed; reconnect.
-    Lost(String),
+    /// The connection failed; reconnect, carrying the job in hand if there is one to take back.
+    Lost(String, Option<Box<InHand>>),
 }
 
 /// The result of waiting for something while idle.
@@ -100,10 +130,60 @@ enum Grab {
     Lost(String),
 }
 
+/// How a job in hand ended.
 enum JobEnd {
     Finished(Result<Executed, JoinError>),
     Cancelled(CancelReason),
+}
+
+/// Why following a job in hand stopped.
+enum Stop {
+    Ended(JobEnd),
     Lost(String),
+    /// The server no longer has the job taken back after a reconnect.
+    Gone,
+}
+
+/// A job in hand. Its handler runs in a task of its own, which outlives a lost connection when
+/// the server takes jobs back.
+struct InHand {
+    handle: Bytes,
+    function: Function,
+    span: tracing::Span,
+    started: Instant,
+    task: tokio::task::JoinHandle<Executed>,
+    updates: mpsc::Receiver<Packet>,
+    control: Job,
+    /// When the function's timeout fails the job.
+    deadline: Option<tokio::time::Instant>,
+    _busy: Busy,
+    /// The latest WORK_STATUS sent (numerator, denominator): repeated to take the job back.
+    status: Option<(Bytes, Bytes)>,
+    /// The packet that ends the job, once the handler has ended (the task is not polled again).
+    result: Option<(Packet, Outcome, bool)>,
+    /// Since when the connection is lost, while the job is carried to the next one.
+    lost_at: Option<Instant>,
+    /// Taken back on the current connection: `job_not_found` means the server no longer has it.
+    resumed: bool,
+    /// Its server takes jobs back: carried across lost connections, even one lost again before
+    /// the server answered the option on the next connection.
+    resumable: bool,
+}
+
+impl InHand {
+    /// Gives the job up: cancels its handler and counts it as lost (the server runs it again).
+    fn abandon(mut self, shared: &Shared, reason: CancelReason, why: &str) {
+        self.control.cancel(reason);
+        if self.result.is_none() {
+            self.task.abort();
+        }
+        tracing::warn!(parent: &self.span, why, "giving up a job whose connection was lost; the server runs it again");
+        shared.metrics.job_done(&self.function.name, Outcome::ConnectionLost, self.started.elapsed().as_secs_f64());
+        if let Some(permits) = &shared.job_permits {
+            permits.add_permits(1);
+        }
+        self.updates.close();
+    }
 }
 
 /// What the spawned handler task returns.
@@ -118,16 +198,23 @@ struct Session<'a> {
     conn: Conn,
     /// The server answered something: the connection is good.
     progressed: bool,
+    /// The server granted `OPTION_REQ gearfleet-resume`: a job in hand survives losing it.
+    resumable: bool,
     panics: &'a mut PanicGuard,
 }
 
 impl Session<'_> {
-    async fn run(&mut self) -> End {
+    async fn run(&mut self, carried: Option<Box<InHand>>) -> End {
         if let Err(e) = self.register().await {
-            return End::Lost(e);
+            return End::Lost(e, carried);
         }
         let _registered = Registered::new(&self.shared);
         let shared = self.shared.clone();
+        if let Some(hand) = carried
+            && let Err((e, hand)) = self.resume(*hand).await
+        {
+            return End::Lost(e, hand);
+        }
         loop {
             if shared.drain.is_cancelled() {
                 return End::Drained;
@@ -137,7 +224,7 @@ impl Session<'_> {
                 match self.idle(tokio::time::sleep(delay)).await {
                     Wait::Ready(()) => continue,
                     Wait::Drained => return End::Drained,
-                    Wait::Lost(e) => return End::Lost(e),
+                    Wait::Lost(e) => return End::Lost(e, None),
                 }
             }
             let permit = match &shared.job_permits {
@@ -145,7 +232,7 @@ impl Session<'_> {
                 Some(sem) => match self.idle(sem.acquire()).await {
                     Wait::Ready(Ok(p)) => Some(p),
                     Wait::Ready(Err(_)) | Wait::Drained => return End::Drained,
-                    Wait::Lost(e) => return End::Lost(e),
+                    Wait::Lost(e) => return End::Lost(e, None),
                 },
             };
             match self.grab().await {
@@ -153,8 +240,8 @@ impl Session<'_> {
                     if let Some(permit) = permit {
                         permit.forget();
                     }
-                    if let Err(e) = self.run_job(p).await {
-                        return End::Lost(e);
+                    if let Err((e, hand)) = self.run_job(p).await {
+                        return End::Lost(e, hand);
                     }
                 }
                 Grab::NoJob => {
@@ -163,23 +250,26 @@ impl Session<'_> {
                         return End::Drained;
                     }
                     if let Err(e) = self.conn.send(Packet::req(PacketType::PreSleep, &[])).await {
-                        return End::Lost(e.to_string());
+                        return End::Lost(e.to_string(), None);
                     }
                     match self.sleep().await {
                         Wait::Ready(()) => {}
                         Wait::Drained => return End::Drained,
-                        Wait::Lost(e) => return End::Lost(e),
+                        Wait::Lost(e) => return End::Lost(e, None),
                     }
                 }
                 Grab::ForceStopped => return End::Drained,
-                Grab::Lost(e) => return End::Lost(e),
+                Grab::Lost(e) => return End::Lost(e, None),
             }
         }
     }
 
-    /// SET_CLIENT_ID and one CAN_DO / CAN_DO_TIMEOUT per function, in one write.
+    /// OPTION_REQ gearfleet-resume (answered on its own: OPTION_RES from gearfleet's broker, an
+    /// ERROR from others), SET_CLIENT_ID and one CAN_DO / CAN_DO_TIMEOUT per function, in one
+    /// write.
     async fn register(&mut self) -> Result<(), String> {
         let client_id = self.shared.client_id.clone();
+        self.conn.feed(Packet::req(PacketType::OptionReq, &[options::RESUME])).await.map_err(err)?;
         self.conn.feed(Packet::req(PacketType::SetClientId, &[client_id.as_bytes()])).await.map_err(err)?;
         for f in &self.shared.functions {
             let p = match f.timeout_ms() {
@@ -268,8 +358,9 @@ impl Session<'_> {
         }
     }
 
-    /// Runs an assigned job and sends its result. Errors mean the connection is gone.
-    async fn run_job(&mut self, assign: Packet) -> Result<(), String> {
+    /// Runs an assigned job and sends its result. An error means the connection is gone, with
+    /// the job to carry to the next connection when the server takes jobs back.
+    async fn run_job(&mut self, assign: Packet) -> Result<(), (String, Option<Box<InHand>>)> {
         let started = Instant::now();
         let (handle, name, unique, payload) = match assign.ptype {
             PacketType::JobAssignUniq => {
@@ -281,49 +372,148 @@ impl Session<'_> {
         let Some(function) = shared.function(&name).cloned() else {
             let name = String::from_utf8_lossy(&name);
             tracing::warn!(function = %name, "server assigned a function this worker does not serve; failing it");
-            self.conn.send(Packet::req(PacketType::WorkFail, &[&handle])).await.map_err(err)?;
+            self.conn.send(Packet::req(PacketType::WorkFail, &[&handle])).await.map_err(|e| (err(e), None))?;
             shared.metrics.job_done(&name, Outcome::Unknown, 0.0);
             shared.job_finished();
             return Ok(());
         };
-        let fname = function.name.clone();
-        let span = tracing::error_span!("job", function = %fname, handle = %String::from_utf8_lossy(&handle));
+        let span = tracing::error_span!("job", function = %function.name, handle = %String::from_utf8_lossy(&handle));
         tracing::debug!(parent: &span, bytes = payload.len(), "job assigned");
 
-        let (updates_tx, mut updates) = mpsc::channel(UPDATE_QUEUE);
-        let job = Job::new(fname.clone(), handle.clone(), unique, payload, updates_tx);
+        let (updates_tx, updates) = mpsc::channel(UPDATE_QUEUE);
+        let job = Job::new(function.name.clone(), handle.clone(), unique, payload, updates_tx);
         let control = job.clone();
         let _busy = Busy::new(&shared);
-        let mut task = tokio::spawn(execute(function.clone(), job, shared.chain.clone()).instrument(span.clone()));
-        let timer = async move {
-            match function.timeout {
-                Some(t) => tokio::time::sleep(t).await,
-                None => std::future::pending().await,
-            }
+        let task = tokio::spawn(execute(function.clone(), job, shared.chain.clone()).instrument(span.clone()));
+        let deadline = function.timeout.map(|t| tokio::time::Instant::now() + t);
+        let hand = InHand {
+            handle,
+            function,
+            span,
+            started,
+            task,
+            updates,
+            control,
+            deadline,
+            _busy,
+            status: None,
+            result: None,
+            lost_at: None,
+            resumed: false,
+            resumable: false,
         };
-        tokio::pin!(timer);
-        let force = shared.force.clone();
+        self.follow(hand).await
+    }
 
-        let end = loop {
-            tokio::select! {
-                biased;
-                r = &mut task => break JobEnd::Finished(r),
-                _ = force.cancelled() => break JobEnd::Cancelled(CancelReason::ForceStop),
-                _ = &mut timer => break JobEnd::Cancelled(CancelReason::Timeout),
-                Some(update) = updates.recv() => {
-                    if let Err(e) = self.conn.send(update).await {
-                        break JobEnd::Lost(e.to_string());
-                    }
+    /// Takes a carried job back on this connection: its latest WORK_STATUS again (0/0 if none)
+    /// while the handler runs, or straight to its outcome when it has ended meanwhile.
+    async fn resume(&mut self, mut hand: InHand) -> Result<(), (String, Option<Box<InHand>>)> {
+        let lost_for = hand.lost_at.take().map(|t| t.elapsed()).unwrap_or_default();
+        tracing::info!(parent: &hand.span, ?lost_for, ended = hand.result.is_some(), "reconnected: taking the job back");
+        hand.resumed = true;
+        if hand.result.is_none() {
+            let (n, d) = hand.status.clone().unwrap_or((Bytes::from_static(b"0"), Bytes::from_static(b"0")));
+            if let Err(e) = self.conn.send(Packet::req(PacketType::WorkStatus, &[&hand.handle, &n, &d])).await {
+                return Err(self.lose(hand, err(e)));
+            }
+        }
+        self.follow(hand).await
+    }
+
+    /// The connection is gone with `hand` in hand: carried if the server takes jobs back, else
+    /// given up.
+    fn lose(&self, mut hand: InHand, error: String) -> (String, Option<Box<InHand>>) {
+        if self.resumable || hand.resumable {
+            hand.resumable = true;
+            tracing::warn!(parent: &hand.span, %error, "connection lost while holding a job; it keeps running and is taken back after reconnecting");
+            hand.lost_at = Some(Instant::now());
+            hand.resumed = false;
+            return (error, Some(Box::new(hand)));
+        }
+        hand.control.cancel(CancelReason::ConnectionLost);
+        if hand.result.is_none() {
+            hand.task.abort();
+        }
+        tracing::warn!(parent: &hand.span, %error, "connection lost while holding a job; the server re-queues it");
+        self.job_lost(&hand.function.name, hand.started);
+        (error, None)
+    }
+
+    /// Follows a job in hand to its end: passes its reports on, applies its timeout and a
+    /// force-stop, then sends its outcome.
+    async fn follow(&mut self, mut hand: InHand) -> Result<(), (String, Option<Box<InHand>>)> {
+        let shared = self.shared.clone();
+        if hand.result.is_none() {
+            let deadline = hand.deadline;
+            let timer = async move {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
                 }
-                f = self.conn.next() => match read(f) {
-                    Ok(p) => self.stray(&p),
-                    Err(e) => break JobEnd::Lost(e),
-                },
-            }
-        };
+            };
+            tokio::pin!(timer);
+            let force = shared.force.clone();
+            let stop = loop {
+                tokio::select! {
+                    biased;
+                    r = &mut hand.task => break Stop::Ended(JobEnd::Finished(r)),
+                    _ = force.cancelled() => break Stop::Ended(JobEnd::Cancelled(CancelReason::ForceStop)),
+                    _ = &mut timer => break Stop::Ended(JobEnd::Cancelled(CancelReason::Timeout)),
+                    Some(update) = hand.updates.recv() => {
+                        if update.ptype == PacketType::WorkStatus {
+                            hand.status = Some((update.arg_bytes(1), update.arg_bytes(2)));
+                        }
+                        if let Err(e) = self.conn.send(update).await {
+                            break Stop::Lost(e.to_string());
+                        }
+                    }
+                    f = self.conn.next() => match read(f) {
+                        Ok(p) if hand.resumed && refuses_take_back(&p) => break Stop::Gone,
+                        Ok(p) => self.stray(&p),
+                        Err(e) => break Stop::Lost(e),
+                    },
+                }
+            };
+            hand.result = Some(match stop {
+                Stop::Lost(e) => return Err(self.lose(hand, e)),
+                Stop::Gone => {
+                    hand.abandon(&shared, CancelReason::ConnectionLost, "the server no longer has it");
+                    return Ok(());
+                }
+                Stop::Ended(end) => self.outcome(&mut hand, end).await,
+            });
+        }
 
+        // Reports the handler queued before returning go out before the result.
+        let Some((result, outcome, flush_updates)) = hand.result.clone() else { return Ok(()) };
+        let mut sent = Ok(());
+        while flush_updates && let Ok(update) = hand.updates.try_recv() {
+            if let Err(e) = self.conn.feed(update).await {
+                sent = Err(err(e));
+                break;
+            }
+        }
+        if sent.is_ok() {
+            sent = self.conn.send(result).await.map_err(err);
+        }
+        if let Err(e) = sent {
+            return Err(self.lose(hand, e));
+        }
+        hand.updates.close();
+        let elapsed = hand.started.elapsed();
+        shared.metrics.job_done(&hand.function.name, outcome, elapsed.as_secs_f64());
+        shared.job_finished();
+        tracing::debug!(parent: &hand.span, outcome = outcome.as_str(), ?elapsed, "job done");
+        Ok(())
+    }
+
+    /// The packet that ends a job, from how its handler ended (cancelling it first if it must):
+    /// (packet, outcome, whether the reports it queued go out first).
+    async fn outcome(&mut self, hand: &mut InHand, end: JobEnd) -> (Packet, Outcome, bool) {
+        let handle = hand.handle.clone();
+        let span = hand.span.clone();
         let flush_updates = matches!(end, JobEnd::Finished(Ok(_)));
-        let (result, outcome) = match end {
+        let (packet, outcome) = match end {
             JobEnd::Finished(Ok(Executed::Done(Ok(data)))) => {
                 self.panics.success();
                 (Packet::req(PacketType::WorkComplete, &[&handle, &data]), Outcome::Complete)
@@ -345,10 +535,11 @@ impl Session<'_> {
                 (Packet::req(PacketType::WorkFail, &[&handle]), Outcome::Panic)
             }
             JobEnd::Cancelled(reason) => {
-                control.cancel(reason);
-                tracing::warn!(parent: &span, reason = reason.as_str(), grace = ?shared.cancel_grace, "cancelling the job");
-                if tokio::time::timeout(shared.cancel_grace, &mut task).await.is_err() {
-                    task.abort();
+                hand.control.cancel(reason);
+                let grace = self.shared.cancel_grace;
+                tracing::warn!(parent: &span, reason = reason.as_str(), ?grace, "cancelling the job");
+                if tokio::time::timeout(grace, &mut hand.task).await.is_err() {
+                    hand.task.abort();
                 }
                 match reason {
                     // gearfleet-broker sends the same text when its own timer fires first.
@@ -358,38 +549,8 @@ impl Session<'_> {
                     _ => (Packet::req(PacketType::WorkFail, &[&handle]), Outcome::ForceStop),
                 }
             }
-            JobEnd::Lost(e) => {
-                control.cancel(CancelReason::ConnectionLost);
-                task.abort();
-                tracing::warn!(parent: &span, error = %e, "connection lost while running a job; the server re-queues it");
-                self.job_lost(&fname, started);
-                return Err(e);
-            }
         };
-
-        // Reports the handler queued before returning go out before the result.
-        let mut sent = Ok(());
-        while flush_updates && let Ok(update) = updates.try_recv() {
-            if let Err(e) = self.conn.feed(update).await {
-                sent = Err(err(e));
-                break;
-            }
-        }
-        drop(updates);
-        if sent.is_ok() {
-            sent = self.conn.send(result).await.map_err(err);
-        }
-        if let Err(e) = sent {
-            // The result did not reach the server: it re-queues the job, so it does not count.
-            tracing::warn!(parent: &span, error = %e, "connection lost before the result was sent");
-            control.cancel(CancelReason::ConnectionLost);
-            self.job_lost(&fname, started);
-            return Err(e);
-        }
-        shared.metrics.job_done(&fname, outcome, started.elapsed().as_secs_f64());
-        shared.job_finished();
-        tracing::debug!(parent: &span, outcome = outcome.as_str(), elapsed = ?started.elapsed(), "job done");
-        Ok(())
+        (packet, outcome, flush_updates)
     }
 
     /// A job the server will re-queue: counted as lost, and its `max_jobs` permit given back.
@@ -400,13 +561,19 @@ impl Session<'_> {
         }
     }
 
-    /// A packet nobody waits for: ERROR is logged, NOOP and NO_JOB are harmless leftovers.
-    fn stray(&self, p: &Packet) {
+    /// A packet nobody waits for: the answer to OPTION_REQ gearfleet-resume, ERROR is logged,
+    /// NOOP and NO_JOB are harmless leftovers.
+    fn stray(&mut self, p: &Packet) {
         match p.ptype {
+            PacketType::OptionRes if p.arg(0) == options::RESUME => self.resumable = true,
             PacketType::Error => {
                 let code = String::from_utf8_lossy(p.arg(0));
                 let text = String::from_utf8_lossy(p.arg(1));
-                if code == "job_not_found" {
+                if code.eq_ignore_ascii_case("unknown_option") {
+                    // A server other than gearfleet's broker: jobs in hand do not survive a lost
+                    // connection there.
+                    tracing::debug!(server = %self.server, "the server does not take jobs back after a reconnect");
+                } else if code == "job_not_found" {
                     // Expected after a function timeout fired on the server first.
                     tracing::info!(server = %self.server, %code, %text, "server no longer knows the job");
                 } else {
@@ -438,6 +605,13 @@ async fn execute(function: Function, job: Job, chain: Client) -> Executed {
             Executed::Done(Ok(out.data))
         }
     }
+}
+
+/// The server's answer when it cannot give a job back: it no longer has it (`job_not_found`), or
+/// it does not take jobs back at all (an ERROR to `OPTION_REQ gearfleet-resume`).
+fn refuses_take_back(p: &Packet) -> bool {
+    p.ptype == PacketType::Error
+        && (p.arg(0).eq_ignore_ascii_case(b"job_not_found") || p.arg(0).eq_ignore_ascii_case(b"unknown_option"))
 }
 
 fn read(frame: Option<Result<Frame, ProtoError>>) -> Result<Packet, String> {

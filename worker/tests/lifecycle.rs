@@ -344,6 +344,8 @@ async fn scripted_worker_with(
 async fn accept_registered(listener: &TcpListener) -> ServerConn {
     let (sock, _) = within(LIMIT, listener.accept()).await.unwrap();
     let mut conn = Framed::new(sock, Codec::server());
+    // This server, like a stock one, does not take jobs back: it leaves the option unanswered.
+    assert_eq!(expect(&mut conn, PacketType::OptionReq).await.arg(0), gearfleet_proto::options::RESUME);
     assert_eq!(expect(&mut conn, PacketType::SetClientId).await.arg(0), b"scripted");
     assert_eq!(expect(&mut conn, PacketType::CanDo).await.arg(0), b"rev");
     assert_eq!(expect(&mut conn, PacketType::CanDo).await.arg(0), b"hold");
@@ -390,6 +392,7 @@ async fn registers_function_timeouts_in_whole_seconds_unless_local() {
     let worker = RunningWorker::start(worker);
     let (sock, _) = within(LIMIT, listener.accept()).await.unwrap();
     let mut conn = Framed::new(sock, Codec::server());
+    expect(&mut conn, PacketType::OptionReq).await;
     expect(&mut conn, PacketType::SetClientId).await;
     let a = expect(&mut conn, PacketType::CanDoTimeout).await;
     assert_eq!((a.arg(0), a.arg(1)), (&b"a"[..], &b"1500"[..]));
