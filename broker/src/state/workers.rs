@@ -141,6 +141,7 @@ impl State {
         if self.journal.is_some() && background {
             self.journal_append(&Record::Started { id: job_id });
         } else if self.journal.is_some() && retain {
+            // (Like every record of a batch, on disk before the assignment goes out.)
             let record = match resumer {
                 Some(worker) => Record::StartedBy { id: job_id, worker },
                 None => Record::Started { id: job_id },
