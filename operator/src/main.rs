@@ -67,6 +67,11 @@ struct Args {
     /// terminationGracePeriodSeconds.
     #[arg(long, env = "GEARFLEET_SHUTDOWN_GRACE", default_value = "25s", value_parser = humantime::parse_duration)]
     shutdown_grace: std::time::Duration,
+    /// How long the Job controller waits for a lost broker that has attempts a worker runs before
+    /// it submits them to another broker (where they may run a second time). The broker keeps
+    /// such jobs across its restart for the worker to take back or finish.
+    #[arg(long, env = "GEARFLEET_BROKER_RETURN_WAIT", default_value = "2m", value_parser = humantime::parse_duration)]
+    broker_return_wait: std::time::Duration,
     /// Log format: text or json (filter with RUST_LOG).
     #[arg(long, env = "GEARFLEET_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -102,10 +107,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let controllers = {
         let (client, namespace, job_metrics) = (client.clone(), args.namespace.clone(), ctx_metrics);
         let addresses = admin.addresses();
-        let grace = args.shutdown_grace;
+        let (grace, return_wait) = (args.shutdown_grace, args.broker_return_wait);
         async move {
             let (trigger, triggers) = tokio::sync::mpsc::unbounded_channel();
-            let runner = Runner::start(addresses, trigger);
+            let runner = Runner::start_with(addresses, trigger, return_wait);
             let wind_down = job_reconcile::wind_down(runner.clone(), admin.clone(), grace);
             let jobs = Arc::new(JobContext::new(client.clone(), runner, admin, job_metrics));
             tokio::join!(

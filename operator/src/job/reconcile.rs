@@ -205,7 +205,12 @@ async fn apply(job: Arc<Job>, ctx: &JobContext) -> Result<Requeue, JobError> {
                 if ctx.runner.observation(unique).is_none() {
                     ctx.metrics.job_attempts.inc();
                 }
-                ctx.runner.submit(ObjectRef::from_obj(&*job), unique, function, bytes, job.spec.priority);
+                // A run a worker took (as the status says: a new leader) is followed on its broker.
+                let running_on = status
+                    .handle
+                    .as_deref()
+                    .filter(|_| status.phase == JobPhase::Running && status.unique.as_deref() == Some(unique.as_str()));
+                ctx.runner.submit(ObjectRef::from_obj(&*job), unique, function, bytes, job.spec.priority, running_on);
             }
             Action::Forget { unique } => ctx.runner.forget(unique),
             Action::Cancel { unique } => {
