@@ -6,6 +6,7 @@
 //! `e2e/images/build` makes (see [`BROKER_IMAGE`] and friends) with `imagePullPolicy: Never`, so the
 //! cluster must have them loaded (`e2e/cluster/up` does; for kind, `kind load image-archive`).
 
+pub mod crash;
 pub mod executions;
 pub mod fixture;
 pub mod gearman;

@@ -9,7 +9,10 @@
 //!   other brokers (each through its broker's own Service) see no error at all;
 //! * `helm upgrade` rolls every broker pod under the same load, with the same promises;
 //! * with 1 broker and with 3, the pod of the leading operator is deleted while 30 Jobs run on
-//!   SDK workers: every Job Succeeds, and each ran exactly once (the workers log each execution).
+//!   SDK workers: every Job Succeeds, and each ran exactly once (the workers log each execution);
+//! * the same with the pod's operator and broker killed (SIGKILL, no SIGTERM): the broker comes
+//!   back from its journal holding the attempts that were running for their workers, which take
+//!   them back or deliver their outcomes; again every Job Succeeds and each ran exactly once.
 //!
 //! The tests take turns (each installs a release of its own, with its own brokers).
 
@@ -18,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use gearfleet_e2e::crash::sigkill;
 use gearfleet_e2e::executions::{counts, reader_pod};
 use gearfleet_e2e::gearman::{call, fleet_workers, submit_background};
 use gearfleet_e2e::{Cluster, EXAMPLE_WORKERS_IMAGE, GEAR_WORKERS_IMAGE, Namespace};
@@ -514,16 +518,35 @@ fn three_brokers_keep_gearman_up_through_a_leader_loss_and_an_upgrade() {
 
 #[test]
 fn jobs_run_once_when_the_leaders_pod_goes_away_with_one_broker() {
-    jobs_survive_the_leaders_pod(1, "gfj1");
+    jobs_survive_the_leaders_pod(1, "gfj1", Ending::Deleted);
 }
 
 #[test]
 fn jobs_run_once_when_the_leaders_pod_goes_away_with_three_brokers() {
-    jobs_survive_the_leaders_pod(3, "gfj3");
+    jobs_survive_the_leaders_pod(3, "gfj3", Ending::Deleted);
 }
 
-/// 30 Jobs of 3 s on three SDK workers; the leading operator's pod is deleted once some run.
-fn jobs_survive_the_leaders_pod(brokers: usize, release: &'static str) {
+#[test]
+fn jobs_run_once_when_the_leaders_pod_crashes_with_one_broker() {
+    jobs_survive_the_leaders_pod(1, "gfk1", Ending::Killed);
+}
+
+#[test]
+fn jobs_run_once_when_the_leaders_pod_crashes_with_three_brokers() {
+    jobs_survive_the_leaders_pod(3, "gfk3", Ending::Killed);
+}
+
+/// How the leader's pod goes away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// `kubectl delete pod`: SIGTERM, the shutdown grace, a new pod.
+    Deleted,
+    /// Its operator and broker containers SIGKILLed at once: restarted in place, from the journal.
+    Killed,
+}
+
+/// 30 Jobs of 3 s on three SDK workers; the leading operator's pod goes away once some run.
+fn jobs_survive_the_leaders_pod(brokers: usize, release: &'static str, ending: Ending) {
     let Some(cluster) = Cluster::connect() else { return };
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     cluster.install_crds();
@@ -564,7 +587,25 @@ spec:
     });
     let holder = leader_pod(&lease(&ns, release));
     assert!(holder.starts_with(release), "an operator leads: {holder}");
-    ns.kubectl_ok(&["delete", "pod", &holder, "--wait=false"], None);
+    match ending {
+        Ending::Deleted => {
+            ns.kubectl_ok(&["delete", "pod", &holder, "--wait=false"], None);
+        }
+        Ending::Killed => {
+            // Kill it while a worker runs an attempt that its broker holds.
+            let on_it = format!("H:{holder}:");
+            cluster.eventually(Duration::from_secs(90), "a Job running on the leader's broker", || {
+                let rows = get(
+                    &ns,
+                    &["get", "gj", "-o", r#"jsonpath={range .items[*]}{.status.phase} {.status.handle}{"\n"}{end}"#],
+                );
+                rows.lines().any(|r| r.starts_with("Running ") && r.contains(&on_it)).then_some(())
+            });
+            eprintln!("killing the operator and broker of {holder}");
+            sigkill(&ns, &holder, "broker");
+            sigkill(&ns, &holder, "operator");
+        }
+    }
     cluster.eventually(Duration::from_secs(300), "all 30 Jobs to succeed", || {
         let phases = get(&ns, &["get", "gj", "-o", "jsonpath={.items[*].status.phase}"]);
         assert!(!phases.contains("Failed"), "a Job failed: {phases}");
@@ -582,7 +623,27 @@ spec:
     let twice: Vec<(&str, usize)> =
         uids.split_whitespace().map(|u| (u, runs.get(u).copied().unwrap_or(0))).filter(|(_, n)| *n != 1).collect();
     assert!(twice.is_empty(), "{brokers} broker(s): Jobs not run exactly once (uid, runs): {twice:?}");
-    eprintln!("{brokers} broker(s): 30 Jobs Succeeded, each ran once, the leader's pod {holder} deleted midway");
+    if ending == Ending::Killed {
+        // The crash hit running attempts: the restarted broker held some for their workers.
+        let log = ns.kubectl_ok(&["logs", &holder, "-c", "broker"], None);
+        let held: usize = log
+            .lines()
+            .filter(|l| l.contains("journal: recovered"))
+            .find_map(|l| {
+                // JSON (the chart's default) or text logs.
+                let (_, rest) = l.split_once("\"held_for_workers\":").or_else(|| l.split_once("held_for_workers="))?;
+                rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
+            })
+            .unwrap_or_else(|| panic!("the restarted broker's recovery line is missing:\n{log}"));
+        let taken_back = log.lines().filter(|l| l.contains("a resuming worker took its job back")).count();
+        eprintln!(
+            "{brokers} broker(s): the restarted broker held {held} running attempts; {taken_back} taken back by their workers"
+        );
+        assert!(held > 0, "the SIGKILL hit no running attempt on the broker; the test proves nothing");
+    }
+    eprintln!(
+        "{brokers} broker(s): 30 Jobs Succeeded, each ran once, the leader's pod {holder} went away midway ({ending:?})"
+    );
     ns.kubectl_ok(&["delete", "gj", "--all", "--wait=true"], None);
     ns.kubectl_ok(&["delete", "workerpool", "batch", "--wait=true"], None);
 }
