@@ -623,6 +623,15 @@ spec:
     let twice: Vec<(&str, usize)> =
         uids.split_whitespace().map(|u| (u, runs.get(u).copied().unwrap_or(0))).filter(|(_, n)| *n != 1).collect();
     assert!(twice.is_empty(), "{brokers} broker(s): Jobs not run exactly once (uid, runs): {twice:?}");
+    // Where the attempts ran: the broker's name is the host part of each Job's handle.
+    let handles = get(&ns, &["get", "gj", "-o", "jsonpath={.items[*].status.handle}"]);
+    let mut per_broker: HashMap<&str, usize> = HashMap::new();
+    for h in handles.split_whitespace() {
+        let host = h.strip_prefix("H:").and_then(|rest| rest.rsplit_once(':')).map_or(h, |(host, _)| host);
+        *per_broker.entry(host).or_default() += 1;
+    }
+    eprintln!("{brokers} broker(s): Jobs' last attempts per broker: {per_broker:?}");
+    assert_eq!(per_broker.len(), brokers, "attempts go round every broker");
     if ending == Ending::Killed {
         // The crash hit running attempts: the restarted broker held some for their workers.
         let log = ns.kubectl_ok(&["logs", &holder, "-c", "broker"], None);
