@@ -36,6 +36,7 @@ pub mod drain_hook;
 mod error;
 mod function;
 mod http;
+mod in_hand;
 mod job;
 mod lifecycle;
 mod metrics;

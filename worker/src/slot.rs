@@ -22,31 +22,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use gearfleet_proto::options::{self, TIMEOUT_MESSAGE};
+use gearfleet_proto::options;
 use gearfleet_proto::{Frame, Packet, PacketType, ProtoError};
-use tokio::sync::mpsc;
-use tokio::task::JoinError;
-use tracing::Instrument;
 
-use crate::backoff::{Backoff, BackoffPolicy};
-use crate::client::{Client, ClientError};
 use crate::config::ServerAddr;
 use crate::connect::{Conn, connect};
-use crate::function::Function;
-use crate::job::{CancelReason, Job, JobError};
+use crate::in_hand::{InHand, JobEnd, PanicGuard, RESUME_HOLD};
+use crate::job::CancelReason;
 use crate::metrics::Outcome;
 use crate::shared::Shared;
 
-/// Reports (WORK_STATUS/DATA/WARNING) a handler may queue before it waits for the connection.
-const UPDATE_QUEUE: usize = 64;
-/// Panics closer together than this count as a storm and slow the slot down.
-const PANIC_WINDOW: Duration = Duration::from_secs(10);
 /// A server that does not answer GRAB_JOB within this time is considered gone.
 const GRAB_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a job in hand is carried while its server cannot be reached (its outcome delivered
-/// once the server is back); after that it is abandoned.
-pub(crate) const RESUME_HOLD: Duration = Duration::from_secs(300);
-
 /// Runs one slot until the worker drains.
 pub(crate) async fn run(shared: Arc<Shared>, server: ServerAddr, index: usize) {
     let mut backoff = shared.reconnect.start();
@@ -130,66 +117,12 @@ enum Grab {
     Lost(String),
 }
 
-/// How a job in hand ended.
-enum JobEnd {
-    Finished(Result<Executed, JoinError>),
-    Cancelled(CancelReason),
-}
-
 /// Why following a job in hand stopped.
 enum Stop {
     Ended(JobEnd),
     Lost(String),
     /// The server no longer has the job taken back after a reconnect.
     Gone,
-}
-
-/// A job in hand. Its handler runs in a task of its own, which outlives a lost connection when
-/// the server takes jobs back.
-struct InHand {
-    handle: Bytes,
-    function: Function,
-    span: tracing::Span,
-    started: Instant,
-    task: tokio::task::JoinHandle<Executed>,
-    updates: mpsc::Receiver<Packet>,
-    control: Job,
-    /// When the function's timeout fails the job.
-    deadline: Option<tokio::time::Instant>,
-    _busy: Busy,
-    /// The latest WORK_STATUS sent (numerator, denominator): repeated to take the job back.
-    status: Option<(Bytes, Bytes)>,
-    /// The packet that ends the job, once the handler has ended (the task is not polled again).
-    result: Option<(Packet, Outcome, bool)>,
-    /// Since when the connection is lost, while the job is carried to the next one.
-    lost_at: Option<Instant>,
-    /// Taken back on the current connection: `job_not_found` means the server no longer has it.
-    resumed: bool,
-    /// Its server takes jobs back: carried across lost connections, even one lost again before
-    /// the server answered the option on the next connection.
-    resumable: bool,
-}
-
-impl InHand {
-    /// Gives the job up: cancels its handler and counts it as lost (the server runs it again).
-    fn abandon(mut self, shared: &Shared, reason: CancelReason, why: &str) {
-        self.control.cancel(reason);
-        if self.result.is_none() {
-            self.task.abort();
-        }
-        tracing::warn!(parent: &self.span, why, "giving up a job whose connection was lost; the server runs it again");
-        shared.metrics.job_done(&self.function.name, Outcome::ConnectionLost, self.started.elapsed().as_secs_f64());
-        if let Some(permits) = &shared.job_permits {
-            permits.add_permits(1);
-        }
-        self.updates.close();
-    }
-}
-
-/// What the spawned handler task returns.
-enum Executed {
-    Done(Result<Bytes, JobError>),
-    ChainFailed { next: String, error: ClientError },
 }
 
 struct Session<'a> {
@@ -380,28 +313,7 @@ impl Session<'_> {
         let span = tracing::error_span!("job", function = %function.name, handle = %String::from_utf8_lossy(&handle));
         tracing::debug!(parent: &span, bytes = payload.len(), "job assigned");
 
-        let (updates_tx, updates) = mpsc::channel(UPDATE_QUEUE);
-        let job = Job::new(function.name.clone(), handle.clone(), unique, payload, updates_tx);
-        let control = job.clone();
-        let _busy = Busy::new(&shared);
-        let task = tokio::spawn(execute(function.clone(), job, shared.chain.clone()).instrument(span.clone()));
-        let deadline = function.timeout.map(|t| tokio::time::Instant::now() + t);
-        let hand = InHand {
-            handle,
-            function,
-            span,
-            started,
-            task,
-            updates,
-            control,
-            deadline,
-            _busy,
-            status: None,
-            result: None,
-            lost_at: None,
-            resumed: false,
-            resumable: false,
-        };
+        let hand = InHand::start(&shared, function, handle, unique, payload, span, started);
         self.follow(hand).await
     }
 
@@ -480,7 +392,7 @@ impl Session<'_> {
                     hand.abandon(&shared, CancelReason::ConnectionLost, "the server no longer has it");
                     return Ok(());
                 }
-                Stop::Ended(end) => self.outcome(&mut hand, end).await,
+                Stop::Ended(end) => hand.end(end, self.panics, shared.cancel_grace).await,
             });
         }
 
@@ -505,52 +417,6 @@ impl Session<'_> {
         shared.job_finished();
         tracing::debug!(parent: &hand.span, outcome = outcome.as_str(), ?elapsed, "job done");
         Ok(())
-    }
-
-    /// The packet that ends a job, from how its handler ended (cancelling it first if it must):
-    /// (packet, outcome, whether the reports it queued go out first).
-    async fn outcome(&mut self, hand: &mut InHand, end: JobEnd) -> (Packet, Outcome, bool) {
-        let handle = hand.handle.clone();
-        let span = hand.span.clone();
-        let flush_updates = matches!(end, JobEnd::Finished(Ok(_)));
-        let (packet, outcome) = match end {
-            JobEnd::Finished(Ok(Executed::Done(Ok(data)))) => {
-                self.panics.success();
-                (Packet::req(PacketType::WorkComplete, &[&handle, &data]), Outcome::Complete)
-            }
-            JobEnd::Finished(Ok(Executed::Done(Err(JobError::Fail)))) => {
-                (Packet::req(PacketType::WorkFail, &[&handle]), Outcome::Fail)
-            }
-            JobEnd::Finished(Ok(Executed::Done(Err(JobError::Exception(msg))))) => {
-                (Packet::req(PacketType::WorkException, &[&handle, msg.as_bytes()]), Outcome::Exception)
-            }
-            JobEnd::Finished(Ok(Executed::ChainFailed { next, error })) => {
-                tracing::warn!(parent: &span, %next, %error, "submitting the chained job failed; failing this job");
-                (Packet::req(PacketType::WorkFail, &[&handle]), Outcome::ChainFailed)
-            }
-            JobEnd::Finished(Err(e)) => {
-                let message = panic_message(e);
-                tracing::error!(parent: &span, panic = %message, "handler panicked; failing the job");
-                self.panics.record();
-                (Packet::req(PacketType::WorkFail, &[&handle]), Outcome::Panic)
-            }
-            JobEnd::Cancelled(reason) => {
-                hand.control.cancel(reason);
-                let grace = self.shared.cancel_grace;
-                tracing::warn!(parent: &span, reason = reason.as_str(), ?grace, "cancelling the job");
-                if tokio::time::timeout(grace, &mut hand.task).await.is_err() {
-                    hand.task.abort();
-                }
-                match reason {
-                    // gearfleet-broker sends the same text when its own timer fires first.
-                    CancelReason::Timeout => {
-                        (Packet::req(PacketType::WorkException, &[&handle, TIMEOUT_MESSAGE]), Outcome::Timeout)
-                    }
-                    _ => (Packet::req(PacketType::WorkFail, &[&handle]), Outcome::ForceStop),
-                }
-            }
-        };
-        (packet, outcome, flush_updates)
     }
 
     /// A job the server will re-queue: counted as lost, and its `max_jobs` permit given back.
@@ -586,27 +452,6 @@ impl Session<'_> {
     }
 }
 
-/// Runs the handler, then submits the chained job if there is one.
-async fn execute(function: Function, job: Job, chain: Client) -> Executed {
-    match function.handler.call(job).await {
-        Err(e) => Executed::Done(Err(e)),
-        Ok(out) => {
-            let next = out.next.filter(|n| !n.is_empty()).or(function.next);
-            if let Some(next) = next {
-                let mut submit = chain.submit(next.clone(), out.data.clone()).background();
-                if let Some(u) = out.next_unique {
-                    submit = submit.unique(u);
-                }
-                match submit.await {
-                    Ok(handle) => tracing::debug!(%next, %handle, "chained job submitted"),
-                    Err(error) => return Executed::ChainFailed { next, error },
-                }
-            }
-            Executed::Done(Ok(out.data))
-        }
-    }
-}
-
 /// The server's answer when it cannot give a job back: it no longer has it (`job_not_found`), or
 /// it does not take jobs back at all (an ERROR to `OPTION_REQ gearfleet-resume`).
 fn refuses_take_back(p: &Packet) -> bool {
@@ -627,65 +472,6 @@ fn err(e: ProtoError) -> String {
     e.to_string()
 }
 
-fn panic_message(e: JoinError) -> String {
-    if !e.is_panic() {
-        return e.to_string();
-    }
-    let payload = e.into_panic();
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".into()
-    }
-}
-
-/// Slows a slot down when its handlers panic again and again (restart-on-fail with backoff):
-/// the first panic costs nothing, each further one within [`PANIC_WINDOW`] of the previous
-/// adds a growing pause before the next grab. A completed job resets it.
-struct PanicGuard {
-    streak: u32,
-    last: Option<Instant>,
-    backoff: Backoff,
-    pending: Option<Duration>,
-}
-
-impl PanicGuard {
-    fn new() -> PanicGuard {
-        PanicGuard {
-            streak: 0,
-            last: None,
-            backoff: BackoffPolicy::new(Duration::from_millis(200), Duration::from_secs(30)).start(),
-            pending: None,
-        }
-    }
-
-    fn record(&mut self) {
-        let now = Instant::now();
-        if self.last.is_some_and(|t| now.duration_since(t) < PANIC_WINDOW) {
-            self.streak += 1;
-        } else {
-            self.streak = 1;
-            self.backoff.reset();
-        }
-        self.last = Some(now);
-        if self.streak >= 2 {
-            self.pending = Some(self.backoff.next_delay());
-        }
-    }
-
-    fn success(&mut self) {
-        self.streak = 0;
-        self.pending = None;
-        self.backoff.reset();
-    }
-
-    fn take_delay(&mut self) -> Option<Duration> {
-        self.pending.take()
-    }
-}
-
 /// Counts a registered connection for as long as it lives.
 struct Registered(Arc<Shared>);
 
@@ -700,41 +486,5 @@ impl Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         self.0.metrics.connections.dec();
-    }
-}
-
-/// Counts a running job for as long as it runs.
-struct Busy(Arc<Shared>);
-
-impl Busy {
-    fn new(shared: &Arc<Shared>) -> Busy {
-        shared.metrics.busy.inc();
-        Busy(shared.clone())
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.metrics.busy.dec();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn first_panic_is_free_then_storms_back_off() {
-        let mut g = PanicGuard::new();
-        g.record();
-        assert_eq!(g.take_delay(), None);
-        g.record();
-        let d1 = g.take_delay().expect("second rapid panic pauses");
-        g.record();
-        let d2 = g.take_delay().unwrap();
-        assert!(d1 >= Duration::from_millis(200) && d2 <= Duration::from_secs(30));
-        g.success();
-        g.record();
-        assert_eq!(g.take_delay(), None, "a completed job resets the storm");
     }
 }

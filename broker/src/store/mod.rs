@@ -2,6 +2,7 @@
 
 mod journal;
 mod record;
+mod replay;
 
 pub use journal::{Durability, Journal, Recovered, Recovery};
 pub use record::{JobRecord, OutcomeKind, OutcomeRecord, Record, RecordError};
