@@ -8,6 +8,8 @@
 //!   counted on the worker side), no foreground call hangs, and the foreground callers on the
 //!   other brokers (each through its broker's own Service) see no error at all;
 //! * `helm upgrade` rolls every broker pod under the same load, with the same promises;
+//! * a broker pod that holds a backlog is deleted: while it is away the operator's view is partial
+//!   and the pool that backlog scaled up is not scaled in;
 //! * with 1 broker and with 3, the pod of the leading operator is deleted while 30 Jobs run on
 //!   SDK workers: every Job Succeeds, and each ran exactly once (the workers log each execution);
 //! * the same with the pod's operator and broker killed (SIGKILL, no SIGTERM): the broker comes
@@ -513,6 +515,68 @@ fn three_brokers_keep_gearman_up_through_a_leader_loss_and_an_upgrade() {
     assert_eq!(ns.replicas(DEPLOYMENT), Some(3), "the pool kept its size through the roll");
     assert_exactly_once(&cluster, &ns, &seen, "upgrade");
 
+    ns.kubectl_ok(&["delete", "workerpool", "brokers", "--wait=true"], None);
+}
+
+/// A broker away (its pod deleted) hides its backlog from the operator: the view is partial, and
+/// the pool that this backlog scaled up is not scaled in meanwhile.
+#[test]
+fn a_partial_view_does_not_scale_in_a_pool_that_a_missing_brokers_backlog_scaled_up() {
+    let Some(cluster) = Cluster::connect() else { return };
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    cluster.install_crds();
+    let ns = cluster.namespace("gf-partial");
+    let release = "gfp";
+    let _release = Release(&ns, release);
+    install(&cluster, &ns, release, BROKERS);
+    ns.apply(&reader_pod(&ns));
+    ns.apply(&pool(&ns, 1));
+    ns.wait_for_rollout(DEPLOYMENT, Duration::from_secs(180));
+
+    // A backlog on a broker that does not hold the leader (a leader change would pause every
+    // reconcile, proving nothing): 120 jobs of 3 s keep three workers busy for two minutes.
+    let leader = leader_pod(&lease(&ns, release));
+    let victim = (0..BROKERS)
+        .map(|i| format!("{release}-gearfleet-{i}"))
+        .find(|pod| *pod != leader)
+        .expect("a broker pod without the leader");
+    let ip = get(&ns, &["get", "pod", &victim, "-o", "jsonpath={.status.podIP}"]);
+    submit_background(&format!("{ip}:4730"), FUNCTION, "backlog", "backlog 3", 120);
+    cluster.eventually(Duration::from_secs(120), "the backlog to scale the pool to 3 ready workers", || {
+        let ready = get(&ns, &["get", "deployment", DEPLOYMENT, "-o", "jsonpath={.status.readyReplicas}"]);
+        (ready == "3").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(5));
+
+    // Its broker goes away and comes back; meanwhile the pool must stay at 3.
+    let uid = get(&ns, &["get", "pod", &victim, "-o", "jsonpath={.metadata.uid}"]);
+    ns.kubectl_ok(&["delete", "pod", &victim, "--wait=false"], None);
+    let started = Instant::now();
+    let (mut partial_seen, mut lowest, mut back_at) = (false, 3, None::<Instant>);
+    while started.elapsed() < Duration::from_secs(180) {
+        let replicas = ns.replicas(DEPLOYMENT).unwrap_or(0);
+        lowest = lowest.min(replicas);
+        let partial = get(&ns, &["get", "workerpool", "brokers", "-o", "jsonpath={.status.functions[0].partial}"]);
+        partial_seen |= partial == "true";
+        let now_uid = get(&ns, &["get", "pod", &victim, "-o", "jsonpath={.metadata.uid}"]);
+        let ready =
+            get(&ns, &["get", "pod", &victim, "-o", r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#]);
+        if back_at.is_none() && now_uid != uid && !now_uid.is_empty() && ready == "True" {
+            back_at = Some(Instant::now());
+        }
+        // Once back, a little longer: the first full view must not scale in either.
+        if back_at.is_some_and(|t| t.elapsed() > Duration::from_secs(10)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let away = back_at.map(|t| t.duration_since(started));
+    eprintln!(
+        "partial view: broker {victim} away for {away:?}; partial seen: {partial_seen}; lowest replicas: {lowest}"
+    );
+    assert!(away.is_some(), "broker {victim} did not come back within 3 minutes");
+    assert!(partial_seen, "the operator's view of {FUNCTION} was never partial while {victim} was away");
+    assert_eq!(lowest, 3, "the pool was scaled in on a partial view");
     ns.kubectl_ok(&["delete", "workerpool", "brokers", "--wait=true"], None);
 }
 
