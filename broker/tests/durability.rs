@@ -389,6 +389,24 @@ async fn sigterm_lets_held_jobs_finish_and_keeps_the_queue() {
     b.kill();
 }
 
+/// A client that asks for retained outcomes, as the operator's Job runner does.
+async fn retaining_client(addr: std::net::SocketAddr) -> Peer {
+    let mut client = Peer::connect(addr).await;
+    client.send(T::OptionReq, &[gearfleet_proto::options::RETAIN_OUTCOMES]).await;
+    client.expect(T::OptionRes).await;
+    client
+}
+
+/// A worker `pod-a` of `resize` that resumes its jobs across reconnects, as the SDK does.
+async fn resuming_worker(addr: std::net::SocketAddr) -> Peer {
+    let mut worker = Peer::connect(addr).await;
+    worker.send(T::OptionReq, &[gearfleet_proto::options::RESUME]).await;
+    worker.expect(T::OptionRes).await;
+    worker.send(T::SetClientId, &[b"pod-a"]).await;
+    worker.send(T::CanDo, &[b"resize"]).await;
+    worker
+}
+
 /// A retaining client (the operator's Job runner) and workers across a SIGKILL of the broker: the
 /// job a resuming worker was running is held for it and its outcome, delivered after the restart,
 /// answers the client's resubmission; it survives a second crash. The job a stock worker was
@@ -396,17 +414,10 @@ async fn sigterm_lets_held_jobs_finish_and_keeps_the_queue() {
 /// (the stock worker's job runs a second time: it cannot be helped).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resuming_worker_delivers_its_outcome_across_a_broker_crash() {
-    use gearfleet_proto::options::{RESUME, RETAIN_OUTCOMES};
     let mut broker = Journaled::new(&["--durability", "fsync", "--claim-grace", "20s"]);
     let b = broker.start();
-    let mut client = Peer::connect(b.addr).await;
-    client.send(T::OptionReq, &[RETAIN_OUTCOMES]).await;
-    client.expect(T::OptionRes).await;
-    let mut resuming = Peer::connect(b.addr).await;
-    resuming.send(T::OptionReq, &[RESUME]).await;
-    resuming.expect(T::OptionRes).await;
-    resuming.send(T::SetClientId, &[b"pod-a"]).await;
-    resuming.send(T::CanDo, &[b"resize"]).await;
+    let mut client = retaining_client(b.addr).await;
+    let mut resuming = resuming_worker(b.addr).await;
     let mut stock = Peer::worker(b.addr, &["resize"]).await;
 
     let h1 = client.submit(T::SubmitJob, "resize", "ns/job-1", b"one").await;
@@ -421,17 +432,11 @@ async fn a_resuming_worker_delivers_its_outcome_across_a_broker_crash() {
     b.kill();
 
     let b = broker.start();
-    let mut resuming = Peer::connect(b.addr).await;
-    resuming.send(T::OptionReq, &[RESUME]).await;
-    resuming.expect(T::OptionRes).await;
-    resuming.send(T::SetClientId, &[b"pod-a"]).await;
-    resuming.send(T::CanDo, &[b"resize"]).await;
+    let mut resuming = resuming_worker(b.addr).await;
     resuming.send(T::WorkComplete, &[&h1, b"one, resized"]).await;
     resuming.expect_silence(Duration::from_millis(300)).await;
 
-    let mut client = Peer::connect(b.addr).await;
-    client.send(T::OptionReq, &[RETAIN_OUTCOMES]).await;
-    client.expect(T::OptionRes).await;
+    let mut client = retaining_client(b.addr).await;
     client.send(T::SubmitJob, &[b"resize", b"ns/job-1", b"one"]).await;
     client.expect(T::JobCreated).await;
     let answer = client.expect(T::WorkComplete).await;
@@ -451,9 +456,7 @@ async fn a_resuming_worker_delivers_its_outcome_across_a_broker_crash() {
 
     // The outcome was journaled: it still answers after another crash.
     let b = broker.start();
-    let mut client = Peer::connect(b.addr).await;
-    client.send(T::OptionReq, &[RETAIN_OUTCOMES]).await;
-    client.expect(T::OptionRes).await;
+    let mut client = retaining_client(b.addr).await;
     client.send(T::SubmitJob, &[b"resize", b"ns/job-1", b"one"]).await;
     client.expect(T::JobCreated).await;
     assert_eq!(client.expect(T::WorkComplete).await.arg(1), b"one, resized");
@@ -464,25 +467,16 @@ async fn a_resuming_worker_delivers_its_outcome_across_a_broker_crash() {
 /// no client waits, and queued again for a client that resubmitted it meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_job_whose_worker_does_not_return_runs_again_for_its_client() {
-    use gearfleet_proto::options::{RESUME, RETAIN_OUTCOMES};
     let mut broker = Journaled::new(&["--durability", "fsync", "--claim-grace", "1s"]);
     let b = broker.start();
-    let mut client = Peer::connect(b.addr).await;
-    client.send(T::OptionReq, &[RETAIN_OUTCOMES]).await;
-    client.expect(T::OptionRes).await;
-    let mut resuming = Peer::connect(b.addr).await;
-    resuming.send(T::OptionReq, &[RESUME]).await;
-    resuming.expect(T::OptionRes).await;
-    resuming.send(T::SetClientId, &[b"pod-a"]).await;
-    resuming.send(T::CanDo, &[b"resize"]).await;
+    let mut client = retaining_client(b.addr).await;
+    let mut resuming = resuming_worker(b.addr).await;
     client.submit(T::SubmitJob, "resize", "ns/job-1", b"one").await;
     resuming.grab().await.expect("assigned");
     b.kill();
 
     let b = broker.start();
-    let mut client = Peer::connect(b.addr).await;
-    client.send(T::OptionReq, &[RETAIN_OUTCOMES]).await;
-    client.expect(T::OptionRes).await;
+    let mut client = retaining_client(b.addr).await;
     client.send(T::SubmitJob, &[b"resize", b"ns/job-1", b"one"]).await;
     client.expect(T::JobCreated).await;
     let status = client.expect(T::WorkStatus).await;

@@ -115,22 +115,31 @@ mod tests {
         }
     }
 
-    /// A resuming worker (conn 1, client id `pod-a`) runs a job of a retaining client (conn 2);
-    /// returns the state and the job's handle.
-    fn running_job() -> (State, Vec<u8>) {
+    /// A worker (conn 1, client id `pod-a`, resuming or not) runs a job of a client (conn 2,
+    /// retaining or not); returns the state and the job's handle.
+    fn job_of(resuming: bool, retaining: bool) -> (State, Vec<u8>) {
         let mut s = state(limits());
         connect(&mut s, 1);
         connect(&mut s, 2);
-        req(&mut s, 1, PacketType::OptionReq, &[RESUME]);
+        if resuming {
+            req(&mut s, 1, PacketType::OptionReq, &[RESUME]);
+        }
         req(&mut s, 1, PacketType::SetClientId, &[b"pod-a"]);
         req(&mut s, 1, PacketType::CanDo, &[b"f"]);
-        req(&mut s, 2, PacketType::OptionReq, &[RETAIN_OUTCOMES]);
+        if retaining {
+            req(&mut s, 2, PacketType::OptionReq, &[RETAIN_OUTCOMES]);
+        }
         req(&mut s, 2, PacketType::SubmitJob, &[b"f", b"job-1", b"x"]);
         req(&mut s, 1, PacketType::GrabJob, &[]);
         let assign = received(&s.conns[&1].outbox.clone()).pop().unwrap();
         assert_eq!(assign.ptype, PacketType::JobAssign);
         received(&s.conns[&2].outbox.clone());
         (s, assign.arg(0).to_vec())
+    }
+
+    /// A resuming worker runs a retaining client's job.
+    fn running_job() -> (State, Vec<u8>) {
+        job_of(true, true)
     }
 
     #[test]
@@ -220,29 +229,13 @@ mod tests {
 
     #[test]
     fn a_stock_worker_or_a_plain_clients_job_is_handed_back_at_once() {
-        // A worker without the option.
-        let mut s = state(limits());
-        connect(&mut s, 1);
-        connect(&mut s, 2);
-        req(&mut s, 1, PacketType::SetClientId, &[b"pod-a"]);
-        req(&mut s, 1, PacketType::CanDo, &[b"f"]);
-        req(&mut s, 2, PacketType::OptionReq, &[RETAIN_OUTCOMES]);
-        req(&mut s, 2, PacketType::SubmitJob, &[b"f", b"job-1", b"x"]);
-        req(&mut s, 1, PacketType::GrabJob, &[]);
-        s.remove_conn(1, at(0), &mut Effects::default());
-        assert_eq!((s.held_jobs(), s.fleet_status()[0].queued_total()), (0, 1));
-
-        // A client that does not retain outcomes.
-        let mut s = state(limits());
-        connect(&mut s, 1);
-        connect(&mut s, 2);
-        req(&mut s, 1, PacketType::OptionReq, &[RESUME]);
-        req(&mut s, 1, PacketType::SetClientId, &[b"pod-a"]);
-        req(&mut s, 1, PacketType::CanDo, &[b"f"]);
-        req(&mut s, 2, PacketType::SubmitJob, &[b"f", b"job-1", b"x"]);
-        req(&mut s, 1, PacketType::GrabJob, &[]);
-        s.remove_conn(1, at(0), &mut Effects::default());
-        assert_eq!((s.held_jobs(), s.fleet_status()[0].queued_total()), (0, 1));
+        for (resuming, retaining, what) in
+            [(false, true, "a worker without the option"), (true, false, "a plain client")]
+        {
+            let (mut s, _) = job_of(resuming, retaining);
+            s.remove_conn(1, at(0), &mut Effects::default());
+            assert_eq!((s.held_jobs(), s.fleet_status()[0].queued_total()), (0, 1), "{what}");
+        }
     }
 
     #[test]
