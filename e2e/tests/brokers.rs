@@ -554,8 +554,9 @@ fn a_partial_view_does_not_scale_in_a_pool_that_a_missing_brokers_backlog_scaled
     let started = Instant::now();
     let (mut partial_seen, mut lowest, mut back_at) = (false, 3, None::<Instant>);
     while started.elapsed() < Duration::from_secs(180) {
-        let replicas = ns.replicas(DEPLOYMENT).unwrap_or(0);
-        lowest = lowest.min(replicas);
+        if let Some(replicas) = ns.replicas(DEPLOYMENT) {
+            lowest = lowest.min(replicas);
+        }
         let partial = get(&ns, &["get", "workerpool", "brokers", "-o", "jsonpath={.status.functions[0].partial}"]);
         partial_seen |= partial == "true";
         let now_uid = get(&ns, &["get", "pod", &victim, "-o", "jsonpath={.metadata.uid}"]);
