@@ -333,6 +333,25 @@ fn background(service: &str, phase: &str, stop: &AtomicBool) -> Seen {
     seen
 }
 
+/// Prints what tells why `keys` ran twice: the worker pods that ran them, and those workers'
+/// logs (stock `gear` logs every ERROR packet it receives, upon which it drops that connection),
+/// the previous container's too when one restarted.
+fn explain_second_runs(ns: &Namespace<'_>, keys: &[&str]) {
+    let log = get(ns, &["exec", "executions", "--", "cat", "/executions/log"]);
+    for line in log.lines().filter(|l| keys.iter().any(|k| l.split_whitespace().next() == Some(*k))) {
+        eprintln!("execution: {line}");
+    }
+    let selector = format!("gearfleet.dev/function={FUNCTION}");
+    let pods = get(ns, &["get", "pods", "-l", &selector, "-o", "jsonpath={.items[*].metadata.name}"]);
+    for pod in pods.split_whitespace() {
+        eprintln!("--- logs of {pod}:\n{}", get(ns, &["logs", pod, "-c", "worker", "--tail=200"]));
+        let previous = get(ns, &["logs", pod, "-c", "worker", "--previous", "--tail=200"]);
+        if !previous.is_empty() {
+            eprintln!("--- previous container of {pod}:\n{previous}");
+        }
+    }
+}
+
 /// Every acknowledged background job and every completed call ran exactly once, and no call hung.
 fn assert_exactly_once(cluster: &Cluster, ns: &Namespace<'_>, seen: &Seen, what: &str) {
     assert!(seen.acked.len() > 20, "{what}: too few background jobs acknowledged: {}", seen.acked.len());
@@ -355,6 +374,10 @@ fn assert_exactly_once(cluster: &Cluster, ns: &Namespace<'_>, seen: &Seen, what:
             Some(counts)
         });
     let twice: Vec<(&String, &usize)> = counts.iter().filter(|(k, n)| k.starts_with(what) && **n > 1).collect();
+    if !twice.is_empty() {
+        let keys: Vec<&str> = twice.iter().map(|(k, _)| k.as_str()).collect();
+        explain_second_runs(ns, &keys);
+    }
     assert!(twice.is_empty(), "{what}: jobs ran more than once: {twice:?}");
     for (_, key, _) in &seen.completed {
         assert_eq!(counts.get(key), Some(&1), "{what}: completed call {key} ran {:?} times", counts.get(key));

@@ -4,6 +4,7 @@ below). It serves $GEARFLEET_FUNCTION on every server of $GEARMAN_SERVERS. Paylo
 records the execution (a line "KEY POD" appended to $GEARFLEET_EXECUTIONS_FILE, when set), sleeps,
 answers "done KEY"."""
 
+import logging
 import os
 import time
 
@@ -11,6 +12,9 @@ import gear
 
 
 def main():
+    # gear's own warnings and errors (an ERROR packet from a server, a dropped connection), with
+    # the time, for the e2e tests' diagnostics.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     function = os.environ["GEARFLEET_FUNCTION"]
     executions = os.environ.get("GEARFLEET_EXECUTIONS_FILE")
     pod = os.environ.get("POD_NAME", "")
