@@ -170,10 +170,11 @@ impl Broker {
         loop {
             let mut fx = Effects::default();
             let (next, shrunk) = self.with_state(|s| {
-                s.maybe_compact(clock::now());
-                s.expire_outcomes(clock::now());
+                let now = clock::now();
+                s.maybe_compact(now);
+                s.expire_outcomes(now);
                 let shrunk = s.shrink_if_drained();
-                (s.release_due(clock::now(), &mut fx), shrunk)
+                (s.release_due(now, &mut fx), shrunk)
             });
             self.apply(fx);
             if shrunk {

@@ -47,6 +47,12 @@ impl Conn {
         !self.holding.is_empty() || !self.timed_out.is_empty()
     }
 
+    /// The client id by which this connection, a resuming worker, takes its jobs back after a
+    /// reconnect; `None` for a worker that did not ask to resume or set no client id.
+    pub(super) fn resumer(&self) -> Option<Bytes> {
+        (self.resumes && self.client_id.as_ref() != b"-").then(|| self.client_id.clone())
+    }
+
     /// Starts waiting on a foreground job's result.
     pub(super) fn wait_on(&mut self, job: JobId) {
         self.waiting_on.push_back(job);

@@ -54,11 +54,13 @@ impl State {
         for ability in &conn.abilities {
             self.functions[ability.fid as usize].workers.retain(|&w| w != id);
         }
+        let resumer = conn.resumer();
         for job_id in conn.holding {
-            if conn.resumes && self.jobs.get(&job_id).is_some_and(|j| j.retain) && conn.client_id.as_ref() != b"-" {
-                self.hold_for(job_id, conn.client_id.clone(), now, fx);
-            } else {
-                self.requeue_front(job_id, fx);
+            match &resumer {
+                Some(worker) if self.jobs.get(&job_id).is_some_and(|j| j.retain) => {
+                    self.hold_for(job_id, worker.clone(), now, fx);
+                }
+                _ => self.requeue_front(job_id, fx),
             }
         }
         for timed_out in conn.timed_out {

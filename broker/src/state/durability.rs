@@ -1,6 +1,6 @@
-//! Durability: background jobs and retaining clients' jobs and outcomes recovered from the journal and written to it as they change
-//! (the appends themselves sit with each transition), snapshots for its compaction, and memory
-//! given back after a backlog drains.
+//! Durability: background jobs, and retaining clients' jobs and outcomes, recovered from the
+//! journal and written to it as they change (the appends themselves sit with each transition),
+//! snapshots for its compaction, and memory given back after a backlog drains.
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use bytes::Bytes;
 use gearfleet_proto::Priority;
 use thin_vec::ThinVec;
 
-use super::model::{Effects, Job, JobExtra, JobState, Now};
+use super::model::{Effects, Job, JobExtra, JobId, JobState, Now};
 use super::{State, unique_of};
 use crate::outcomes::Retained;
 use crate::store::{JobRecord, Journal, Record, Recovered, Recovery};
@@ -115,6 +115,22 @@ impl State {
         self.hold_for(id, worker, now, fx);
     }
 
+    /// The journal's copy of job `id`: when it is scheduled for, and how many tries it has had.
+    pub(super) fn record_of(&self, id: JobId, job: &Job) -> JobRecord {
+        JobRecord {
+            id,
+            priority: job.priority as u8,
+            at_ms: match job.state {
+                JobState::Scheduled { at } => at,
+                _ => 0,
+            },
+            attempts: job.attempt,
+            function: self.functions[job.fid as usize].name.clone(),
+            unique: job.unique.clone(),
+            data: job.data.clone(),
+        }
+    }
+
     pub(super) fn journal_append(&self, record: &Record) -> u64 {
         self.journal.as_ref().map_or(0, |j| j.append(record))
     }
@@ -145,31 +161,15 @@ impl State {
                 let started_by = match job.state {
                     _ if job.background => None,
                     JobState::Held { .. } => job.extra.as_ref().map(|e| e.claimant.clone()),
-                    JobState::Running { worker } => self
-                        .conns
-                        .get(&worker)
-                        .filter(|c| c.resumes && c.client_id.as_ref() != b"-")
-                        .map(|c| c.client_id.clone()),
+                    JobState::Running { worker } => self.conns.get(&worker).and_then(|c| c.resumer()),
                     _ => None,
                 };
                 if !job.background && (!job.retain || started_by.is_none()) {
                     return None;
                 }
-                let at_ms = match job.state {
-                    JobState::Scheduled { at } => at,
-                    _ => 0,
-                };
                 let last_error = job.extra.as_ref().map(|e| e.last_error.clone()).unwrap_or_default();
                 Some(Recovered {
-                    job: JobRecord {
-                        id,
-                        priority: job.priority as u8,
-                        at_ms,
-                        attempts: job.attempt,
-                        function: self.functions[job.fid as usize].name.clone(),
-                        unique: job.unique.clone(),
-                        data: job.data.clone(),
-                    },
+                    job: self.record_of(id, job),
                     dead: (job.state == JobState::Dead).then(|| (job.attempt, last_error.clone())),
                     last_error,
                     foreground: !job.background,

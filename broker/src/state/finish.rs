@@ -83,12 +83,8 @@ impl State {
         if self.journal.is_some() && job.background {
             self.journal_append(&Record::Done { id: job_id });
         }
-        if let JobState::Held { until } = job.state {
-            self.scheduled.remove(&(until, job_id));
-            self.held -= 1;
-        }
         let f = &mut self.functions[job.fid as usize];
-        if let JobState::Running { .. } | JobState::Held { .. } = job.state {
+        if let JobState::Running { .. } = job.state {
             f.running -= 1;
         }
         f.uniques.remove(job_id, &job.unique);

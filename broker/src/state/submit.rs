@@ -11,7 +11,7 @@ use thin_vec::{ThinVec, thin_vec};
 use super::model::{ConnId, Effects, Job, JobExtra, JobId, JobState, Now};
 use super::{State, unique_of};
 use crate::schedule;
-use crate::store::{JobRecord, Record};
+use crate::store::Record;
 
 impl State {
     pub(super) fn submit(&mut self, id: ConnId, p: &Packet, now: Now, fx: &mut Effects) {
@@ -71,22 +71,12 @@ impl State {
         // Coalesce onto a job with the same (function, unique) that is queued or running.
         if let Some(existing) = self.functions[fid as usize].uniques.get(&unique, |j| unique_of(&self.jobs, j)) {
             let mut attached = false;
-            let mut now_retained = None;
+            let mut now_retained = false;
             if !background
                 && let Some(job) = self.jobs.get_mut(&existing)
                 && !job.clients.contains(&id)
             {
-                if retain && !job.retain && !job.background {
-                    now_retained = Some(JobRecord {
-                        id: existing,
-                        priority: job.priority as u8,
-                        at_ms: 0,
-                        attempts: 0,
-                        function: Bytes::new(),
-                        unique: job.unique.clone(),
-                        data: job.data.clone(),
-                    });
-                }
+                now_retained = retain && !job.retain && !job.background;
                 job.retain |= retain;
                 job.clients.push(id);
                 attached = true;
@@ -95,11 +85,11 @@ impl State {
                 }
             }
             // A plain client's job a retaining client now waits for becomes durable as well.
-            if let Some(record) = now_retained
+            if now_retained
                 && self.journal.is_some()
+                && let Some(job) = self.jobs.get(&existing)
             {
-                let function = self.functions[fid as usize].name.clone();
-                self.journal_append(&Record::AddForeground(JobRecord { function, ..record }));
+                self.journal_append(&Record::AddForeground(self.record_of(existing, job)));
             }
             // The job may still be on its way to disk: acknowledge once everything so far is.
             if let Some(j) = &self.journal {
@@ -149,15 +139,7 @@ impl State {
         };
         if self.is_durable(&job) {
             let add = if background { Record::Add } else { Record::AddForeground };
-            let record = add(JobRecord {
-                id: job_id,
-                priority: priority as u8,
-                at_ms: run_at.unwrap_or(0),
-                attempts: 0,
-                function: self.functions[fid as usize].name.clone(),
-                unique: job.unique.clone(),
-                data: job.data.clone(),
-            });
+            let record = add(self.record_of(job_id, &job));
             fx.durable_seq = fx.durable_seq.max(self.journal_append(&record));
         }
         self.jobs.insert(job_id, job);

@@ -130,9 +130,6 @@ impl State {
         f.queued[prio as usize] -= 1;
         f.running += 1;
         self.queued_total -= 1;
-        // A resuming worker is named in the journal, so it can take the job back after a restart.
-        let resumer =
-            self.conns.get(&id).filter(|c| c.resumes && c.client_id.as_ref() != b"-").map(|c| c.client_id.clone());
         let Some(job) = self.jobs.get_mut(&job_id) else { return };
         job.state = JobState::Running { worker: id };
         job.attempt += 1;
@@ -141,8 +138,9 @@ impl State {
         if self.journal.is_some() && background {
             self.journal_append(&Record::Started { id: job_id });
         } else if self.journal.is_some() && retain {
-            // (Like every record of a batch, on disk before the assignment goes out.)
-            let record = match resumer {
+            // A resuming worker is named, so it can take the job back after a restart. (Like
+            // every record of a batch, on disk before the assignment goes out.)
+            let record = match self.conns.get(&id).and_then(|c| c.resumer()) {
                 Some(worker) => Record::StartedBy { id: job_id, worker },
                 None => Record::Started { id: job_id },
             };
