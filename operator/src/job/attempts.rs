@@ -16,6 +16,8 @@ use super::state::Observation;
 
 /// How long running attempts wait for their lost broker before they are submitted elsewhere.
 pub const DEFAULT_RETURN_WAIT: Duration = Duration::from_secs(120);
+
+/// An attempt the runner follows.
 #[derive(Debug)]
 pub(super) struct Tracked {
     pub(super) job: ObjectRef<Job>,
@@ -53,7 +55,7 @@ pub(super) struct Inner {
     pub(super) links: Vec<Link>,
     /// Where the next new attempt goes (round robin over connected brokers).
     pub(super) next: usize,
-    /// Shutting down: nothing more is submitted (see [`Runner::stop_submitting`]).
+    /// Shutting down: nothing more is submitted (see `Runner::stop_submitting`).
     pub(super) closed: bool,
     pub(super) return_wait: Duration,
 }
@@ -133,6 +135,7 @@ impl Inner {
     /// Running attempts whose broker has been away longer than the return wait are submitted
     /// elsewhere.
     pub(super) fn expire_pins(&mut self, now: Instant) -> Vec<(usize, String)> {
+        let mut moved_any = false;
         for broker in 0..self.links.len() {
             let link = &self.links[broker];
             let away = link.lost_at.is_some_and(|t| now.saturating_duration_since(t) >= self.return_wait);
@@ -141,6 +144,7 @@ impl Inner {
             }
             let addr = link.addr.clone();
             let moved = self.unpin(broker, |t| t.pinned);
+            moved_any |= moved > 0;
             if moved > 0 {
                 tracing::warn!(
                     broker = %addr,
@@ -150,7 +154,8 @@ impl Inner {
                 );
             }
         }
-        self.place()
+        // Every other attempt without a broker waits for one to connect, which places it.
+        if moved_any { self.place() } else { Vec::new() }
     }
 
     /// The broker a job handle (`H:<host>:<n>`) is from: the one whose handles were seen with
