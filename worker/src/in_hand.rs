@@ -93,13 +93,14 @@ impl InHand {
         }
     }
 
-    /// Gives the job up: cancels its handler and counts it as lost (the server runs it again).
+    /// Gives the job up: cancels its handler, counts it as lost and gives its `max_jobs` permit
+    /// back (the server runs it again).
     pub(crate) fn abandon(mut self, shared: &Shared, reason: CancelReason, why: &str) {
         self.control.cancel(reason);
         if self.result.is_none() {
             self.task.abort();
         }
-        tracing::warn!(parent: &self.span, why, "giving up a job whose connection was lost; the server runs it again");
+        tracing::warn!(parent: &self.span, why, "giving up a job whose connection was lost; the server re-queues it");
         shared.metrics.job_done(&self.function.name, Outcome::ConnectionLost, self.started.elapsed().as_secs_f64());
         if let Some(permits) = &shared.job_permits {
             permits.add_permits(1);

@@ -333,7 +333,7 @@ impl Session<'_> {
     }
 
     /// The connection is gone with `hand` in hand: carried if the server takes jobs back, else
-    /// given up.
+    /// given up (the server re-queues it).
     fn lose(&self, mut hand: InHand, error: String) -> (String, Option<Box<InHand>>) {
         if self.resumable || hand.resumable {
             hand.resumable = true;
@@ -342,12 +342,7 @@ impl Session<'_> {
             hand.resumed = false;
             return (error, Some(Box::new(hand)));
         }
-        hand.control.cancel(CancelReason::ConnectionLost);
-        if hand.result.is_none() {
-            hand.task.abort();
-        }
-        tracing::warn!(parent: &hand.span, %error, "connection lost while holding a job; the server re-queues it");
-        self.job_lost(&hand.function.name, hand.started);
+        hand.abandon(&self.shared, CancelReason::ConnectionLost, &error);
         (error, None)
     }
 
@@ -417,14 +412,6 @@ impl Session<'_> {
         shared.job_finished();
         tracing::debug!(parent: &hand.span, outcome = outcome.as_str(), ?elapsed, "job done");
         Ok(())
-    }
-
-    /// A job the server will re-queue: counted as lost, and its `max_jobs` permit given back.
-    fn job_lost(&self, function: &str, started: Instant) {
-        self.shared.metrics.job_done(function, Outcome::ConnectionLost, started.elapsed().as_secs_f64());
-        if let Some(permits) = &self.shared.job_permits {
-            permits.add_permits(1);
-        }
     }
 
     /// A packet nobody waits for: the answer to OPTION_REQ gearfleet-resume, ERROR is logged,
